@@ -1,0 +1,44 @@
+# larder: the two commands of the quick start, and a few more.
+#   make run     install missing packages, build, start larderd with examples/larder.ini
+#   make check   install missing packages, build, run every test
+BUILD ?= build
+MESON_OPTS ?= --buildtype=debugoptimized
+CONFIG ?= examples/larder.ini
+LISTEN ?= 127.0.0.1:8377
+
+.PHONY: all deps build check run bench check-asan check-tsan clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) $(MESON_OPTS)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+check: build
+	meson test -C $(BUILD) --print-errorlogs $(TESTS)
+
+run: build
+	OMP_THREAD_LIMIT=1 $(BUILD)/src/daemon/larderd --config $(CONFIG) --listen $(LISTEN)
+
+bench: build
+	sh bench/run-all.sh $(BUILD)
+
+check-asan: deps
+	[ -f build-asan/build.ninja ] || meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --buildtype=debug
+	ninja -C build-asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		meson test -C build-asan --print-errorlogs --timeout-multiplier 4 $(TESTS)
+
+check-tsan: deps
+	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --buildtype=debug
+	ninja -C build-tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+		meson test -C build-tsan --print-errorlogs --timeout-multiplier 6 $(TESTS)
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan

@@ -1,0 +1,117 @@
+/* larder backend plugin ABI. Self-contained: a backend includes this header only.
+ *
+ * A backend is a shared object exporting one symbol, LARDER_BACKEND_ENTRY, of type
+ * larder_backend_entry_fn. The host calls it once after dlopen() with its table of
+ * services and gets back the backend's operations table.
+ *
+ * Versioning: abi_major changes break compatibility: the host refuses a plugin whose
+ * abi_major differs from its own. abi_minor grows when fields are appended at the end
+ * of struct larder_backend_ops or struct larder_host; a reader checks the other side's
+ * abi_minor before touching a field newer than that side.
+ *
+ * Every call carries bytes in and JSON (or bytes) out, so the very same call can be
+ * carried over a socket to a worker process unchanged.
+ */
+#ifndef LARDER_BACKEND_H
+#define LARDER_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LARDER_BACKEND_ABI_MAJOR 1
+#define LARDER_BACKEND_ABI_MINOR 0
+#define LARDER_BACKEND_ENTRY "larder_backend_entry"
+
+/* Errors a backend returns (negative). The host maps them to HTTP statuses. */
+enum {
+    LARDER_BACKEND_EINPUT = -30001,  /* the request body is malformed (400) */
+    LARDER_BACKEND_EMEDIA = -30002,  /* unsupported content type (415) */
+    LARDER_BACKEND_EOPTION = -30003, /* a bad or unknown option (config error) */
+    LARDER_BACKEND_EMODEL = -30004,  /* the model file is missing or unreadable */
+    LARDER_BACKEND_EINTERNAL = -30005, /* the engine failed (500) */
+    LARDER_BACKEND_ENOMEM = -30006,
+};
+
+enum larder_log_level {
+    LARDER_LOG_ERROR = 0,
+    LARDER_LOG_WARN = 1,
+    LARDER_LOG_INFO = 2,
+    LARDER_LOG_DEBUG = 3,
+};
+
+/* One `key = value` line of the model's config section, backend keys only. */
+struct larder_option {
+    const char *key;
+    const char *value;
+};
+
+/* Services the host gives every backend. Valid until the plugin is closed. */
+struct larder_host {
+    uint32_t abi_major;
+    uint32_t abi_minor;
+    /* Logs one line (no trailing newline needed). Any thread. */
+    void (*log)(enum larder_log_level level, const char *backend, const char *msg);
+    /* Process resident set size in bytes, or 0 if unknown. Any thread. */
+    uint64_t (*rss_bytes)(void);
+};
+
+struct larder_infer_request {
+    const void *body;         /* request bytes; not NUL-terminated */
+    size_t body_len;
+    const char *content_type; /* e.g. "image/png", "audio/wav", "application/json"; may be NULL */
+    const struct larder_option *params; /* query parameters of the request */
+    size_t n_params;
+};
+
+struct larder_infer_result {
+    char *json;               /* NUL-terminated JSON object text, malloc'd; or NULL */
+    void *bytes;              /* or raw bytes (malloc'd) with their content type */
+    size_t bytes_len;
+    char *content_type;       /* malloc'd; NULL with json */
+};
+
+/* The operations of one backend. Fields are appended only at the end.
+ *
+ * Threads: load/unload of one model never overlap. instance_new/free may run on any
+ * thread. infer runs concurrently on many threads: with instance_new set, each call gets
+ * its own instance (never shared between concurrent calls); without it, infer on one
+ * model must be thread-safe.
+ *
+ * Error messages: functions taking (err, errlen) may write a NUL-terminated message
+ * there (errlen >= 256). */
+struct larder_backend_ops {
+    uint32_t abi_major;       /* LARDER_BACKEND_ABI_MAJOR */
+    uint32_t abi_minor;       /* LARDER_BACKEND_ABI_MINOR */
+    const char *name;         /* e.g. "tesseract" */
+    const char *description;
+    /* NULL-terminated list of the option keys the backend accepts (besides none). */
+    const char *const *option_keys;
+    /* Cheap validation of options, no loading: files exist, values parse. */
+    int (*check)(const struct larder_option *opts, size_t n, char *err, size_t errlen);
+    /* Bytes one model plus one instance will take, before loading. May be NULL. */
+    int (*estimate)(const struct larder_option *opts, size_t n, uint64_t *ret_bytes);
+    int (*load)(const struct larder_option *opts, size_t n, void **ret_model, char *err,
+                size_t errlen);
+    void (*unload)(void *model);
+    /* NULL when the model is thread-safe and callers share it. */
+    int (*instance_new)(void *model, void **ret_instance, char *err, size_t errlen);
+    void (*instance_free)(void *model, void *instance);
+    /* Backend-reported size of a loaded model; may be NULL. */
+    int (*measure)(void *model, uint64_t *ret_bytes);
+    /* Runs one request; fills res (owned by the caller afterwards, freed with
+     * result_free). instance is NULL for shared models. */
+    int (*infer)(void *model, void *instance, const struct larder_infer_request *req,
+                 struct larder_infer_result *res, char *err, size_t errlen);
+    void (*result_free)(struct larder_infer_result *res);
+};
+
+typedef const struct larder_backend_ops *(*larder_backend_entry_fn)(const struct larder_host *host);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
