@@ -1,0 +1,213 @@
+/* liblarder internals shared by manager.c, lease.c and load.c.
+ *
+ * Locks, always taken in this order:
+ *   m->mu          budget accounting, registry inserts, eviction choice, state changes
+ *                  that move reservations
+ *   c->mu          one component: state, instances, waiters, stats
+ *   m->jobs_mu, m->reaper_mu   leaves: job queue, reaper wake-up time
+ * The warm acquire path takes only c->mu (the registry lookup is lock-free).
+ */
+#ifndef LARDER_INTERNAL_H
+#define LARDER_INTERNAL_H
+
+#include "larder/larder.h"
+#include "policy.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LARDER__ERRLEN 256
+#define LARDER__MAX_HOPS 8
+
+struct comp;
+
+struct inst {
+    struct inst *next;
+    void *ptr;
+};
+
+struct job {
+    struct job *next;
+    struct comp *c;
+    int kind; /* JOB_LOAD or JOB_GROW */
+    bool queued;
+};
+enum { JOB_LOAD = 1, JOB_GROW = 2 };
+
+/* One caller waiting for a lease on one component. Blocking waiters live on the
+ * caller's stack and sleep on their own condition variable (with c->mu); async
+ * waiters are heap-allocated and answered through their callback. */
+struct waiter {
+    struct waiter *next;
+    struct waiter *prev;
+    struct comp *c;
+    struct comp *requested;   /* the name the caller asked for (head of the chain) */
+    struct comp *visited[LARDER__MAX_HOPS];
+    unsigned hops;
+    bool async;
+    bool done;
+    bool cold;                /* waited for a load or a new instance */
+    pthread_cond_t cv;        /* blocking waiters only */
+    larder_acquire_fn cb;     /* async only */
+    void *ud;
+    int64_t timeout_ms;       /* as given, for fallbacks */
+    int64_t start_ms;
+    int64_t deadline_ms;      /* -1 = none */
+    int err;
+    larder_lease *lease;
+};
+
+struct larder_lease {
+    struct larder *m;
+    struct comp *c;           /* who served */
+    struct comp *requested;
+    struct inst *inst;        /* NULL for shared classes */
+    bool cold;
+    double wait_ms;
+    double load_ms;
+};
+
+struct comp {
+    struct larder *m;
+    char *name;               /* immutable for the struct's life (until the manager dies) */
+    uint64_t hash;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;        /* state/lease changes, for drains */
+
+    /* definition */
+    bool defined;
+    bool draining;
+    const struct larder_class *cls;
+    void *ud;
+    void (*ud_free)(void *ud);
+    char *path;
+    char *fallback;
+    int64_t ttl_ms;
+    unsigned max_inst;        /* pooled classes; 0 for shared */
+    bool pooled;
+    bool pin;
+    bool preload;
+    int priority;
+    uint64_t mem_override;
+    unsigned queue_max;
+
+    /* life */
+    enum larder_state state;
+    void *model;
+    struct inst *free_inst;
+    unsigned n_inst;
+    unsigned n_busy;
+    unsigned leases;
+    bool growing;             /* an instance_new job is queued or running */
+    unsigned freeing;         /* surplus instances being freed outside the lock */
+    bool preload_pending;
+    struct waiter *wq_head;
+    struct waiter *wq_tail;
+    unsigned n_waiters;
+    unsigned n_async;
+    int64_t expires_at_ms;    /* idle & loaded: ttl deadline; 0 = none */
+    int64_t cooldown_until_ms;
+    unsigned fail_streak;
+    int last_err;
+    char last_msg[LARDER__ERRLEN];
+    struct job load_job;
+    struct job grow_job;
+
+    /* memory */
+    uint64_t estimate;
+    enum larder_estimate_source est_src;
+    uint64_t measured;
+    enum larder_measure_method method;
+    uint64_t inst_bytes;      /* learned cost of one extra instance */
+    uint64_t reserved;        /* charged to m->reserved (under m->mu) */
+    int64_t last_returned;
+    bool leak_suspect;
+
+    /* stats */
+    uint64_t loads, failures, hits, cold_starts, evictions, fallbacks_served;
+    double load_ms_last, load_ms_sum;
+    struct larder__pstat ps;
+};
+
+struct table {
+    size_t cap; /* power of two */
+    struct table *retired_next;
+    _Atomic(struct comp *) slots[];
+};
+
+struct larder {
+    struct larder_opts opts;
+    const struct larder__policy *policy;
+    void *policy_state;
+    atomic_int refs;          /* owner + live leases */
+    atomic_bool closing;
+    atomic_bool events_off;
+
+    pthread_mutex_t mu;
+    pthread_cond_t budget_cv;
+    uint64_t budget;
+    uint64_t reserved;
+    atomic_uint admit_waiters;
+    size_t n_comps;
+    _Atomic(struct table *) table;
+    struct table *retired;
+    pthread_mutex_t set_mu;   /* serializes larder_acquire_set */
+
+    pthread_mutex_t jobs_mu;
+    pthread_cond_t jobs_cv;
+    struct job *jobs_head, *jobs_tail;
+    bool jobs_stop;
+    pthread_t *loaders;
+    unsigned n_loaders;
+    atomic_uint loads_running;
+    atomic_uint unloads_running;
+    atomic_uint preload_pending;
+
+    pthread_mutex_t reaper_mu;
+    pthread_cond_t reaper_cv;
+    _Atomic int64_t reaper_wake_ms;
+    bool reaper_kick;
+    bool reaper_stop;
+    pthread_t reaper;
+};
+
+/* manager.c */
+int64_t larder__now_ms(void);
+int64_t larder__now_ms_coarse(void);
+double larder__now_s(void);
+struct comp *larder__lookup(struct larder *m, const char *name);
+void larder__emit(struct larder *m, const struct larder_event *ev);
+void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
+                         enum larder_evict_reason reason, uint64_t bytes);
+void larder__ref_drop(struct larder *m);
+uint64_t larder__rss_now(void);
+/* Calls fn on every component ever defined; the registry may grow meanwhile. */
+void larder__each_comp(struct larder *m, void (*fn)(struct comp *c, void *arg), void *arg);
+
+/* lease.c */
+int larder__acquire_comp(struct larder *m, struct waiter *w);
+void larder__dispatch(struct comp *c, bool cold, struct waiter **ret_done);
+void larder__fail_waiters(struct comp *c, int err, struct waiter **ret_done);
+void larder__deliver(struct larder *m, struct waiter *done);
+void larder__expire_async(struct comp *c, int64_t now, struct waiter **ret_done,
+                          int64_t *next_deadline);
+bool larder__comp_idle(const struct comp *c);
+void larder__mark_idle(struct comp *c);
+
+/* load.c */
+int larder__loaders_start(struct larder *m);
+void larder__loaders_stop(struct larder *m);
+void larder__submit(struct larder *m, struct job *j);
+int larder__reaper_start(struct larder *m);
+void larder__reaper_stop(struct larder *m);
+void larder__reaper_kick(struct larder *m, int64_t at_ms);
+void larder__start_load(struct comp *c); /* c->mu held; state -> LOADING */
+/* m->mu held (dropped and retaken while unloading). 0 nothing evictable, 1 a whole
+ * component, 2 one surplus instance, 3 nothing yet: look again. */
+int larder__evict_one(struct larder *m, struct comp *except, enum larder_evict_reason why);
+int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why);
+void larder__enforce_budget(struct larder *m);
+
+#endif

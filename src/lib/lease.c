@@ -1,0 +1,546 @@
+/* Leases: acquire (blocking, async, sets), waiters, fallbacks, release. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static bool fallbackable(int err)
+{
+    return err == LARDER_ELOAD || err == LARDER_ECOOLDOWN || err == LARDER_ETOOBIG ||
+           err == LARDER_ENOSPC || err == LARDER_ETIMEDOUT || err == LARDER_EBUSY;
+}
+
+/* ---- wait queue (c->mu held) ---------------------------------------------------- */
+
+static void wq_push(struct comp *c, struct waiter *w)
+{
+    w->next = NULL;
+    w->prev = c->wq_tail;
+    if (c->wq_tail)
+        c->wq_tail->next = w;
+    else
+        c->wq_head = w;
+    c->wq_tail = w;
+    c->n_waiters++;
+    if (w->async)
+        c->n_async++;
+}
+
+static void wq_unlink(struct comp *c, struct waiter *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        c->wq_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        c->wq_tail = w->prev;
+    w->next = w->prev = NULL;
+    c->n_waiters--;
+    if (w->async)
+        c->n_async--;
+}
+
+/* Marks w finished: blocking waiters are woken, async ones go on *ret_done. */
+static void complete(struct waiter *w, int err, struct waiter **ret_done)
+{
+    w->done = true;
+    w->err = err;
+    if (w->async) {
+        w->next = *ret_done;
+        *ret_done = w;
+    } else {
+        pthread_cond_signal(&w->cv);
+    }
+}
+
+/* ---- granting (c->mu held) ------------------------------------------------------ */
+
+/* Hands a lease to w if c can serve now. Returns false when it cannot. */
+static bool try_grant(struct comp *c, struct waiter *w, bool cold)
+{
+    if (c->state != LARDER_STATE_READY || (c->pooled && !c->free_inst))
+        return false;
+    larder_lease *l = malloc(sizeof *l);
+    if (!l) {
+        w->done = true;
+        w->err = -ENOMEM;
+        return true;
+    }
+    struct larder *m = c->m;
+    struct inst *i = NULL;
+    if (c->pooled) {
+        i = c->free_inst;
+        c->free_inst = i->next;
+        c->n_busy++;
+    }
+    *l = (struct larder_lease){.m = m, .c = c, .requested = w->requested, .inst = i,
+                               .cold = cold || w->cold};
+    if (l->cold) {
+        l->load_ms = c->load_ms_last;
+        l->wait_ms = (double)(larder__now_ms() - w->start_ms);
+        c->cold_starts++;
+    }
+    c->leases++;
+    c->hits++;
+    c->expires_at_ms = 0;
+    if (w->requested != c)
+        c->fallbacks_served++;
+    c->ps.hits++;
+    c->ps.last_use = larder__now_s();
+    if (m->policy->on_hit)
+        m->policy->on_hit(m->policy_state, &c->ps, c->ps.last_use);
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    w->lease = l;
+    w->err = 0;
+    w->done = true;
+    return true;
+}
+
+void larder__dispatch(struct comp *c, bool cold, struct waiter **ret_done)
+{
+    while (c->wq_head) {
+        struct waiter *w = c->wq_head;
+        if (!try_grant(c, w, cold))
+            break;
+        wq_unlink(c, w);
+        complete(w, w->err, ret_done);
+    }
+}
+
+void larder__fail_waiters(struct comp *c, int err, struct waiter **ret_done)
+{
+    while (c->wq_head) {
+        struct waiter *w = c->wq_head;
+        wq_unlink(c, w);
+        complete(w, err, ret_done);
+    }
+}
+
+void larder__expire_async(struct comp *c, int64_t now, struct waiter **ret_done,
+                          int64_t *next_deadline)
+{
+    for (struct waiter *w = c->wq_head, *n; w; w = n) {
+        n = w->next;
+        if (!w->async || w->deadline_ms < 0)
+            continue;
+        if (w->deadline_ms <= now) {
+            wq_unlink(c, w);
+            complete(w, LARDER_ETIMEDOUT, ret_done);
+        } else if (w->deadline_ms < *next_deadline) {
+            *next_deadline = w->deadline_ms;
+        }
+    }
+}
+
+bool larder__comp_idle(const struct comp *c)
+{
+    return c->state == LARDER_STATE_READY && c->leases == 0 && !c->growing && !c->freeing &&
+           c->n_waiters == 0;
+}
+
+void larder__mark_idle(struct comp *c)
+{
+    pthread_cond_broadcast(&c->cv);
+    if (c->ttl_ms < 0 || c->pin || c->state != LARDER_STATE_READY) {
+        c->expires_at_ms = 0;
+        return;
+    }
+    c->expires_at_ms = larder__now_ms_coarse() + c->ttl_ms;
+    larder__reaper_kick(c->m, c->expires_at_ms);
+}
+
+/* ---- submitting one waiter (c->mu held) ------------------------------------------ */
+
+static void maybe_grow(struct comp *c)
+{
+    if (c->state == LARDER_STATE_READY && c->pooled && !c->free_inst && !c->growing &&
+        c->n_inst < c->max_inst && c->n_waiters > 0) {
+        c->growing = true;
+        larder__submit(c->m, &c->grow_job);
+    }
+}
+
+/* 1: answered now (granted or failed: see w->err), 0: queued, < 0: refused. */
+static int submit_waiter(struct comp *c, struct waiter *w)
+{
+    struct larder *m = c->m;
+    if (atomic_load(&m->closing))
+        return LARDER_ECLOSED;
+    if (!c->defined)
+        return LARDER_ENOTFOUND;
+    if (c->draining)
+        return LARDER_EDRAINING;
+    if (!c->wq_head && try_grant(c, w, false))
+        return 1;
+    if (c->n_waiters >= c->queue_max)
+        return LARDER_EBUSY;
+    int64_t now = larder__now_ms();
+    switch (c->state) {
+    case LARDER_STATE_FAILED:
+        if (now < c->cooldown_until_ms)
+            return LARDER_ECOOLDOWN;
+        /* fall through */
+    case LARDER_STATE_UNLOADED:
+        larder__start_load(c);
+        w->cold = true;
+        break;
+    case LARDER_STATE_LOADING:
+    case LARDER_STATE_UNLOADING:
+        w->cold = true;
+        break;
+    case LARDER_STATE_READY:
+        break;
+    }
+    w->start_ms = now;
+    w->deadline_ms = w->timeout_ms < 0 ? -1 : now + w->timeout_ms;
+    wq_push(c, w);
+    maybe_grow(c);
+    if (w->async && w->deadline_ms >= 0)
+        larder__reaper_kick(m, w->deadline_ms);
+    return 0;
+}
+
+static void timespec_at(struct timespec *ts, int64_t at_ms)
+{
+    int64_t left = at_ms - larder__now_ms();
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    if (left < 0)
+        left = 0;
+    ts->tv_sec += left / 1000;
+    ts->tv_nsec += (left % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+/* Blocking: waits on w->cv until answered or the deadline. c->mu held. */
+static void wait_answer(struct comp *c, struct waiter *w)
+{
+    while (!w->done) {
+        if (w->deadline_ms < 0) {
+            pthread_cond_wait(&w->cv, &c->mu);
+            continue;
+        }
+        if (larder__now_ms() >= w->deadline_ms) {
+            wq_unlink(c, w);
+            w->done = true;
+            w->err = LARDER_ETIMEDOUT;
+            break;
+        }
+        struct timespec ts;
+        timespec_at(&ts, w->deadline_ms);
+        pthread_cond_timedwait(&w->cv, &c->mu, &ts);
+    }
+}
+
+/* 0: granted (w->lease), < 0: failed, 1: an async waiter was queued (and may already
+ * be answered by another thread: the caller must not touch it any more). */
+int larder__acquire_comp(struct larder *m, struct waiter *w)
+{
+    struct comp *c = w->c;
+    pthread_mutex_lock(&c->mu);
+    int r = submit_waiter(c, w);
+    if (r == 0 && !w->async)
+        wait_answer(c, w);
+    pthread_mutex_unlock(&c->mu);
+    if (r < 0)
+        return r;
+    if (r == 0 && w->async)
+        return 1;
+    return w->err;
+}
+
+/* The next component of w's fallback chain, or NULL; *ret_err = LARDER_ECYCLE when
+ * the chain loops. */
+static struct comp *next_fallback(struct larder *m, struct waiter *w, int *ret_err)
+{
+    struct comp *c = w->c;
+    pthread_mutex_lock(&c->mu);
+    struct comp *f = c->defined && c->fallback ? larder__lookup(m, c->fallback) : NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (!f)
+        return NULL;
+    for (unsigned i = 0; i < w->hops; i++)
+        if (w->visited[i] == f) {
+            *ret_err = LARDER_ECYCLE;
+            return NULL;
+        }
+    if (w->hops >= LARDER__MAX_HOPS) {
+        *ret_err = LARDER_ECYCLE;
+        return NULL;
+    }
+    return f;
+}
+
+static void move_to(struct waiter *w, struct comp *f)
+{
+    w->visited[w->hops++] = f;
+    w->c = f;
+    w->done = false;
+    w->cold = false;
+    w->err = 0;
+    w->lease = NULL;
+}
+
+static void emit_fallback(struct larder *m, struct waiter *w)
+{
+    struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_FALLBACK,
+                              .name = w->requested->name, .detail = w->c->name};
+    larder__emit(m, &ev);
+}
+
+/* Answers finished async waiters: retries a fallback when one applies, else calls back. */
+void larder__deliver(struct larder *m, struct waiter *done)
+{
+    while (done) {
+        struct waiter *w = done;
+        done = w->next;
+        int err = w->err;
+        while (err < 0 && fallbackable(err)) {
+            struct comp *f = next_fallback(m, w, &err);
+            if (!f)
+                break;
+            move_to(w, f);
+            err = larder__acquire_comp(m, w);
+            if (err == 1)
+                goto queued;
+        }
+        if (err == 0 && w->requested != w->c)
+            emit_fallback(m, w);
+        w->cb(w->ud, err, err == 0 ? w->lease : NULL);
+        free(w);
+    queued:;
+    }
+}
+
+static void waiter_init(struct waiter *w, struct comp *c, int64_t timeout_ms)
+{
+    memset(w, 0, sizeof *w);
+    w->c = c;
+    w->requested = c;
+    w->visited[0] = c;
+    w->hops = 1;
+    w->timeout_ms = timeout_ms;
+    w->deadline_ms = -1;
+}
+
+static int acquire_blocking(struct larder *m, struct comp *c, int64_t timeout_ms,
+                            bool fallbacks, larder_lease **ret_lease)
+{
+    struct waiter w;
+    waiter_init(&w, c, timeout_ms);
+    pthread_cond_init(&w.cv, NULL);
+    int r = larder__acquire_comp(m, &w);
+    while (fallbacks && r < 0 && fallbackable(r)) {
+        struct comp *f = next_fallback(m, &w, &r);
+        if (!f)
+            break;
+        move_to(&w, f);
+        r = larder__acquire_comp(m, &w);
+    }
+    pthread_cond_destroy(&w.cv);
+    if (r < 0)
+        return r;
+    if (w.requested != w.c)
+        emit_fallback(m, &w);
+    *ret_lease = w.lease;
+    return 0;
+}
+
+int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
+{
+    if (!m || !name || !ret_lease)
+        return -EINVAL;
+    struct comp *c = larder__lookup(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    /* Warm path: one component lock, no waiter set-up. */
+    pthread_mutex_lock(&c->mu);
+    if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
+        !atomic_load_explicit(&m->closing, memory_order_relaxed)) {
+        struct waiter w;
+        w.requested = c;
+        w.cold = false;
+        if (try_grant(c, &w, false)) {
+            pthread_mutex_unlock(&c->mu);
+            if (w.err < 0)
+                return w.err;
+            *ret_lease = w.lease;
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return acquire_blocking(m, c, timeout_ms, true, ret_lease);
+}
+
+int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms, larder_acquire_fn cb,
+                         void *ud)
+{
+    if (!m || !name || !cb)
+        return -EINVAL;
+    struct comp *c = larder__lookup(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    struct waiter *w = malloc(sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    waiter_init(w, c, timeout_ms);
+    w->async = true;
+    w->cb = cb;
+    w->ud = ud;
+    int r = larder__acquire_comp(m, w);
+    if (r == 1)
+        return 0; /* queued: answered later, maybe already */
+    if (r == LARDER_ENOTFOUND || r == -EINVAL) {
+        free(w);
+        return r;
+    }
+    w->err = r;
+    w->next = NULL;
+    larder__deliver(m, w);
+    return 0;
+}
+
+/* ---- sets --------------------------------------------------------------------------- */
+
+static int name_cmp(const void *a, const void *b)
+{
+    const struct comp *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+/* Bytes the set needs at once: reservations of loaded members, estimates of others. */
+static int set_fits(struct larder *m, struct comp **cs, size_t n)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && cs[i] == cs[i - 1])
+            continue;
+        pthread_mutex_lock(&cs[i]->mu);
+        uint64_t b = cs[i]->reserved ? cs[i]->reserved
+                     : cs[i]->measured > cs[i]->estimate ? cs[i]->measured : cs[i]->estimate;
+        if (!b)
+            b = cs[i]->mem_override;
+        pthread_mutex_unlock(&cs[i]->mu);
+        total += b;
+    }
+    return total > larder_get_budget(m) ? LARDER_ETOOBIG : 0;
+}
+
+int larder_acquire_set(larder *m, const char *const *names, size_t n, int64_t timeout_ms,
+                       larder_lease **ret_leases)
+{
+    if (!m || !names || !n || !ret_leases || n > 4096)
+        return -EINVAL;
+    struct comp **cs = malloc(n * sizeof *cs);
+    larder_lease **ls = calloc(n, sizeof *ls);
+    int r = cs && ls ? 0 : -ENOMEM;
+    for (size_t i = 0; r == 0 && i < n; i++)
+        if (!names[i] || !(cs[i] = larder__lookup(m, names[i])))
+            r = names[i] ? LARDER_ENOTFOUND : -EINVAL;
+    if (r == 0) {
+        qsort(cs, n, sizeof *cs, name_cmp);
+        r = set_fits(m, cs, n);
+    }
+    if (r == 0) {
+        int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
+        pthread_mutex_lock(&m->set_mu);
+        for (size_t i = 0; r == 0 && i < n; i++) {
+            int64_t left = deadline < 0 ? -1 : deadline - larder__now_ms();
+            r = acquire_blocking(m, cs[i], deadline >= 0 && left < 0 ? 0 : left, false, &ls[i]);
+        }
+        pthread_mutex_unlock(&m->set_mu);
+    }
+    for (size_t i = 0; r < 0 && ls && i < n; i++)
+        larder_release(ls[i]);
+    /* Leases go back in the caller's order: sorted slot i holds component cs[i]. */
+    for (size_t k = 0; r == 0 && k < n; k++) {
+        for (size_t i = 0; i < n; i++) {
+            if (ls[i] && strcmp(cs[i]->name, names[k]) == 0) {
+                ret_leases[k] = ls[i];
+                ls[i] = NULL;
+                break;
+            }
+        }
+    }
+    free(cs);
+    free(ls);
+    return r;
+}
+
+/* ---- lease accessors and release ---------------------------------------------------- */
+
+void *larder_lease_model(const larder_lease *l)
+{
+    return l ? l->c->model : NULL;
+}
+
+void *larder_lease_instance(const larder_lease *l)
+{
+    return l && l->inst ? l->inst->ptr : NULL;
+}
+
+const char *larder_lease_served_by(const larder_lease *l)
+{
+    return l ? l->c->name : NULL;
+}
+
+const char *larder_lease_requested(const larder_lease *l)
+{
+    return l ? l->requested->name : NULL;
+}
+
+bool larder_lease_cold_start(const larder_lease *l)
+{
+    return l && l->cold;
+}
+
+double larder_lease_wait_ms(const larder_lease *l)
+{
+    return l ? l->wait_ms : 0;
+}
+
+double larder_lease_load_ms(const larder_lease *l)
+{
+    return l ? l->load_ms : 0;
+}
+
+larder_lease *larder_release(larder_lease *l)
+{
+    if (!l)
+        return NULL;
+    struct comp *c = l->c;
+    struct larder *m = l->m;
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    c->leases--;
+    if (l->inst) {
+        c->n_busy--;
+        l->inst->next = c->free_inst;
+        c->free_inst = l->inst;
+    }
+    c->ps.last_use = larder__now_s();
+    if (c->wq_head)
+        larder__dispatch(c, false, &done);
+    bool idle = c->leases == 0;
+    if (idle)
+        larder__mark_idle(c);
+    bool closing = atomic_load(&m->closing);
+    pthread_mutex_unlock(&c->mu);
+    free(l);
+    larder__deliver(m, done);
+    if (idle && atomic_load(&m->admit_waiters) > 0) {
+        pthread_mutex_lock(&m->mu);
+        pthread_cond_broadcast(&m->budget_cv);
+        pthread_mutex_unlock(&m->mu);
+    }
+    if (idle && closing)
+        larder__unload_comp(m, c, LARDER_REASON_CLOSE);
+    larder__ref_drop(m);
+    return NULL;
+}

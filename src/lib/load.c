@@ -1,0 +1,757 @@
+/* Loading, admission against the budget, eviction, unloading, and the reaper that
+ * enforces keep-alive ttls and async deadlines. */
+#include "internal.h"
+
+#include <errno.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* ---- the loader pool -------------------------------------------------------------- */
+
+void larder__submit(struct larder *m, struct job *j)
+{
+    pthread_mutex_lock(&m->jobs_mu);
+    if (!j->queued) {
+        j->queued = true;
+        j->next = NULL;
+        if (m->jobs_tail)
+            m->jobs_tail->next = j;
+        else
+            m->jobs_head = j;
+        m->jobs_tail = j;
+        pthread_cond_signal(&m->jobs_cv);
+    }
+    pthread_mutex_unlock(&m->jobs_mu);
+}
+
+void larder__start_load(struct comp *c)
+{
+    c->state = LARDER_STATE_LOADING;
+    larder__submit(c->m, &c->load_job);
+}
+
+static void run_load(struct comp *c);
+static void run_grow(struct comp *c);
+static void cancel_job(struct job *j);
+
+static void *loader_main(void *arg)
+{
+    struct larder *m = arg;
+    pthread_mutex_lock(&m->jobs_mu);
+    for (;;) {
+        while (!m->jobs_head && !m->jobs_stop)
+            pthread_cond_wait(&m->jobs_cv, &m->jobs_mu);
+        struct job *j = m->jobs_head;
+        if (!j)
+            break;
+        m->jobs_head = j->next;
+        if (!m->jobs_head)
+            m->jobs_tail = NULL;
+        j->queued = false;
+        bool stop = m->jobs_stop;
+        pthread_mutex_unlock(&m->jobs_mu);
+        if (stop)
+            cancel_job(j);
+        else if (j->kind == JOB_LOAD)
+            run_load(j->c);
+        else
+            run_grow(j->c);
+        pthread_mutex_lock(&m->jobs_mu);
+    }
+    pthread_mutex_unlock(&m->jobs_mu);
+    return NULL;
+}
+
+int larder__loaders_start(struct larder *m)
+{
+    m->loaders = calloc(m->opts.loader_threads, sizeof *m->loaders);
+    if (!m->loaders)
+        return -ENOMEM;
+    for (unsigned i = 0; i < m->opts.loader_threads; i++) {
+        int r = pthread_create(&m->loaders[i], NULL, loader_main, m);
+        if (r != 0)
+            return -r;
+        m->n_loaders++;
+    }
+    return 0;
+}
+
+void larder__loaders_stop(struct larder *m)
+{
+    pthread_mutex_lock(&m->jobs_mu);
+    m->jobs_stop = true;
+    pthread_cond_broadcast(&m->jobs_cv);
+    pthread_mutex_unlock(&m->jobs_mu);
+    for (unsigned i = 0; i < m->n_loaders; i++)
+        pthread_join(m->loaders[i], NULL);
+    m->n_loaders = 0;
+}
+
+static void clear_preload(struct comp *c)
+{
+    if (c->preload_pending) {
+        c->preload_pending = false;
+        atomic_fetch_sub(&c->m->preload_pending, 1);
+    }
+}
+
+static void cancel_job(struct job *j)
+{
+    struct comp *c = j->c;
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (j->kind == JOB_LOAD) {
+        c->state = LARDER_STATE_UNLOADED;
+        clear_preload(c);
+        larder__fail_waiters(c, LARDER_ECLOSED, &done);
+    } else {
+        c->growing = false;
+    }
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(c->m, done);
+}
+
+/* ---- estimates and admission ------------------------------------------------------ */
+
+/* Runs on the loader thread of c (its definition is stable while it loads). */
+static void estimate(struct comp *c)
+{
+    struct larder *m = c->m;
+    uint64_t b = 0;
+    enum larder_estimate_source src = LARDER_ESTIMATE_NONE;
+    struct stat st;
+    pthread_mutex_lock(&c->mu);
+    uint64_t learned = c->measured;
+    pthread_mutex_unlock(&c->mu);
+    if (c->mem_override) {
+        b = c->mem_override;
+        src = LARDER_ESTIMATE_OVERRIDE;
+    } else if (c->cls->estimate && c->cls->estimate(c->ud, &b) == 0 && b) {
+        src = LARDER_ESTIMATE_CLASS;
+    } else if (learned) {
+        b = learned;
+        src = LARDER_ESTIMATE_LEARNED;
+    } else if (c->path && stat(c->path, &st) == 0) {
+        b = (uint64_t)((double)st.st_size * m->opts.file_size_factor);
+        src = LARDER_ESTIMATE_FILE;
+    } else {
+        b = 0;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->estimate = b;
+    c->est_src = src;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void charge(struct larder *m, struct comp *c, int64_t bytes)
+{
+    m->reserved = (uint64_t)((int64_t)m->reserved + bytes);
+    c->reserved = (uint64_t)((int64_t)c->reserved + bytes);
+    if (bytes < 0)
+        pthread_cond_broadcast(&m->budget_cv);
+}
+
+static void wait_budget(struct larder *m, int64_t deadline)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t left = deadline - larder__now_ms();
+    if (left > 1000)
+        left = 1000;
+    if (left < 0)
+        left = 0;
+    ts.tv_sec += left / 1000;
+    ts.tv_nsec += (left % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&m->budget_cv, &m->mu, &ts);
+}
+
+/* m->mu held. Whether anyone still waits for c's load (callers or a preload). */
+static bool wanted(struct comp *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool w = c->n_waiters > 0 || c->preload_pending || c->state != LARDER_STATE_LOADING;
+    pthread_mutex_unlock(&c->mu);
+    return w;
+}
+
+/* m->mu held. Reserves bytes for c, evicting idle components, waiting up to wait_ms
+ * for leases to come back. */
+static int admit(struct larder *m, struct comp *c, uint64_t bytes, int64_t wait_ms)
+{
+    int64_t deadline = larder__now_ms() + wait_ms;
+    for (;;) {
+        if (atomic_load(&m->closing))
+            return LARDER_ECLOSED;
+        if (bytes > m->budget)
+            return LARDER_ETOOBIG;
+        /* Counted before looking, so a release racing with the scan still wakes us. */
+        atomic_fetch_add(&m->admit_waiters, 1);
+        int r = 1;
+        if (m->reserved + bytes <= m->budget) {
+            charge(m, c, (int64_t)bytes);
+            r = 0;
+        } else if (larder__evict_one(m, c, LARDER_REASON_BUDGET) == 0) {
+            if (larder__now_ms() >= deadline)
+                r = LARDER_ENOSPC;
+            else if (!wanted(c))
+                r = LARDER_ECANCELED;
+            else
+                wait_budget(m, deadline);
+        }
+        atomic_fetch_sub(&m->admit_waiters, 1);
+        if (r <= 0)
+            return r;
+    }
+}
+
+/* ---- eviction ----------------------------------------------------------------------- */
+
+struct pick {
+    struct larder *m;
+    struct comp *except;
+    struct comp *best;
+    double best_score;
+    bool instances; /* pass 1: surplus instances; pass 2: whole components */
+    double now;
+};
+
+static void pick_one(struct comp *c, void *arg)
+{
+    struct pick *p = arg;
+    if (c == p->except)
+        return;
+    pthread_mutex_lock(&c->mu);
+    bool ok;
+    if (p->instances)
+        ok = c->state == LARDER_STATE_READY && c->free_inst && c->n_inst > 1 && !c->draining;
+    else
+        ok = larder__comp_idle(c) && !c->pin && !c->draining && c->defined;
+    if (ok) {
+        c->ps.bytes = c->reserved;
+        double s = p->m->policy->score(p->m->policy_state, &c->ps, p->now);
+        if (!p->best || s < p->best_score) {
+            p->best = c;
+            p->best_score = s;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* m->mu held; frees one idle surplus instance of c (dropping m->mu meanwhile). */
+static bool free_instance(struct larder *m, struct comp *c)
+{
+    pthread_mutex_lock(&c->mu);
+    if (!(c->state == LARDER_STATE_READY && c->free_inst && c->n_inst > 1)) {
+        pthread_mutex_unlock(&c->mu);
+        return false;
+    }
+    struct inst *i = c->free_inst;
+    c->free_inst = i->next;
+    c->n_inst--;
+    c->freeing++;
+    uint64_t bytes = c->inst_bytes < c->reserved ? c->inst_bytes : 0;
+    void *model = c->model;
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&m->mu);
+    c->cls->instance_free(c->ud, model, i->ptr);
+    free(i);
+    larder__emit_simple(m, LARDER_EVENT_INSTANCE_FREE, c, LARDER_REASON_BUDGET, bytes);
+    pthread_mutex_lock(&m->mu);
+    pthread_mutex_lock(&c->mu);
+    c->freeing--;
+    charge(m, c, -(int64_t)bytes);
+    c->ps.bytes = c->reserved;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return true;
+}
+
+/* m->mu and c->mu held, c idle and loaded: takes it to UNLOADING, then unloads it with
+ * both locks dropped, and settles the accounts. Returns with m->mu held, c->mu free. */
+static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reason why)
+{
+    void *model = c->model;
+    struct inst *insts = c->free_inst;
+    uint64_t bytes = c->reserved;
+    c->state = LARDER_STATE_UNLOADING;
+    c->free_inst = NULL;
+    c->n_inst = 0;
+    c->expires_at_ms = 0;
+    if (why != LARDER_REASON_CLOSE)
+        c->evictions++;
+    if (m->policy->on_evict)
+        m->policy->on_evict(m->policy_state, &c->ps, larder__now_s());
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&m->mu);
+
+    larder__emit_simple(m, LARDER_EVENT_EVICT, c, why, bytes);
+    bool alone = atomic_fetch_add(&m->unloads_running, 1) == 0 &&
+                 atomic_load(&m->loads_running) == 0;
+    uint64_t rss0 = larder__rss_now();
+    for (struct inst *i = insts, *n; i; i = n) {
+        n = i->next;
+        c->cls->instance_free(c->ud, model, i->ptr);
+        free(i);
+    }
+    c->cls->unload(c->ud, model);
+    if (m->opts.trim_after_unload)
+        malloc_trim(0);
+    int64_t returned = (int64_t)rss0 - (int64_t)larder__rss_now();
+    alone = atomic_fetch_sub(&m->unloads_running, 1) == 1 && alone &&
+            atomic_load(&m->loads_running) == 0;
+
+    pthread_mutex_lock(&m->mu);
+    pthread_mutex_lock(&c->mu);
+    charge(m, c, -(int64_t)c->reserved);
+    c->model = NULL;
+    c->state = LARDER_STATE_UNLOADED;
+    if (alone) {
+        c->last_returned = returned;
+        c->leak_suspect = c->method != LARDER_MEASURE_ESTIMATE && c->measured > (4u << 20) &&
+                          returned < (int64_t)(c->measured / 2);
+    }
+    if (c->n_waiters > 0 && !c->draining && c->defined)
+        larder__start_load(c);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_UNLOAD,
+                              .name = c->name, .reason = why, .bytes = bytes,
+                              .bytes_returned = alone ? returned : 0};
+    pthread_mutex_unlock(&m->mu);
+    larder__emit(m, &ev);
+    pthread_mutex_lock(&m->mu);
+}
+
+int larder__evict_one(struct larder *m, struct comp *except, enum larder_evict_reason why)
+{
+    struct pick p = {.m = m, .except = except, .instances = true, .now = larder__now_s()};
+    larder__each_comp(m, pick_one, &p);
+    if (p.best && free_instance(m, p.best))
+        return 2;
+    p.instances = false;
+    p.best = NULL;
+    larder__each_comp(m, pick_one, &p);
+    if (!p.best)
+        return 0;
+    pthread_mutex_lock(&p.best->mu);
+    if (!larder__comp_idle(p.best) || p.best->pin) {
+        pthread_mutex_unlock(&p.best->mu);
+        return 3; /* changed meanwhile: tell the caller to look again */
+    }
+    evict_taken(m, p.best, why);
+    return 1;
+}
+
+int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why)
+{
+    pthread_mutex_lock(&m->mu);
+    pthread_mutex_lock(&c->mu);
+    int r = 0;
+    if (c->state != LARDER_STATE_READY) {
+        pthread_mutex_unlock(&c->mu);
+    } else if (c->leases || c->growing || c->freeing ||
+               (c->n_waiters && why != LARDER_REASON_CLOSE)) {
+        pthread_mutex_unlock(&c->mu);
+        r = LARDER_EINUSE;
+    } else {
+        evict_taken(m, c, why);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return r;
+}
+
+void larder__enforce_budget(struct larder *m)
+{
+    pthread_mutex_lock(&m->mu);
+    while (m->reserved > m->budget && larder__evict_one(m, NULL, LARDER_REASON_BUDGET) != 0)
+        ;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* ---- loading -------------------------------------------------------------------------- */
+
+static void load_failed(struct comp *c, int err, const char *msg, bool cooldown, double ms)
+{
+    struct larder *m = c->m;
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    c->last_err = err;
+    snprintf(c->last_msg, sizeof c->last_msg, "%s", msg && *msg ? msg : larder_strerror(err));
+    if (cooldown) {
+        c->failures++;
+        c->fail_streak++;
+        int64_t cd = m->opts.cooldown_min_ms;
+        for (unsigned i = 1; i < c->fail_streak && cd < m->opts.cooldown_max_ms; i++)
+            cd *= 2;
+        if (cd > m->opts.cooldown_max_ms)
+            cd = m->opts.cooldown_max_ms;
+        c->cooldown_until_ms = larder__now_ms() + cd;
+        c->state = LARDER_STATE_FAILED;
+    } else {
+        c->state = LARDER_STATE_UNLOADED;
+    }
+    clear_preload(c);
+    larder__fail_waiters(c, err, &done);
+    pthread_cond_broadcast(&c->cv);
+    struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_LOAD_FAIL,
+                              .name = c->name, .error = err, .message = c->last_msg,
+                              .load_ms = ms};
+    char msgcopy[LARDER__ERRLEN];
+    memcpy(msgcopy, c->last_msg, sizeof msgcopy);
+    ev.message = msgcopy;
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(m, done);
+    larder__emit(m, &ev);
+}
+
+static void release_reservation(struct comp *c)
+{
+    pthread_mutex_lock(&c->m->mu);
+    pthread_mutex_lock(&c->mu);
+    charge(c->m, c, -(int64_t)c->reserved);
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->m->mu);
+}
+
+struct loaded {
+    void *model;
+    void *inst;
+    double ms;
+    uint64_t measured;
+    enum larder_measure_method method;
+    char err[LARDER__ERRLEN];
+};
+
+/* Runs the class: model plus, for pooled classes, the first instance. */
+static int call_load(struct comp *c, struct loaded *out)
+{
+    struct larder *m = c->m;
+    bool alone = atomic_fetch_add(&m->loads_running, 1) == 0 &&
+                 atomic_load(&m->unloads_running) == 0;
+    uint64_t rss0 = larder__rss_now();
+    int64_t t0 = larder__now_ms();
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    out->err[0] = '\0';
+    int r = c->cls->load(c->ud, &out->model, out->err, sizeof out->err);
+    if (r >= 0 && c->pooled) {
+        r = c->cls->instance_new(c->ud, out->model, &out->inst, out->err, sizeof out->err);
+        if (r < 0)
+            c->cls->unload(c->ud, out->model);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    (void)t0;
+    out->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+    uint64_t rss1 = larder__rss_now();
+    alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone &&
+            atomic_load(&m->unloads_running) == 0;
+    if (r < 0)
+        return LARDER_ELOAD;
+    uint64_t bytes = 0;
+    if (c->cls->measure && c->cls->measure(c->ud, out->model, &bytes) == 0 && bytes) {
+        out->measured = bytes;
+        out->method = LARDER_MEASURE_CLASS;
+    } else if (alone && rss1 && rss0) {
+        out->measured = rss1 > rss0 ? rss1 - rss0 : 0;
+        out->method = LARDER_MEASURE_RSS;
+    } else {
+        out->method = LARDER_MEASURE_ESTIMATE;
+    }
+    return 0;
+}
+
+static void undo_load(struct comp *c, struct loaded *ld)
+{
+    if (ld->inst)
+        c->cls->instance_free(c->ud, ld->model, ld->inst);
+    c->cls->unload(c->ud, ld->model);
+    if (c->m->opts.trim_after_unload)
+        malloc_trim(0);
+}
+
+/* m->mu held: grows c's reservation to what was measured, evicting idle components
+ * but never waiting (the load is done; its memory is already in use). */
+static int reconcile(struct larder *m, struct comp *c, const struct loaded *ld)
+{
+    uint64_t want = ld->measured > c->estimate ? ld->measured : c->estimate;
+    if (want <= c->reserved)
+        return 0;
+    return admit(m, c, want - c->reserved, 0);
+}
+
+static void load_succeeded(struct comp *c, struct loaded *ld)
+{
+    struct larder *m = c->m;
+    struct waiter *done = NULL;
+    struct inst *i = NULL;
+    if (ld->inst && !(i = malloc(sizeof *i))) {
+        undo_load(c, ld);
+        release_reservation(c);
+        load_failed(c, -ENOMEM, NULL, false, ld->ms);
+        return;
+    }
+    pthread_mutex_lock(&m->mu);
+    pthread_mutex_lock(&c->mu);
+    c->model = ld->model;
+    if (i) {
+        i->ptr = ld->inst;
+        i->next = NULL;
+        c->free_inst = i;
+        c->n_inst = 1;
+    }
+    if (ld->method != LARDER_MEASURE_ESTIMATE)
+        c->measured = ld->measured;
+    c->method = ld->method;
+    c->state = LARDER_STATE_READY;
+    c->loads++;
+    c->load_ms_last = ld->ms;
+    c->load_ms_sum += ld->ms;
+    c->fail_streak = 0;
+    c->last_err = 0;
+    c->last_msg[0] = '\0';
+    c->ps.bytes = c->reserved;
+    c->ps.load_cost = ld->ms / 1000.0;
+    c->ps.loaded_at = c->ps.last_use = larder__now_s();
+    if (m->policy->on_load)
+        m->policy->on_load(m->policy_state, &c->ps, c->ps.loaded_at);
+    pthread_mutex_unlock(&m->mu);
+    clear_preload(c);
+    larder__dispatch(c, true, &done);
+    if (c->n_waiters > 0 && c->pooled && !c->growing && c->n_inst < c->max_inst) {
+        c->growing = true;
+        larder__submit(m, &c->grow_job);
+    }
+    if (c->leases == 0)
+        larder__mark_idle(c);
+    pthread_cond_broadcast(&c->cv);
+    struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_LOAD_DONE,
+                              .name = c->name, .bytes = c->reserved, .load_ms = ld->ms};
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(m, done);
+    larder__emit(m, &ev);
+}
+
+static void run_load(struct comp *c)
+{
+    struct larder *m = c->m;
+    larder__emit_simple(m, LARDER_EVENT_LOAD_START, c, LARDER_REASON_NONE, 0);
+    estimate(c);
+    pthread_mutex_lock(&m->mu);
+    int r = admit(m, c, c->estimate, m->opts.admission_timeout_ms);
+    pthread_mutex_unlock(&m->mu);
+    if (r < 0) {
+        load_failed(c, r, NULL, false, 0);
+        return;
+    }
+    struct loaded ld = {0};
+    r = call_load(c, &ld);
+    if (r < 0) {
+        release_reservation(c);
+        load_failed(c, r, ld.err, true, ld.ms);
+        return;
+    }
+    pthread_mutex_lock(&m->mu);
+    r = reconcile(m, c, &ld);
+    pthread_mutex_unlock(&m->mu);
+    if (r < 0) {
+        /* It really takes more than the budget can hold now: give it back, remember
+         * the true size for the next estimate. */
+        undo_load(c, &ld);
+        pthread_mutex_lock(&c->mu);
+        c->measured = ld.measured;
+        c->method = ld.method;
+        pthread_mutex_unlock(&c->mu);
+        release_reservation(c);
+        larder__emit_simple(m, LARDER_EVENT_EVICT, c, LARDER_REASON_OVERSIZE, ld.measured);
+        load_failed(c, r == LARDER_ETOOBIG ? r : LARDER_ENOSPC,
+                    "measured size does not fit the budget", false, ld.ms);
+        return;
+    }
+    load_succeeded(c, &ld);
+}
+
+/* ---- growing a pool ------------------------------------------------------------------ */
+
+static void grow_done(struct comp *c, struct inst *i, uint64_t learned, const char *err)
+{
+    struct larder *m = c->m;
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    c->growing = false;
+    if (learned)
+        c->inst_bytes = learned;
+    if (i) {
+        i->next = c->free_inst;
+        c->free_inst = i;
+        c->n_inst++;
+        larder__dispatch(c, true, &done);
+        if (c->n_waiters > 0 && !c->free_inst && c->n_inst < c->max_inst) {
+            c->growing = true;
+            larder__submit(m, &c->grow_job);
+        }
+        if (c->leases == 0)
+            larder__mark_idle(c);
+    } else if (err) {
+        snprintf(c->last_msg, sizeof c->last_msg, "instance: %s", err);
+    }
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(m, done);
+    if (i)
+        larder__emit_simple(m, LARDER_EVENT_INSTANCE_NEW, c, LARDER_REASON_NONE, learned);
+}
+
+static void run_grow(struct comp *c)
+{
+    struct larder *m = c->m;
+    pthread_mutex_lock(&c->mu);
+    bool ok = c->state == LARDER_STATE_READY && c->defined && !c->draining;
+    uint64_t bytes = c->inst_bytes ? c->inst_bytes : c->reserved;
+    void *model = c->model;
+    pthread_mutex_unlock(&c->mu);
+    if (!ok) {
+        grow_done(c, NULL, 0, NULL);
+        return;
+    }
+    pthread_mutex_lock(&m->mu);
+    uint64_t before = c->reserved;
+    int r = admit(m, c, bytes, 0);
+    pthread_mutex_unlock(&m->mu);
+    if (r < 0) {
+        grow_done(c, NULL, 0, NULL);
+        return;
+    }
+    char err[LARDER__ERRLEN] = "";
+    void *ptr = NULL;
+    bool alone = atomic_fetch_add(&m->loads_running, 1) == 0;
+    uint64_t rss0 = larder__rss_now();
+    r = c->cls->instance_new(c->ud, model, &ptr, err, sizeof err);
+    uint64_t rss1 = larder__rss_now();
+    alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone;
+    struct inst *i = r >= 0 ? malloc(sizeof *i) : NULL;
+    if (!i) {
+        if (r >= 0)
+            c->cls->instance_free(c->ud, model, ptr);
+        pthread_mutex_lock(&m->mu);
+        pthread_mutex_lock(&c->mu);
+        charge(m, c, -(int64_t)(c->reserved - before));
+        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&m->mu);
+        grow_done(c, NULL, 0, r < 0 ? (*err ? err : "failed") : "out of memory");
+        return;
+    }
+    i->ptr = ptr;
+    uint64_t learned = alone && rss1 > rss0 ? rss1 - rss0 : 0;
+    pthread_mutex_lock(&m->mu);
+    if (learned > bytes && admit(m, c, learned - bytes, 0) < 0)
+        learned = bytes; /* keep the instance; its true size is learned for next time */
+    pthread_mutex_lock(&c->mu);
+    c->ps.bytes = c->reserved;
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&m->mu);
+    grow_done(c, i, learned ? learned : bytes, NULL);
+}
+
+/* ---- the reaper: ttl unloads and async deadlines -------------------------------------- */
+
+void larder__reaper_kick(struct larder *m, int64_t at_ms)
+{
+    if (at_ms >= atomic_load_explicit(&m->reaper_wake_ms, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&m->reaper_mu);
+    if (at_ms < atomic_load(&m->reaper_wake_ms)) {
+        atomic_store(&m->reaper_wake_ms, at_ms);
+        m->reaper_kick = true;
+        pthread_cond_signal(&m->reaper_cv);
+    }
+    pthread_mutex_unlock(&m->reaper_mu);
+}
+
+struct reap {
+    struct larder *m;
+    int64_t now;
+    int64_t next;
+};
+
+static void reap_one(struct comp *c, void *arg)
+{
+    struct reap *a = arg;
+    struct larder *m = a->m;
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->n_async)
+        larder__expire_async(c, a->now, &done, &a->next);
+    int64_t exp = c->expires_at_ms;
+    bool due = exp && exp <= a->now && larder__comp_idle(c) && !c->pin && c->ttl_ms >= 0;
+    if (exp && !due && exp < a->next && larder__comp_idle(c))
+        a->next = exp;
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(m, done);
+    if (!due)
+        return;
+    pthread_mutex_lock(&m->mu);
+    pthread_mutex_lock(&c->mu);
+    if (c->expires_at_ms && c->expires_at_ms <= a->now && larder__comp_idle(c) && !c->pin)
+        evict_taken(m, c, LARDER_REASON_TTL);
+    else
+        pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void *reaper_main(void *arg)
+{
+    struct larder *m = arg;
+    pthread_mutex_lock(&m->reaper_mu);
+    while (!m->reaper_stop) {
+        int64_t now = larder__now_ms();
+        if (!m->reaper_kick && now < atomic_load(&m->reaper_wake_ms)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t left = atomic_load(&m->reaper_wake_ms) - now;
+            ts.tv_sec += left / 1000;
+            ts.tv_nsec += (left % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&m->reaper_cv, &m->reaper_mu, &ts);
+            continue;
+        }
+        m->reaper_kick = false;
+        atomic_store(&m->reaper_wake_ms, INT64_MAX);
+        pthread_mutex_unlock(&m->reaper_mu);
+        /* the coarse clock may lag the precise one by a tick */
+        struct reap a = {.m = m, .now = larder__now_ms() + 5, .next = INT64_MAX};
+        larder__each_comp(m, reap_one, &a);
+        pthread_mutex_lock(&m->reaper_mu);
+        if (a.next < atomic_load(&m->reaper_wake_ms))
+            atomic_store(&m->reaper_wake_ms, a.next);
+    }
+    pthread_mutex_unlock(&m->reaper_mu);
+    return NULL;
+}
+
+int larder__reaper_start(struct larder *m)
+{
+    atomic_store(&m->reaper_wake_ms, INT64_MAX);
+    int r = pthread_create(&m->reaper, NULL, reaper_main, m);
+    return r ? -r : 0;
+}
+
+void larder__reaper_stop(struct larder *m)
+{
+    pthread_mutex_lock(&m->reaper_mu);
+    m->reaper_stop = true;
+    pthread_cond_signal(&m->reaper_cv);
+    pthread_mutex_unlock(&m->reaper_mu);
+    pthread_join(m->reaper, NULL);
+}

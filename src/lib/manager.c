@@ -1,0 +1,883 @@
+/* The manager: open/close, the registry of definitions, snapshots, names. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t larder__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t larder__now_ms_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+double larder__now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+uint64_t larder__rss_now(void)
+{
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    unsigned long long size = 0, resident = 0;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        return 0;
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* ---- registry: open addressing, lock-free lookups, inserts under m->mu ---------- */
+
+static uint64_t hash_name(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+struct comp *larder__lookup(struct larder *m, const char *name)
+{
+    struct table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+    uint64_t h = hash_name(name);
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct comp *c = atomic_load_explicit(&t->slots[i], memory_order_acquire);
+        if (!c)
+            return NULL;
+        if (c->hash == h && strcmp(c->name, name) == 0)
+            return c;
+    }
+}
+
+static struct table *table_new(size_t cap)
+{
+    struct table *t = calloc(1, sizeof *t + cap * sizeof(t->slots[0]));
+    if (t)
+        t->cap = cap;
+    return t;
+}
+
+static void table_put(struct table *t, struct comp *c)
+{
+    size_t mask = t->cap - 1;
+    size_t i = c->hash & mask;
+    while (atomic_load_explicit(&t->slots[i], memory_order_relaxed))
+        i = (i + 1) & mask;
+    atomic_store_explicit(&t->slots[i], c, memory_order_release);
+}
+
+/* m->mu held. Old tables stay readable until the manager dies: lookups never lock. */
+static int registry_insert(struct larder *m, struct comp *c)
+{
+    struct table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
+    if ((m->n_comps + 1) * 2 > t->cap) {
+        struct table *nt = table_new(t->cap * 2);
+        if (!nt)
+            return -ENOMEM;
+        for (size_t i = 0; i < t->cap; i++) {
+            struct comp *o = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
+            if (o)
+                table_put(nt, o);
+        }
+        t->retired_next = m->retired;
+        m->retired = t;
+        atomic_store_explicit(&m->table, nt, memory_order_release);
+        t = nt;
+    }
+    table_put(t, c);
+    m->n_comps++;
+    return 0;
+}
+
+void larder__each_comp(struct larder *m, void (*fn)(struct comp *c, void *arg), void *arg)
+{
+    struct table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+    for (size_t i = 0; i < t->cap; i++) {
+        struct comp *c = atomic_load_explicit(&t->slots[i], memory_order_acquire);
+        if (c)
+            fn(c, arg);
+    }
+}
+
+/* ---- events --------------------------------------------------------------------- */
+
+void larder__emit(struct larder *m, const struct larder_event *ev)
+{
+    if (m->opts.on_event && !atomic_load(&m->events_off))
+        m->opts.on_event(m->opts.event_ud, ev);
+}
+
+void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
+                         enum larder_evict_reason reason, uint64_t bytes)
+{
+    struct larder_event ev = {.struct_size = sizeof ev, .type = t, .reason = reason,
+                              .bytes = bytes, .name = c ? c->name : NULL};
+    larder__emit(m, &ev);
+}
+
+/* ---- open / close ----------------------------------------------------------------- */
+
+void larder_opts_init(struct larder_opts *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->budget_fraction = 0.75;
+    o->policy = "cost";
+    o->loader_threads = 4;
+    o->default_ttl_ms = 300000;
+    o->default_queue_max = 1024;
+    o->admission_timeout_ms = 30000;
+    o->file_size_factor = 1.2;
+    o->cooldown_min_ms = 1000;
+    o->cooldown_max_ms = 300000;
+    o->trim_after_unload = true;
+}
+
+static uint64_t default_budget(double fraction)
+{
+    uint64_t limit = 0;
+    FILE *f = fopen("/sys/fs/cgroup/memory.max", "re");
+    if (f) {
+        unsigned long long v;
+        if (fscanf(f, "%llu", &v) == 1)
+            limit = v;
+        fclose(f);
+    }
+    if (!limit) {
+        long pages = sysconf(_SC_PHYS_PAGES);
+        long psize = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psize > 0)
+            limit = (uint64_t)pages * (uint64_t)psize;
+    }
+    if (fraction <= 0 || fraction > 1)
+        fraction = 0.75;
+    return (uint64_t)((double)limit * fraction);
+}
+
+static int check_opts(const struct larder_opts *o, struct larder_opts *out)
+{
+    larder_opts_init(out);
+    if (!o)
+        return 0;
+    if (o->struct_size < offsetof(struct larder_opts, event_ud) + sizeof(void *) ||
+        o->struct_size > 4096)
+        return -EINVAL;
+    memcpy(out, o, o->struct_size < sizeof *out ? o->struct_size : sizeof *out);
+    out->struct_size = sizeof *out;
+    if (!out->policy)
+        out->policy = "cost";
+    if (!out->loader_threads)
+        out->loader_threads = 4;
+    if (out->loader_threads > 256 || out->cooldown_min_ms < 0 ||
+        out->cooldown_max_ms < out->cooldown_min_ms || out->admission_timeout_ms < 0 ||
+        out->default_ttl_ms < -1 || out->file_size_factor < 0)
+        return -EINVAL;
+    if (!out->default_queue_max)
+        out->default_queue_max = 1024;
+    return 0;
+}
+
+static void free_manager(struct larder *m);
+
+static int init_sync(struct larder *m)
+{
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_mutex_init(&m->set_mu, NULL);
+    pthread_mutex_init(&m->jobs_mu, NULL);
+    pthread_mutex_init(&m->reaper_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->budget_cv, &ca);
+    pthread_cond_init(&m->jobs_cv, &ca);
+    pthread_cond_init(&m->reaper_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return 0;
+}
+
+int larder_open(const struct larder_opts *opts, larder **ret_manager)
+{
+    if (!ret_manager)
+        return -EINVAL;
+    struct larder_opts o;
+    int r = check_opts(opts, &o);
+    if (r < 0)
+        return r;
+    const struct larder__policy *p = larder__policy_find(o.policy);
+    if (!p)
+        return LARDER_EPOLICY;
+    struct larder *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->opts = o;
+    m->opts.policy = p->name;
+    m->policy = p;
+    m->policy_state = calloc(1, p->state_size ? p->state_size : 1);
+    atomic_init(&m->table, table_new(16));
+    if (!m->policy_state || !atomic_load(&m->table)) {
+        free(m->policy_state);
+        free(atomic_load(&m->table));
+        free(m);
+        return -ENOMEM;
+    }
+    if (p->init)
+        p->init(m->policy_state);
+    init_sync(m);
+    m->budget = o.budget_bytes ? o.budget_bytes : default_budget(o.budget_fraction);
+    atomic_init(&m->refs, 1);
+    r = larder__loaders_start(m);
+    if (r >= 0)
+        r = larder__reaper_start(m);
+    if (r < 0) {
+        larder__loaders_stop(m);
+        free_manager(m);
+        return r;
+    }
+    *ret_manager = m;
+    return 0;
+}
+
+static void close_waiters(struct comp *c, void *arg)
+{
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    larder__fail_waiters(c, LARDER_ECLOSED, &done);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(c->m, done);
+}
+
+static void close_unload(struct comp *c, void *arg)
+{
+    larder__unload_comp(c->m, c, LARDER_REASON_CLOSE);
+}
+
+larder *larder_close(larder *m)
+{
+    if (!m)
+        return NULL;
+    pthread_mutex_lock(&m->mu);
+    atomic_store(&m->closing, true);
+    pthread_cond_broadcast(&m->budget_cv);
+    pthread_mutex_unlock(&m->mu);
+    larder__each_comp(m, close_waiters, NULL);
+    larder__reaper_stop(m);
+    larder__loaders_stop(m);
+    /* Loads that were in flight have finished: their waiters were already failed. */
+    larder__each_comp(m, close_waiters, NULL);
+    larder__each_comp(m, close_unload, NULL);
+    atomic_store(&m->events_off, true);
+    larder__ref_drop(m);
+    return NULL;
+}
+
+static void comp_free(struct comp *c)
+{
+    struct inst *i = c->free_inst;
+    while (i) {
+        struct inst *n = i->next;
+        if (c->cls && c->cls->instance_free)
+            c->cls->instance_free(c->ud, c->model, i->ptr);
+        free(i);
+        i = n;
+    }
+    if (c->state == LARDER_STATE_READY && c->cls)
+        c->cls->unload(c->ud, c->model);
+    if (c->defined && c->ud_free)
+        c->ud_free(c->ud);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c->path);
+    free(c->fallback);
+    free(c->name);
+    free(c);
+}
+
+static void free_manager(struct larder *m)
+{
+    struct table *t = atomic_load(&m->table);
+    for (size_t i = 0; t && i < t->cap; i++) {
+        struct comp *c = atomic_load(&t->slots[i]);
+        if (c)
+            comp_free(c);
+    }
+    free(t);
+    while (m->retired) {
+        struct table *n = m->retired->retired_next;
+        free(m->retired);
+        m->retired = n;
+    }
+    free(m->loaders);
+    free(m->policy_state);
+    pthread_mutex_destroy(&m->mu);
+    pthread_mutex_destroy(&m->set_mu);
+    pthread_mutex_destroy(&m->jobs_mu);
+    pthread_mutex_destroy(&m->reaper_mu);
+    pthread_cond_destroy(&m->budget_cv);
+    pthread_cond_destroy(&m->jobs_cv);
+    pthread_cond_destroy(&m->reaper_cv);
+    free(m);
+}
+
+void larder__ref_drop(struct larder *m)
+{
+    if (atomic_fetch_sub(&m->refs, 1) == 1) {
+        free_manager(m);
+        malloc_trim(0);
+    }
+}
+
+int larder_set_budget(larder *m, uint64_t bytes)
+{
+    if (!m || !bytes)
+        return -EINVAL;
+    pthread_mutex_lock(&m->mu);
+    m->budget = bytes;
+    pthread_cond_broadcast(&m->budget_cv);
+    pthread_mutex_unlock(&m->mu);
+    larder__enforce_budget(m);
+    return 0;
+}
+
+uint64_t larder_get_budget(const larder *m)
+{
+    if (!m)
+        return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&m->mu);
+    uint64_t b = m->budget;
+    pthread_mutex_unlock((pthread_mutex_t *)&m->mu);
+    return b;
+}
+
+/* ---- definitions ---------------------------------------------------------------- */
+
+void larder_component_opts_init(struct larder_component_opts *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->ttl_ms = LARDER_TTL_DEFAULT;
+    o->max_instances = 1;
+}
+
+static bool valid_name(const char *name)
+{
+    if (!name || !*name || strlen(name) > 256)
+        return false;
+    for (const char *p = name; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '/')
+            return false;
+    return true;
+}
+
+static int check_comp_opts(const struct larder_component_opts *o)
+{
+    if (!o || o->struct_size < offsetof(struct larder_component_opts, queue_max) +
+                                  sizeof(unsigned) || !o->cls)
+        return -EINVAL;
+    const struct larder_class *k = o->cls;
+    if (k->struct_size < offsetof(struct larder_class, measure) + sizeof(void *) || !k->load ||
+        !k->unload || (k->instance_new && !k->instance_free))
+        return -EINVAL;
+    if (o->ttl_ms < -1 && o->ttl_ms != LARDER_TTL_DEFAULT)
+        return -EINVAL;
+    if (k->instance_new && (o->max_instances == 0 || o->max_instances > 65536))
+        return -EINVAL;
+    if (o->fallback && !valid_name(o->fallback))
+        return -EINVAL;
+    return 0;
+}
+
+/* c->mu held (or c private). Copies the definition; on failure c is unchanged. */
+static int comp_set_def(struct larder *m, struct comp *c, const struct larder_component_opts *o)
+{
+    char *path = o->path ? strdup(o->path) : NULL;
+    char *fb = o->fallback ? strdup(o->fallback) : NULL;
+    if ((o->path && !path) || (o->fallback && !fb)) {
+        free(path);
+        free(fb);
+        return -ENOMEM;
+    }
+    free(c->path);
+    free(c->fallback);
+    c->path = path;
+    c->fallback = fb;
+    c->cls = o->cls;
+    c->ud = o->ud;
+    c->ud_free = o->ud_free;
+    c->ttl_ms = o->ttl_ms == LARDER_TTL_DEFAULT ? m->opts.default_ttl_ms : o->ttl_ms;
+    c->pooled = o->cls->instance_new != NULL;
+    c->max_inst = c->pooled ? o->max_instances : 0;
+    c->pin = o->pin;
+    c->preload = o->preload;
+    c->priority = o->priority;
+    c->mem_override = o->memory_bytes;
+    c->queue_max = o->queue_max ? o->queue_max : m->opts.default_queue_max;
+    c->defined = true;
+    c->draining = false;
+    c->estimate = 0;
+    c->est_src = LARDER_ESTIMATE_NONE;
+    c->loads = c->failures = c->hits = c->cold_starts = c->evictions = 0;
+    c->fallbacks_served = 0;
+    c->load_ms_last = c->load_ms_sum = 0;
+    c->fail_streak = 0;
+    c->last_err = 0;
+    c->last_msg[0] = '\0';
+    c->last_returned = -1;
+    c->leak_suspect = false;
+    memset(&c->ps, 0, sizeof c->ps);
+    c->ps.priority = c->priority;
+    c->ps.ttl_ms = c->ttl_ms;
+    return 0;
+}
+
+static struct comp *comp_new(struct larder *m, const char *name)
+{
+    struct comp *c = calloc(1, sizeof *c);
+    if (!c || !(c->name = strdup(name))) {
+        free(c);
+        return NULL;
+    }
+    c->m = m;
+    c->hash = hash_name(name);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    c->load_job.c = c;
+    c->load_job.kind = JOB_LOAD;
+    c->grow_job.c = c;
+    c->grow_job.kind = JOB_GROW;
+    return c;
+}
+
+int larder_define(larder *m, const char *name, const struct larder_component_opts *opts)
+{
+    if (!m || !valid_name(name))
+        return -EINVAL;
+    int r = check_comp_opts(opts);
+    if (r < 0)
+        return r;
+    if (atomic_load(&m->closing))
+        return LARDER_ECLOSED;
+    pthread_mutex_lock(&m->mu);
+    struct comp *c = larder__lookup(m, name);
+    if (c) {
+        pthread_mutex_lock(&c->mu);
+        if (c->defined)
+            r = LARDER_EEXIST;
+        else if (c->state != LARDER_STATE_UNLOADED && c->state != LARDER_STATE_FAILED)
+            r = LARDER_EDRAINING;
+        else
+            r = comp_set_def(m, c, opts);
+        c->state = LARDER_STATE_UNLOADED;
+        pthread_mutex_unlock(&c->mu);
+    } else if (!(c = comp_new(m, name))) {
+        r = -ENOMEM;
+    } else if ((r = comp_set_def(m, c, opts)) < 0 || (r = registry_insert(m, c)) < 0) {
+        c->defined = false;
+        comp_free(c);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return r < 0 ? r : 0;
+}
+
+/* Waits (c->mu held) until c has no leases and no load in flight, or the deadline. */
+static int wait_quiet(struct comp *c, int64_t timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
+    while (c->leases > 0 || c->state == LARDER_STATE_LOADING ||
+           c->state == LARDER_STATE_UNLOADING || c->growing || c->freeing) {
+        if (deadline >= 0) {
+            int64_t left = deadline - larder__now_ms();
+            if (left <= 0)
+                return LARDER_ETIMEDOUT;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += left / 1000;
+            ts.tv_nsec += (left % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+        } else {
+            pthread_cond_wait(&c->cv, &c->mu);
+        }
+    }
+    return 0;
+}
+
+/* Drains c: new acquires fail, waiters are failed, then waits for quiet. c->mu held.
+ * On success c stays draining (the caller finishes); on timeout draining is undone. */
+static int drain(struct comp *c, int64_t timeout_ms)
+{
+    struct waiter *done = NULL;
+    c->draining = true;
+    larder__fail_waiters(c, LARDER_EDRAINING, &done);
+    if (done) {
+        pthread_mutex_unlock(&c->mu);
+        larder__deliver(c->m, done);
+        pthread_mutex_lock(&c->mu);
+    }
+    int r = wait_quiet(c, timeout_ms);
+    if (r < 0)
+        c->draining = false;
+    return r;
+}
+
+static struct comp *find_defined(struct larder *m, const char *name)
+{
+    if (!m || !name)
+        return NULL;
+    struct comp *c = larder__lookup(m, name);
+    return c && c->defined ? c : NULL;
+}
+
+int larder_unload(larder *m, const char *name, int64_t timeout_ms)
+{
+    if (!m || !name)
+        return -EINVAL;
+    struct comp *c = larder__lookup(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    pthread_mutex_lock(&c->mu);
+    if (!c->defined || c->draining) {
+        int r = c->defined ? LARDER_EDRAINING : LARDER_ENOTFOUND;
+        pthread_mutex_unlock(&c->mu);
+        return r;
+    }
+    int r = drain(c, timeout_ms);
+    pthread_mutex_unlock(&c->mu);
+    if (r < 0)
+        return r;
+    r = larder__unload_comp(m, c, LARDER_REASON_REQUEST);
+    pthread_mutex_lock(&c->mu);
+    c->draining = false;
+    if (c->state == LARDER_STATE_FAILED)
+        c->state = LARDER_STATE_UNLOADED;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return r < 0 ? r : 0;
+}
+
+int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
+{
+    if (!m || !name)
+        return -EINVAL;
+    struct comp *c = larder__lookup(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    pthread_mutex_lock(&c->mu);
+    if (!c->defined || c->draining) {
+        int r = c->defined ? LARDER_EDRAINING : LARDER_ENOTFOUND;
+        pthread_mutex_unlock(&c->mu);
+        return r;
+    }
+    int r = drain(c, timeout_ms);
+    pthread_mutex_unlock(&c->mu);
+    if (r < 0)
+        return r;
+    larder__unload_comp(m, c, LARDER_REASON_REQUEST);
+    pthread_mutex_lock(&c->mu);
+    void (*ud_free)(void *) = c->ud_free;
+    void *ud = c->ud;
+    c->defined = false;
+    c->draining = false;
+    c->state = LARDER_STATE_UNLOADED;
+    c->ud_free = NULL;
+    c->ud = NULL;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    if (ud_free)
+        ud_free(ud);
+    return 0;
+}
+
+/* ---- preload -------------------------------------------------------------------- */
+
+int larder_preload(larder *m, const char *name)
+{
+    if (!m || !name)
+        return -EINVAL;
+    if (atomic_load(&m->closing))
+        return LARDER_ECLOSED;
+    struct comp *c = find_defined(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    int r = 0;
+    pthread_mutex_lock(&c->mu);
+    if (!c->defined || c->draining) {
+        r = c->defined ? LARDER_EDRAINING : LARDER_ENOTFOUND;
+    } else if (c->state == LARDER_STATE_FAILED && larder__now_ms() < c->cooldown_until_ms) {
+        r = LARDER_ECOOLDOWN;
+    } else if (c->state != LARDER_STATE_READY && !c->preload_pending) {
+        c->preload_pending = true;
+        atomic_fetch_add(&m->preload_pending, 1);
+        if (c->state == LARDER_STATE_UNLOADED || c->state == LARDER_STATE_FAILED)
+            larder__start_load(c);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return r;
+}
+
+struct preload_all_arg {
+    struct larder *m;
+    int started;
+};
+
+static void preload_one(struct comp *c, void *arg)
+{
+    struct preload_all_arg *a = arg;
+    pthread_mutex_lock(&c->mu);
+    bool want = c->defined && c->preload;
+    pthread_mutex_unlock(&c->mu);
+    if (want && larder_preload(a->m, c->name) == 0)
+        a->started++;
+}
+
+int larder_preload_all(larder *m)
+{
+    if (!m)
+        return -EINVAL;
+    struct preload_all_arg a = {.m = m};
+    larder__each_comp(m, preload_one, &a);
+    return a.started;
+}
+
+unsigned larder_preload_pending(larder *m)
+{
+    return m ? atomic_load(&m->preload_pending) : 0;
+}
+
+/* ---- trim ----------------------------------------------------------------------- */
+
+int larder_trim(larder *m, struct larder_trim_result *ret)
+{
+    if (!m || (ret && ret->struct_size < sizeof *ret))
+        return -EINVAL;
+    uint64_t rss0 = larder__rss_now();
+    pthread_mutex_lock(&m->mu);
+    uint64_t reserved0 = m->reserved;
+    pthread_mutex_unlock(&m->mu);
+    unsigned comps = 0, insts = 0;
+    pthread_mutex_lock(&m->mu);
+    for (int k; (k = larder__evict_one(m, NULL, LARDER_REASON_TRIM)) != 0;) {
+        if (k == 1)
+            comps++;
+        else if (k == 2)
+            insts++;
+    }
+    pthread_mutex_unlock(&m->mu);
+    malloc_trim(0);
+    pthread_mutex_lock(&m->mu);
+    uint64_t reserved1 = m->reserved;
+    pthread_mutex_unlock(&m->mu);
+    if (ret) {
+        ret->components = comps;
+        ret->instances = insts;
+        ret->reserved_freed = reserved0 > reserved1 ? reserved0 - reserved1 : 0;
+        ret->rss_freed = (int64_t)rss0 - (int64_t)larder__rss_now();
+    }
+    return (int)(comps + insts);
+}
+
+/* ---- snapshot ------------------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s && *s ? strdup(s) : NULL;
+}
+
+static void info_fill(struct larder_component_info *i, struct comp *c, int64_t now)
+{
+    i->name = strdup(c->name);
+    i->class_name = dup_or_null(c->cls ? c->cls->name : NULL);
+    i->fallback = dup_or_null(c->fallback);
+    i->state = c->state;
+    i->draining = c->draining;
+    i->pin = c->pin;
+    i->preload = c->preload;
+    i->priority = c->priority;
+    i->ttl_ms = c->ttl_ms;
+    i->expires_in_ms = c->expires_at_ms && c->state == LARDER_STATE_READY && !c->leases
+                           ? (c->expires_at_ms > now ? c->expires_at_ms - now : 0) : -1;
+    i->instances = c->n_inst;
+    i->instances_busy = c->n_busy;
+    i->instances_max = c->max_inst;
+    i->leases = c->leases;
+    i->waiters = c->n_waiters;
+    i->estimate_bytes = c->estimate;
+    i->estimate_source = c->est_src;
+    i->measured_bytes = c->measured;
+    i->measure_method = c->method;
+    i->instance_bytes = c->inst_bytes;
+    i->reserved_bytes = c->reserved;
+    i->last_returned_bytes = c->last_returned;
+    i->leak_suspect = c->leak_suspect;
+    i->loads = c->loads;
+    i->failures = c->failures;
+    i->hits = c->hits;
+    i->cold_starts = c->cold_starts;
+    i->evictions = c->evictions;
+    i->fallbacks_served = c->fallbacks_served;
+    i->load_ms_last = c->load_ms_last;
+    i->load_ms_avg = c->loads ? c->load_ms_sum / (double)c->loads : 0;
+    i->last_error = c->last_err;
+    i->last_error_message = dup_or_null(c->last_msg);
+    i->cooldown_ms = c->state == LARDER_STATE_FAILED && c->cooldown_until_ms > now
+                         ? c->cooldown_until_ms - now : 0;
+}
+
+struct snap_arg {
+    struct larder_snapshot *s;
+    size_t cap;
+    int64_t now;
+    bool oom;
+};
+
+static void snap_one(struct comp *c, void *arg)
+{
+    struct snap_arg *a = arg;
+    pthread_mutex_lock(&c->mu);
+    if (c->defined && a->s->n < a->cap) {
+        struct larder_component_info *i = &a->s->components[a->s->n++];
+        info_fill(i, c, a->now);
+        if (!i->name)
+            a->oom = true;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int info_cmp(const void *a, const void *b)
+{
+    const struct larder_component_info *x = a, *y = b;
+    return strcmp(x->name ? x->name : "", y->name ? y->name : "");
+}
+
+int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
+{
+    if (!m || !ret_snapshot)
+        return -EINVAL;
+    struct larder_snapshot *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    pthread_mutex_lock(&m->mu);
+    struct snap_arg a = {.s = s, .cap = m->n_comps, .now = larder__now_ms()};
+    s->components = calloc(a.cap ? a.cap : 1, sizeof *s->components);
+    if (s->components)
+        larder__each_comp(m, snap_one, &a);
+    s->budget_bytes = m->budget;
+    s->reserved_bytes = m->reserved;
+    pthread_mutex_unlock(&m->mu);
+    s->policy = m->policy->name;
+    if (!s->components || a.oom) {
+        larder_snapshot_free(s);
+        return -ENOMEM;
+    }
+    qsort(s->components, s->n, sizeof *s->components, info_cmp);
+    s->rss_bytes = larder__rss_now();
+    s->peak_rss_bytes = s->rss_bytes;
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    unsigned long long kb;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1)
+            s->peak_rss_bytes = kb * 1024;
+    if (f)
+        fclose(f);
+    *ret_snapshot = s;
+    return 0;
+}
+
+struct larder_snapshot *larder_snapshot_free(struct larder_snapshot *s)
+{
+    if (!s)
+        return NULL;
+    for (size_t i = 0; s->components && i < s->n; i++) {
+        free(s->components[i].name);
+        free(s->components[i].class_name);
+        free(s->components[i].fallback);
+        free(s->components[i].last_error_message);
+    }
+    free(s->components);
+    free(s);
+    return NULL;
+}
+
+/* ---- names ---------------------------------------------------------------------- */
+
+const char *larder_state_name(enum larder_state s)
+{
+    static const char *const names[] = {"unloaded", "loading", "ready", "unloading", "failed"};
+    return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
+}
+
+const char *larder_measure_method_name(enum larder_measure_method v)
+{
+    static const char *const names[] = {"none", "class", "rss", "estimate"};
+    return (unsigned)v < sizeof names / sizeof names[0] ? names[v] : "unknown";
+}
+
+const char *larder_estimate_source_name(enum larder_estimate_source v)
+{
+    static const char *const names[] = {"none", "class", "override", "learned", "file"};
+    return (unsigned)v < sizeof names / sizeof names[0] ? names[v] : "unknown";
+}
+
+const char *larder_strerror(int err)
+{
+    switch (err) {
+    case 0: return "success";
+    case LARDER_ENOTFOUND: return "no such component";
+    case LARDER_EEXIST: return "component already defined";
+    case LARDER_ETIMEDOUT: return "timed out waiting for the component";
+    case LARDER_EBUSY: return "too many requests waiting for the component";
+    case LARDER_ETOOBIG: return "component is larger than the whole memory budget";
+    case LARDER_ENOSPC: return "no room in the memory budget and nothing idle to evict";
+    case LARDER_ELOAD: return "component failed to load";
+    case LARDER_ECOOLDOWN: return "component failed to load recently; retry after cooldown";
+    case LARDER_EDRAINING: return "component is being unloaded";
+    case LARDER_ECLOSED: return "manager is closing";
+    case LARDER_ECANCELED: return "request canceled";
+    case LARDER_EINUSE: return "component is in use";
+    case LARDER_EPOLICY: return "unknown eviction policy";
+    case LARDER_ECYCLE: return "fallback chain loops";
+    case -EINVAL: return "invalid argument";
+    case -ENOMEM: return "out of memory";
+    case -ERANGE: return "value out of range";
+    case -ENOENT: return "no such file or directory";
+    case -EACCES: return "permission denied";
+    default: return err < 0 && err > -4096 ? "system error" : "unknown error";
+    }
+}
