@@ -54,6 +54,7 @@ struct waiter {
     void *ud;
     int64_t timeout_ms;       /* as given, for fallbacks */
     int64_t start_ms;
+    double start_precise_ms;  /* for the lease's wait_ms */
     int64_t deadline_ms;      /* -1 = none */
     int err;
     larder_lease *lease;
@@ -150,6 +151,7 @@ struct larder {
     uint64_t budget;
     uint64_t reserved;
     atomic_uint admit_waiters;
+    atomic_bool over_budget;  /* reserved > budget after the budget was lowered */
     size_t n_comps;
     _Atomic(struct table *) table;
     struct table *retired;
@@ -177,6 +179,7 @@ struct larder {
 int64_t larder__now_ms(void);
 int64_t larder__now_ms_coarse(void);
 double larder__now_s(void);
+double larder__now_ms_precise(void);
 struct comp *larder__lookup(struct larder *m, const char *name);
 void larder__emit(struct larder *m, const struct larder_event *ev);
 void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
@@ -209,5 +212,6 @@ void larder__start_load(struct comp *c); /* c->mu held; state -> LOADING */
 int larder__evict_one(struct larder *m, struct comp *except, enum larder_evict_reason why);
 int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why);
 void larder__enforce_budget(struct larder *m);
+uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src);
 
 #endif

@@ -81,7 +81,7 @@ static bool try_grant(struct comp *c, struct waiter *w, bool cold)
                                .cold = cold || w->cold};
     if (l->cold) {
         l->load_ms = c->load_ms_last;
-        l->wait_ms = (double)(larder__now_ms() - w->start_ms);
+        l->wait_ms = larder__now_ms_precise() - w->start_precise_ms;
         c->cold_starts++;
     }
     c->leases++;
@@ -196,6 +196,7 @@ static int submit_waiter(struct comp *c, struct waiter *w)
         break;
     }
     w->start_ms = now;
+    w->start_precise_ms = larder__now_ms_precise();
     w->deadline_ms = w->timeout_ms < 0 ? -1 : now + w->timeout_ms;
     wq_push(c, w);
     maybe_grow(c);
@@ -334,7 +335,11 @@ static int acquire_blocking(struct larder *m, struct comp *c, int64_t timeout_ms
 {
     struct waiter w;
     waiter_init(&w, c, timeout_ms);
-    pthread_cond_init(&w.cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w.cv, &ca);
+    pthread_condattr_destroy(&ca);
     int r = larder__acquire_comp(m, &w);
     while (fallbacks && r < 0 && fallbackable(r)) {
         struct comp *f = next_fallback(m, &w, &r);
@@ -541,6 +546,8 @@ larder_lease *larder_release(larder_lease *l)
     }
     if (idle && closing)
         larder__unload_comp(m, c, LARDER_REASON_CLOSE);
+    else if (idle && atomic_load(&m->over_budget))
+        larder__enforce_budget(m);
     larder__ref_drop(m);
     return NULL;
 }

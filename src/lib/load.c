@@ -118,34 +118,43 @@ static void cancel_job(struct job *j)
 
 /* ---- estimates and admission ------------------------------------------------------ */
 
-/* Runs on the loader thread of c (its definition is stable while it loads). */
-static void estimate(struct comp *c)
+/* Bytes c will take before it loads: the override, the class's estimate, the last
+ * measured size, the file size x factor. No lock held; the definition is stable (the
+ * caller defines c, or is its loader). */
+uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src)
 {
-    struct larder *m = c->m;
     uint64_t b = 0;
-    enum larder_estimate_source src = LARDER_ESTIMATE_NONE;
     struct stat st;
     pthread_mutex_lock(&c->mu);
     uint64_t learned = c->measured;
     pthread_mutex_unlock(&c->mu);
+    *ret_src = LARDER_ESTIMATE_NONE;
     if (c->mem_override) {
         b = c->mem_override;
-        src = LARDER_ESTIMATE_OVERRIDE;
+        *ret_src = LARDER_ESTIMATE_OVERRIDE;
     } else if (c->cls->estimate && c->cls->estimate(c->ud, &b) == 0 && b) {
-        src = LARDER_ESTIMATE_CLASS;
+        *ret_src = LARDER_ESTIMATE_CLASS;
     } else if (learned) {
         b = learned;
-        src = LARDER_ESTIMATE_LEARNED;
+        *ret_src = LARDER_ESTIMATE_LEARNED;
     } else if (c->path && stat(c->path, &st) == 0) {
-        b = (uint64_t)((double)st.st_size * m->opts.file_size_factor);
-        src = LARDER_ESTIMATE_FILE;
-    } else {
-        b = 0;
+        b = (uint64_t)((double)st.st_size * c->m->opts.file_size_factor);
+        *ret_src = LARDER_ESTIMATE_FILE;
     }
+    return b;
+}
+
+/* What a load must reserve: the estimate, or more when a past load measured more. */
+static uint64_t estimate(struct comp *c)
+{
+    enum larder_estimate_source src;
+    uint64_t b = larder__estimate(c, &src);
     pthread_mutex_lock(&c->mu);
     c->estimate = b;
     c->est_src = src;
+    uint64_t need = c->measured > b ? c->measured : b;
     pthread_mutex_unlock(&c->mu);
+    return need;
 }
 
 static void charge(struct larder *m, struct comp *c, int64_t bytes)
@@ -374,6 +383,8 @@ void larder__enforce_budget(struct larder *m)
     pthread_mutex_lock(&m->mu);
     while (m->reserved > m->budget && larder__evict_one(m, NULL, LARDER_REASON_BUDGET) != 0)
         ;
+    /* Leased components over a lowered budget go when their last lease returns. */
+    atomic_store(&m->over_budget, m->reserved > m->budget);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -485,6 +496,8 @@ static int reconcile(struct larder *m, struct comp *c, const struct loaded *ld)
     uint64_t want = ld->measured > c->estimate ? ld->measured : c->estimate;
     if (want <= c->reserved)
         return 0;
+    if (want > m->budget)
+        return LARDER_ETOOBIG;
     return admit(m, c, want - c->reserved, 0);
 }
 
@@ -544,9 +557,9 @@ static void run_load(struct comp *c)
 {
     struct larder *m = c->m;
     larder__emit_simple(m, LARDER_EVENT_LOAD_START, c, LARDER_REASON_NONE, 0);
-    estimate(c);
+    uint64_t need = estimate(c);
     pthread_mutex_lock(&m->mu);
-    int r = admit(m, c, c->estimate, m->opts.admission_timeout_ms);
+    int r = admit(m, c, need, m->opts.admission_timeout_ms);
     pthread_mutex_unlock(&m->mu);
     if (r < 0) {
         load_failed(c, r, NULL, false, 0);
@@ -572,6 +585,7 @@ static void run_load(struct comp *c)
         pthread_mutex_unlock(&c->mu);
         release_reservation(c);
         larder__emit_simple(m, LARDER_EVENT_EVICT, c, LARDER_REASON_OVERSIZE, ld.measured);
+        larder__emit_simple(m, LARDER_EVENT_UNLOAD, c, LARDER_REASON_OVERSIZE, ld.measured);
         load_failed(c, r == LARDER_ETOOBIG ? r : LARDER_ENOSPC,
                     "measured size does not fit the budget", false, ld.ms);
         return;

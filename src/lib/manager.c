@@ -24,6 +24,13 @@ int64_t larder__now_ms_coarse(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+double larder__now_ms_precise(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 double larder__now_s(void)
 {
     struct timespec ts;
@@ -498,9 +505,8 @@ int larder_define(larder *m, const char *name, const struct larder_component_opt
             r = LARDER_EEXIST;
         else if (c->state != LARDER_STATE_UNLOADED && c->state != LARDER_STATE_FAILED)
             r = LARDER_EDRAINING;
-        else
-            r = comp_set_def(m, c, opts);
-        c->state = LARDER_STATE_UNLOADED;
+        else if ((r = comp_set_def(m, c, opts)) == 0)
+            c->state = LARDER_STATE_UNLOADED;
         pthread_mutex_unlock(&c->mu);
     } else if (!(c = comp_new(m, name))) {
         r = -ENOMEM;
@@ -509,7 +515,18 @@ int larder_define(larder *m, const char *name, const struct larder_component_opt
         comp_free(c);
     }
     pthread_mutex_unlock(&m->mu);
-    return r < 0 ? r : 0;
+    if (r < 0)
+        return r;
+    /* Known before anything loads: admission, set checks and `larder check` use it. */
+    enum larder_estimate_source src;
+    uint64_t est = larder__estimate(c, &src);
+    pthread_mutex_lock(&c->mu);
+    if (c->state == LARDER_STATE_UNLOADED && !c->estimate) {
+        c->estimate = est;
+        c->est_src = src;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return 0;
 }
 
 /* Waits (c->mu held) until c has no leases and no load in flight, or the deadline. */
