@@ -8,9 +8,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/magic.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #define FILE_MAX (1u << 20)        /* larger /proc or cgroup files are refused */
@@ -20,7 +28,11 @@
 
 static int join_path(char *buf, size_t len, const char *root, const char *rel)
 {
-    int n = snprintf(buf, len, "%s%s", root ? root : "", rel);
+    int n;
+
+    if (!root || strcmp(root, "/") == 0)
+        root = "";
+    n = snprintf(buf, len, "%s%s", root, rel);
 
     if (n < 0 || (size_t)n >= len)
         return -ENAMETOOLONG;
@@ -219,28 +231,38 @@ static int read_value(const char *dir, const char *name, bool allow_max, uint64_
     return r;
 }
 
-/* Lines of "key value". Every line must have that shape; wanted keys are stored in the
- * order of `keys` and must all be present, unless optional. */
+/* Index of the key [line, line + len) in keys, or -1. */
+static int key_index(const char *line, size_t len, const char *const *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(keys[i]) == len && strncmp(line, keys[i], len) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Lines of "key value", every one of that shape (else -EBADMSG). The value of keys[i]
+ * goes to vals[i], and bit i of *ret_seen says that keys[i] was there. */
 static int keyed_values(const char *text, const char *const *keys, uint64_t *vals, size_t n,
                         unsigned *ret_seen)
 {
     unsigned seen = 0;
 
     for (const char *line = text; *line;) {
-        const char *p = line, *sp = strchr(line, ' '), *nl;
+        const char *sp = strpbrk(line, " \n"), *p;
         uint64_t v;
-        int r;
+        int i, r;
 
-        if (!sp || sp == line || (nl = strchr(line, '\n'), nl && nl < sp))
+        if (!sp || *sp != ' ' || sp == line)
             return -EBADMSG;
         p = sp + 1;
         if ((r = parse_u64(&p, &v)) < 0)
             return r;
         if (!at_eol(p))
             return -EBADMSG;
-        for (size_t i = 0; i < n; i++)
-            if ((size_t)(sp - line) == strlen(keys[i]) && !strncmp(line, keys[i], strlen(keys[i])))
-                vals[i] = v, seen |= 1u << i;
+        if ((i = key_index(line, (size_t)(sp - line), keys, n)) >= 0) {
+            vals[i] = v;
+            seen |= 1u << i;
+        }
         line = *p ? p + 1 : p;
     }
     *ret_seen = seen;
@@ -430,6 +452,12 @@ static bool has_controller(const char *list, size_t len, const char *name)
     return false;
 }
 
+static void copy_path(char *dst, const char *src, size_t len)
+{
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
 /* One "id:controllers:path" line; the path may itself hold colons. */
 static int cgroup_line(const char *line, size_t len, struct cgroup_paths *cp)
 {
@@ -445,9 +473,9 @@ static int cgroup_line(const char *line, size_t len, struct cgroup_paths *cp)
     if (plen >= PATH_MAX)
         return -ENAMETOOLONG;
     if (c1 - line == 1 && line[0] == '0' && c2 == c1 + 1)
-        memcpy(cp->v2, path, plen), cp->v2[plen] = '\0';
+        copy_path(cp->v2, path, plen);
     else if (has_controller(c1 + 1, (size_t)(c2 - c1 - 1), "memory"))
-        memcpy(cp->v1, path, plen), cp->v1[plen] = '\0';
+        copy_path(cp->v1, path, plen);
     return 0;
 }
 
@@ -649,9 +677,10 @@ int larder__default_budget(const char *root, double fraction, uint64_t *ret_byte
         return -EINVAL;
     if ((r = larder__memory_limit(root, &limit, NULL)) < 0)
         return r;
-    /* in two halves so that no 64-bit limit loses its low bits to a double */
-    *ret_bytes = (uint64_t)((double)(limit >> 20) * fraction) * (1u << 20) +
-                 (uint64_t)((double)(limit & 0xfffff) * fraction);
+    /* fraction as a 32-bit binary fraction, applied to each half of the limit, so that no
+     * 64-bit limit loses its low bits to a double; rounded down */
+    uint64_t f = (uint64_t)(fraction * 4294967296.0);
+    *ret_bytes = (limit >> 32) * f + (((limit & 0xffffffffu) * f) >> 32);
     return 0;
 }
 
@@ -699,3 +728,397 @@ static int events_from_fd(int fd, struct larder__cgroup_events *ret)
     return r;
 }
 
+#define TRIGGER_DEFAULT "some 150000 1000000"
+#define UNPRIV_WINDOW_US 2000000u /* windows allowed without CAP_SYS_RESOURCE */
+
+struct larder__pressure_watch {
+    larder__pressure_fn cb;
+    void *ud;
+    int wake_fd;
+    int psi_fd;    /* -1 when PSI is not watched */
+    int events_fd; /* -1 when memory.events is not watched */
+    int psi_error;
+    char trigger[64];
+    char psi_path[PATH_MAX]; /* PSI figures for the callback; "" for none */
+    char cg_dir[PATH_MAX];   /* cgroup figures for the callback; "" for none */
+    struct larder__cgroup_events last;
+    _Atomic uint64_t fired;
+    pthread_t thread;
+};
+
+struct trigger {
+    char kind[5]; /* "some" or "full" */
+    uint64_t stall_us;
+    uint64_t window_us;
+};
+
+static int parse_trigger(const char *s, struct trigger *ret)
+{
+    struct trigger t;
+    const char *p;
+
+    if (strncmp(s, "some ", 5) != 0 && strncmp(s, "full ", 5) != 0)
+        return -EINVAL;
+    memcpy(t.kind, s, 4);
+    t.kind[4] = '\0';
+    p = skip_blanks(s + 5);
+    if (parse_u64(&p, &t.stall_us) < 0 || (*p != ' ' && *p != '\t'))
+        return -EINVAL;
+    p = skip_blanks(p);
+    if (parse_u64(&p, &t.window_us) < 0)
+        return -EINVAL;
+    p = skip_blanks(p);
+    if (*p == '\n')
+        p++;
+    if (*p != '\0')
+        return -EINVAL;
+    if (t.stall_us == 0 || t.window_us == 0 || t.stall_us > t.window_us)
+        return -EINVAL;
+    *ret = t;
+    return 0;
+}
+
+static int write_trigger(int fd, const struct trigger *t, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "%s %llu %llu", t->kind, (unsigned long long)t->stall_us,
+                     (unsigned long long)t->window_us);
+
+    if (n < 0 || (size_t)n >= len)
+        return -EINVAL;
+    /* the kernel expects the terminating NUL to be written too */
+    if (write(fd, buf, (size_t)n + 1) < 0) {
+        int err = -errno;
+        buf[0] = '\0';
+        return err;
+    }
+    return 0;
+}
+
+static bool is_pressure_fs(int fd)
+{
+    struct statfs sf;
+
+    if (fstatfs(fd, &sf) < 0)
+        return false;
+    return sf.f_type == PROC_SUPER_MAGIC || sf.f_type == CGROUP2_SUPER_MAGIC;
+}
+
+static int open_psi(struct larder__pressure_watch *w, const char *path, const char *spec)
+{
+    struct trigger t;
+    int fd, r;
+
+    if ((r = parse_trigger(spec, &t)) < 0)
+        return r;
+    fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    r = is_pressure_fs(fd) ? write_trigger(fd, &t, w->trigger, sizeof(w->trigger)) : -EOPNOTSUPP;
+    if (r == -EINVAL && t.window_us % UNPRIV_WINDOW_US != 0) {
+        uint64_t win = (t.window_us / UNPRIV_WINDOW_US + 1) * UNPRIV_WINDOW_US;
+        t.stall_us = t.stall_us * win / t.window_us;
+        t.window_us = win;
+        r = write_trigger(fd, &t, w->trigger, sizeof(w->trigger));
+    }
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    w->psi_fd = fd;
+    return 0;
+}
+
+static int open_events(struct larder__pressure_watch *w, const char *path)
+{
+    char *slash;
+    int fd, r;
+
+    if (strlen(path) >= sizeof(w->cg_dir))
+        return -ENAMETOOLONG;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if ((r = events_from_fd(fd, &w->last)) < 0) {
+        close(fd);
+        return r;
+    }
+    memcpy(w->cg_dir, path, strlen(path) + 1);
+    slash = strrchr(w->cg_dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        memcpy(w->cg_dir, ".", 2);
+    w->events_fd = fd;
+    return 0;
+}
+
+static int default_events_path(const char *root, char *buf, size_t len)
+{
+    char dir[PATH_MAX];
+    int version, r;
+
+    if ((r = larder__cgroup_find(root, dir, sizeof(dir), &version)) < 0)
+        return r;
+    if (version != 2)
+        return -ENOENT; /* the v1 memory controller has no memory.events */
+    return join_path(buf, len, dir, "/memory.events");
+}
+
+static void setup_psi(struct larder__pressure_watch *w, const struct larder__pressure_opts *o)
+{
+    char path[PATH_MAX];
+    int r;
+
+    if (o->psi_path)
+        r = join_path(path, sizeof(path), "", o->psi_path);
+    else
+        r = join_path(path, sizeof(path), o->root, "/proc/pressure/memory");
+    if (r >= 0) {
+        memcpy(w->psi_path, path, strlen(path) + 1);
+        r = open_psi(w, path, o->trigger ? o->trigger : TRIGGER_DEFAULT);
+    }
+    w->psi_error = r < 0 ? r : 0;
+}
+
+/* Opens what opts asks for. Returns the mask of open sources, or why there is none. */
+static int setup_sources(struct larder__pressure_watch *w, const struct larder__pressure_opts *o)
+{
+    bool want_psi = !o->psi_path || *o->psi_path;
+    bool want_events = !o->events_path || *o->events_path;
+    char path[PATH_MAX];
+    int mask = 0, events_error = -EINVAL, r;
+
+    if (want_psi)
+        setup_psi(w, o);
+    if (want_events) {
+        if (o->events_path)
+            r = join_path(path, sizeof(path), "", o->events_path);
+        else
+            r = default_events_path(o->root, path, sizeof(path));
+        events_error = r < 0 ? r : open_events(w, path);
+    }
+    mask |= w->psi_fd >= 0 ? LARDER__PRESSURE_PSI : 0;
+    mask |= w->events_fd >= 0 ? LARDER__PRESSURE_EVENTS : 0;
+    if (mask)
+        return mask;
+    return want_psi ? w->psi_error : events_error;
+}
+
+static uint64_t grown(uint64_t now, uint64_t before)
+{
+    return now >= before ? now - before : now; /* a smaller value: the counter restarted */
+}
+
+/* memory.events changed: returns LARDER__PRESSURE_EVENTS when a counter grew. */
+static unsigned on_events(struct larder__pressure_watch *w, struct pollfd *pfd,
+                          struct larder__cgroup_events *delta)
+{
+    struct larder__cgroup_events now;
+
+    if ((pfd->revents & POLLNVAL) || events_from_fd(pfd->fd, &now) < 0) {
+        pfd->fd = -1; /* gone (the cgroup was removed): stop listening to it */
+        return 0;
+    }
+    delta->high = grown(now.high, w->last.high);
+    delta->max = grown(now.max, w->last.max);
+    delta->oom = grown(now.oom, w->last.oom);
+    delta->oom_kill = grown(now.oom_kill, w->last.oom_kill);
+    w->last = now;
+    if (!delta->high && !delta->max && !delta->oom && !delta->oom_kill)
+        return 0;
+    return LARDER__PRESSURE_EVENTS;
+}
+
+/* A PSI trigger fired: returns LARDER__PRESSURE_PSI. A live trigger never reports
+ * POLLERR; the kernel does when the trigger or its cgroup is gone, and would keep doing
+ * so: that source is dropped. */
+static unsigned on_psi(struct larder__pressure_watch *w, struct pollfd *pfd,
+                       struct larder__pressure *p)
+{
+    if ((pfd->revents & (POLLERR | POLLHUP | POLLNVAL)) ||
+        larder__psi_read(w->psi_path, &p->psi) < 0) {
+        pfd->fd = -1;
+        return 0;
+    }
+    p->has_psi = true;
+    return LARDER__PRESSURE_PSI;
+}
+
+static void notify(struct larder__pressure_watch *w, struct larder__pressure *p)
+{
+    if (!p->has_psi && w->psi_path[0])
+        p->has_psi = larder__psi_read(w->psi_path, &p->psi) >= 0;
+    if (w->cg_dir[0] && larder__cgroup_read(w->cg_dir, 2, &p->cgroup) >= 0) {
+        p->has_cgroup = true;
+        p->cgroup.events = w->last;
+    }
+    atomic_fetch_add(&w->fired, 1);
+    w->cb(w->ud, p);
+}
+
+static void *watch_main(void *arg)
+{
+    struct larder__pressure_watch *w = arg;
+    struct pollfd pfd[3] = {
+        {w->wake_fd, POLLIN, 0}, {w->psi_fd, POLLPRI, 0}, {w->events_fd, POLLPRI, 0}};
+
+    for (;;) {
+        struct larder__pressure p = {0};
+        const short wake = POLLPRI | POLLERR | POLLHUP | POLLNVAL;
+
+        if (poll(pfd, 3, -1) < 0) {
+            if (errno == EINTR || errno == ENOMEM)
+                continue;
+            break;
+        }
+        if (pfd[0].revents)
+            break;
+        if (pfd[1].revents & wake)
+            p.fired |= on_psi(w, &pfd[1], &p);
+        if (pfd[2].revents & wake)
+            p.fired |= on_events(w, &pfd[2], &p.delta);
+        if (p.fired)
+            notify(w, &p);
+    }
+    return NULL;
+}
+
+static int start_thread(struct larder__pressure_watch *w)
+{
+    sigset_t all, old;
+    int r;
+
+    w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w->wake_fd < 0)
+        return -errno;
+    /* the thread takes no signals: they go to the application's threads */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    r = pthread_create(&w->thread, NULL, watch_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return -r;
+}
+
+static void close_watch(struct larder__pressure_watch *w)
+{
+    if (w->psi_fd >= 0)
+        close(w->psi_fd); /* closing the descriptor removes the trigger */
+    if (w->events_fd >= 0)
+        close(w->events_fd);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
+    free(w);
+}
+
+int larder__pressure_watch_start(const struct larder__pressure_opts *opts,
+                                 struct larder__pressure_watch **ret_watch)
+{
+    struct larder__pressure_watch *w;
+    int mask, r;
+
+    if (!opts || !opts->cb || !ret_watch)
+        return -EINVAL;
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    w->cb = opts->cb;
+    w->ud = opts->ud;
+    w->wake_fd = w->psi_fd = w->events_fd = -1;
+    atomic_init(&w->fired, 0);
+    mask = setup_sources(w, opts);
+    r = mask > 0 ? start_thread(w) : mask;
+    if (r < 0) {
+        close_watch(w);
+        return r;
+    }
+    *ret_watch = w;
+    return mask;
+}
+
+struct larder__pressure_watch *larder__pressure_watch_stop(struct larder__pressure_watch *w)
+{
+    uint64_t one = 1;
+    ssize_t n;
+
+    if (!w)
+        return NULL;
+    do
+        n = write(w->wake_fd, &one, sizeof(one));
+    while (n < 0 && errno == EINTR);
+    pthread_join(w->thread, NULL);
+    close_watch(w);
+    return NULL;
+}
+
+int larder__pressure_watch_psi_error(const struct larder__pressure_watch *w)
+{
+    return w ? w->psi_error : -EINVAL;
+}
+
+const char *larder__pressure_watch_trigger(const struct larder__pressure_watch *w)
+{
+    return w && w->psi_fd >= 0 ? w->trigger : "";
+}
+
+uint64_t larder__pressure_watch_fired(const struct larder__pressure_watch *w)
+{
+    return w ? atomic_load(&w->fired) : 0;
+}
+
+/* ---- summary ---------------------------------------------------------------------- */
+
+struct out {
+    char *buf;
+    size_t len;
+    size_t off; /* what was wanted so far, as snprintf counts */
+};
+
+static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(struct out *o, const char *fmt, ...)
+{
+    size_t room = o->off < o->len ? o->len - o->off : 0;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(room ? o->buf + o->off : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        o->off += (size_t)n;
+}
+
+static double mib(uint64_t bytes)
+{
+    return (double)bytes / (1024.0 * 1024.0);
+}
+
+static void put_cgroup(struct out *o, const struct larder__pressure *p)
+{
+    static const char *const names[] = {"high", "max", "oom", "oom_kill"};
+    const uint64_t d[] = {p->delta.high, p->delta.max, p->delta.oom, p->delta.oom_kill};
+
+    if (p->has_cgroup) {
+        put(o, "%scgroup %.1f MiB", o->off ? "; " : "", mib(p->cgroup.current));
+        if (p->cgroup.max != LARDER__UNLIMITED)
+            put(o, " of %.1f MiB", mib(p->cgroup.max));
+    }
+    for (int i = 0; i < 4; i++)
+        if (d[i])
+            put(o, "%s+%llu %s", o->off ? ", " : "", (unsigned long long)d[i], names[i]);
+}
+
+int larder__pressure_summary(const struct larder__pressure *p, char *buf, size_t len)
+{
+    struct out o = {buf, len, 0};
+
+    if (!p || !buf || len == 0)
+        return -EINVAL;
+    buf[0] = '\0';
+    if (p->has_psi)
+        put(&o, "psi some avg10=%.2f full avg10=%.2f", p->psi.some.avg10, p->psi.full.avg10);
+    put_cgroup(&o, p);
+    if (o.off == 0)
+        put(&o, "memory pressure");
+    return o.off > INT_MAX ? INT_MAX : (int)o.off;
+}

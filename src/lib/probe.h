@@ -6,10 +6,11 @@
  * point it at small fake trees.
  *
  * Errors (all functions): -ENOENT when a file is missing, -EBADMSG when a file is
- * malformed, truncated or lacks a required field, -ERANGE when a number overflows,
- * -ENAMETOOLONG when root plus a path does not fit PATH_MAX, -EINVAL for bad
- * arguments, -ENOMEM, or another negated errno from open()/read(). Out-parameters are
- * left untouched on failure. Nothing here aborts or prints.
+ * malformed, truncated, holds a NUL byte or lacks a required field, -ERANGE when a
+ * number overflows, -EFBIG for a file over 1 MiB, -ENAMETOOLONG when root plus a path
+ * does not fit PATH_MAX, -EINVAL for bad arguments, -ENOMEM, or another negated errno
+ * from open()/read(). Out-parameters are left untouched on failure. Nothing here aborts
+ * or prints.
  *
  * Threads: every function may be called from any thread; none keeps state between
  * calls except the pressure watcher and the GPU handle, which document their own rules.
@@ -226,7 +227,7 @@ struct larder__gpus;
 
 /* dlopen()s NVML (lib: NULL = "libnvidia-ml.so.1") and initializes it. No library, no
  * driver or no device is not an error: the handle then reports zero GPUs. Errors:
- * -ENOMEM only. The handle may be used from any thread. */
+ * -EINVAL (ret_gpus NULL), -ENOMEM. The handle may be used from any thread. */
 int larder__gpu_open(const char *lib, struct larder__gpus **ret_gpus);
 
 /* Number of GPUs seen at open. 0 for NULL. */
