@@ -152,6 +152,14 @@ struct larder_opts {
     bool trim_after_unload;   /* malloc_trim(0) after each unload; default true */
     larder_event_fn on_event; /* may be NULL; called from any thread, no lock held */
     void *event_ud;
+    /* Memory truth (appended in 0.1): */
+    const char *state_dir;    /* learned sizes and load times persist here (SQLite);
+                                 NULL = kept in memory only */
+    double high_watermark;    /* fraction of the effective limit; default 0.90 */
+    double low_watermark;     /* pressure eviction stops below it; default 0.80 */
+    bool watch_pressure;      /* PSI trigger + cgroup memory.events watcher; default true */
+    const char *psi_trigger;  /* default "some 150000 1000000"; "" = no PSI trigger */
+    unsigned history_seconds; /* memory samples kept, one a second; default 3600, 0 = none */
 };
 
 /* Fills opts with defaults and sets struct_size. */
@@ -353,12 +361,93 @@ LARDER_API int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
 /* Accepts NULL. Returns NULL. */
 LARDER_API struct larder_snapshot *larder_snapshot_free(struct larder_snapshot *s);
 
+/* ---- memory report ------------------------------------------------------------------ */
+
+enum larder_history_kind {
+    LARDER_HISTORY_SAMPLE = 0,
+    LARDER_HISTORY_LOAD,
+    LARDER_HISTORY_EVICT,
+    LARDER_HISTORY_UNLOAD,
+    LARDER_HISTORY_PRESSURE,
+};
+
+struct larder_history_entry {
+    int64_t time_ms;          /* wall clock, ms since 1970 */
+    enum larder_history_kind kind;
+    char name[64];            /* events: the component ("" for none) */
+    int64_t bytes;            /* events: reservation (load/evict), RSS returned (unload) */
+    uint64_t rss_bytes;       /* samples */
+    uint64_t reserved_bytes;
+    uint64_t cgroup_bytes;    /* 0 when unknown */
+    double psi_some_avg10;
+};
+
+struct larder_gpu_info {
+    char name[96];
+    uint64_t total_bytes;
+    uint64_t used_bytes;
+    uint64_t free_bytes;
+};
+
+struct larder_memory {
+    uint64_t budget_bytes;
+    uint64_t reserved_bytes;
+    /* The effective limit the watermarks apply to, and where it comes from:
+     * "cgroup" (memory.max or memory.high, the lower) or "ram" (MemTotal). */
+    uint64_t limit_bytes;
+    const char *limit_source;
+    uint64_t high_bytes;      /* high watermark in bytes */
+    uint64_t low_bytes;
+    uint64_t usage_bytes;     /* what the watermarks are compared with: cgroup usage, else RSS */
+    bool under_pressure;      /* above high with nothing idle: new loads wait */
+    uint64_t pressure_events; /* pressure responses so far */
+    uint64_t pressure_evictions;
+    /* process */
+    uint64_t rss_bytes;
+    uint64_t peak_rss_bytes;
+    bool has_rollup;
+    uint64_t pss_bytes;
+    uint64_t anon_bytes;
+    uint64_t ram_bytes;       /* MemTotal */
+    uint64_t available_bytes; /* MemAvailable */
+    /* cgroup (version 0 = none found) */
+    int cgroup_version;
+    uint64_t cgroup_current;
+    uint64_t cgroup_max;      /* UINT64_MAX = unlimited */
+    uint64_t cgroup_high;
+    uint64_t cgroup_oom;
+    uint64_t cgroup_oom_kill;
+    uint64_t cgroup_high_events;
+    uint64_t cgroup_max_events;
+    /* PSI */
+    bool has_psi;
+    double psi_some_avg10, psi_some_avg60, psi_some_avg300;
+    double psi_full_avg10, psi_full_avg60, psi_full_avg300;
+    const char *pressure_watch; /* the PSI trigger in use, or NULL */
+    int pressure_watch_error;   /* why PSI is not watched (0 when it is) */
+    /* GPUs (NVML); n_gpus == 0 when there is no driver or device */
+    unsigned n_gpus;
+    struct larder_gpu_info *gpus;
+    /* history, oldest first */
+    size_t n_history;
+    struct larder_history_entry *history;
+};
+
+/* Reads every memory figure now (process, cgroup, PSI, GPUs) plus the last
+ * history_max history entries. Free with larder_memory_free(). */
+LARDER_API int larder_memory(larder *m, size_t history_max, struct larder_memory **ret_memory);
+/* Accepts NULL. Returns NULL. */
+LARDER_API struct larder_memory *larder_memory_free(struct larder_memory *mem);
+LARDER_API const char *larder_history_kind_name(enum larder_history_kind k);
+
 /* ---- misc -------------------------------------------------------------------------- */
 
 /* Static string for any error code (negative errno or LARDER_E*). Never NULL. */
 LARDER_API const char *larder_strerror(int err);
 
-/* Parses a size: "123", "512MiB", "2GiB", "1.5G", "100kB". Errors: -EINVAL, -ERANGE. */
+/* Parses a size: "123", "512MiB", "2GiB", "1.5G", "100kB". Units, any case: B;
+ * k/M/G/T/P alone or with "i"/"iB" = 1024^n; with "B" ("kB", "MB") = 1000^n. Fractions
+ * exact to 6 places, rounded down. Errors: -EINVAL, -ERANGE. */
 LARDER_API int larder_parse_size(const char *s, uint64_t *ret_bytes);
 
 #ifdef __cplusplus

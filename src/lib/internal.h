@@ -167,6 +167,18 @@ struct larder {
     atomic_uint unloads_running;
     atomic_uint preload_pending;
 
+    /* memory truth (memory.c) */
+    struct larder__profiles *profiles;
+    struct larder__history *history;
+    struct larder__pressure_watch *watch;
+    int watch_error;
+    struct larder__gpus *gpus;
+    atomic_bool pressure_hold;     /* above high with nothing idle: loads wait */
+    atomic_uint_fast64_t pressure_events;
+    atomic_uint_fast64_t pressure_evictions;
+    pthread_mutex_t pressure_mu;   /* one pressure response at a time (leaf for callers) */
+    int64_t next_sample_ms;        /* reaper thread only */
+
     pthread_mutex_t reaper_mu;
     pthread_cond_t reaper_cv;
     _Atomic int64_t reaper_wake_ms;
@@ -185,9 +197,19 @@ void larder__emit(struct larder *m, const struct larder_event *ev);
 void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
                          enum larder_evict_reason reason, uint64_t bytes);
 void larder__ref_drop(struct larder *m);
-uint64_t larder__rss_now(void);
 /* Calls fn on every component ever defined; the registry may grow meanwhile. */
 void larder__each_comp(struct larder *m, void (*fn)(struct comp *c, void *arg), void *arg);
+
+/* memory.c */
+int larder__memory_start(struct larder *m);
+void larder__memory_stop(struct larder *m);
+void larder__memory_free(struct larder *m);
+void larder__memory_note(struct larder *m, const struct larder_event *ev);
+void larder__memory_learned(struct larder *m, struct comp *c);
+void larder__memory_record(struct larder *m, struct comp *c, double load_ms);
+int64_t larder__memory_tick(struct larder *m, int64_t now_ms); /* next tick time */
+struct larder__pressure;
+void larder__memory_pressure(struct larder *m, const struct larder__pressure *p);
 
 /* lease.c */
 int larder__acquire_comp(struct larder *m, struct waiter *w);

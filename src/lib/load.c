@@ -1,6 +1,7 @@
 /* Loading, admission against the budget, eviction, unloading, and the reaper that
  * enforces keep-alive ttls and async deadlines. */
 #include "internal.h"
+#include "probe.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -205,7 +206,7 @@ static int admit(struct larder *m, struct comp *c, uint64_t bytes, int64_t wait_
         /* Counted before looking, so a release racing with the scan still wakes us. */
         atomic_fetch_add(&m->admit_waiters, 1);
         int r = 1;
-        if (m->reserved + bytes <= m->budget) {
+        if (m->reserved + bytes <= m->budget && !atomic_load(&m->pressure_hold)) {
             charge(m, c, (int64_t)bytes);
             r = 0;
         } else if (larder__evict_one(m, c, LARDER_REASON_BUDGET) == 0) {
@@ -305,7 +306,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     larder__emit_simple(m, LARDER_EVENT_EVICT, c, why, bytes);
     bool alone = atomic_fetch_add(&m->unloads_running, 1) == 0 &&
                  atomic_load(&m->loads_running) == 0;
-    uint64_t rss0 = larder__rss_now();
+    uint64_t rss0 = larder__rss_bytes();
     for (struct inst *i = insts, *n; i; i = n) {
         n = i->next;
         c->cls->instance_free(c->ud, model, i->ptr);
@@ -314,7 +315,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     c->cls->unload(c->ud, model);
     if (m->opts.trim_after_unload)
         malloc_trim(0);
-    int64_t returned = (int64_t)rss0 - (int64_t)larder__rss_now();
+    int64_t returned = (int64_t)rss0 - (int64_t)larder__rss_bytes();
     alone = atomic_fetch_sub(&m->unloads_running, 1) == 1 && alone &&
             atomic_load(&m->loads_running) == 0;
 
@@ -328,7 +329,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
         c->leak_suspect = c->method != LARDER_MEASURE_ESTIMATE && c->measured > (4u << 20) &&
                           returned < (int64_t)(c->measured / 2);
     }
-    if (c->n_waiters > 0 && !c->draining && c->defined)
+    if ((c->n_waiters > 0 || c->preload_pending) && !c->draining && c->defined)
         larder__start_load(c);
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
@@ -448,7 +449,7 @@ static int call_load(struct comp *c, struct loaded *out)
     struct larder *m = c->m;
     bool alone = atomic_fetch_add(&m->loads_running, 1) == 0 &&
                  atomic_load(&m->unloads_running) == 0;
-    uint64_t rss0 = larder__rss_now();
+    uint64_t rss0 = larder__rss_bytes();
     int64_t t0 = larder__now_ms();
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -462,7 +463,7 @@ static int call_load(struct comp *c, struct loaded *out)
     clock_gettime(CLOCK_MONOTONIC, &b);
     (void)t0;
     out->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
-    uint64_t rss1 = larder__rss_now();
+    uint64_t rss1 = larder__rss_bytes();
     alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone &&
             atomic_load(&m->unloads_running) == 0;
     if (r < 0)
@@ -591,6 +592,7 @@ static void run_load(struct comp *c)
         return;
     }
     load_succeeded(c, &ld);
+    larder__memory_record(m, c, ld.ms);
 }
 
 /* ---- growing a pool ------------------------------------------------------------------ */
@@ -647,9 +649,9 @@ static void run_grow(struct comp *c)
     char err[LARDER__ERRLEN] = "";
     void *ptr = NULL;
     bool alone = atomic_fetch_add(&m->loads_running, 1) == 0;
-    uint64_t rss0 = larder__rss_now();
+    uint64_t rss0 = larder__rss_bytes();
     r = c->cls->instance_new(c->ud, model, &ptr, err, sizeof err);
-    uint64_t rss1 = larder__rss_now();
+    uint64_t rss1 = larder__rss_bytes();
     alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone;
     struct inst *i = r >= 0 ? malloc(sizeof *i) : NULL;
     if (!i) {
@@ -746,6 +748,9 @@ static void *reaper_main(void *arg)
         /* the coarse clock may lag the precise one by a tick */
         struct reap a = {.m = m, .now = larder__now_ms() + 5, .next = INT64_MAX};
         larder__each_comp(m, reap_one, &a);
+        int64_t tick = larder__memory_tick(m, larder__now_ms());
+        if (tick < a.next)
+            a.next = tick;
         pthread_mutex_lock(&m->reaper_mu);
         if (a.next < atomic_load(&m->reaper_wake_ms))
             atomic_store(&m->reaper_wake_ms, a.next);

@@ -1,5 +1,6 @@
 /* The manager: open/close, the registry of definitions, snapshots, names. */
 #include "internal.h"
+#include "probe.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,23 +37,6 @@ double larder__now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-uint64_t larder__rss_now(void)
-{
-    char buf[128];
-    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    unsigned long long size = 0, resident = 0;
-    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
-        return 0;
-    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 /* ---- registry: open addressing, lock-free lookups, inserts under m->mu ---------- */
@@ -135,6 +119,7 @@ void larder__each_comp(struct larder *m, void (*fn)(struct comp *c, void *arg), 
 
 void larder__emit(struct larder *m, const struct larder_event *ev)
 {
+    larder__memory_note(m, ev);
     if (m->opts.on_event && !atomic_load(&m->events_off))
         m->opts.on_event(m->opts.event_ud, ev);
 }
@@ -165,27 +150,19 @@ void larder_opts_init(struct larder_opts *o)
     o->cooldown_min_ms = 1000;
     o->cooldown_max_ms = 300000;
     o->trim_after_unload = true;
+    o->high_watermark = 0.90;
+    o->low_watermark = 0.80;
+    o->watch_pressure = true;
+    o->history_seconds = 3600;
 }
 
 static uint64_t default_budget(double fraction)
 {
-    uint64_t limit = 0;
-    FILE *f = fopen("/sys/fs/cgroup/memory.max", "re");
-    if (f) {
-        unsigned long long v;
-        if (fscanf(f, "%llu", &v) == 1)
-            limit = v;
-        fclose(f);
-    }
-    if (!limit) {
-        long pages = sysconf(_SC_PHYS_PAGES);
-        long psize = sysconf(_SC_PAGESIZE);
-        if (pages > 0 && psize > 0)
-            limit = (uint64_t)pages * (uint64_t)psize;
-    }
+    uint64_t b = 0;
     if (fraction <= 0 || fraction > 1)
         fraction = 0.75;
-    return (uint64_t)((double)limit * fraction);
+    larder__default_budget(NULL, fraction, &b);
+    return b ? b : 1;
 }
 
 static int check_opts(const struct larder_opts *o, struct larder_opts *out)
@@ -204,7 +181,9 @@ static int check_opts(const struct larder_opts *o, struct larder_opts *out)
         out->loader_threads = 4;
     if (out->loader_threads > 256 || out->cooldown_min_ms < 0 ||
         out->cooldown_max_ms < out->cooldown_min_ms || out->admission_timeout_ms < 0 ||
-        out->default_ttl_ms < -1 || out->file_size_factor < 0)
+        out->default_ttl_ms < -1 || out->file_size_factor < 0 || out->low_watermark <= 0 ||
+        out->high_watermark > 1 || out->low_watermark > out->high_watermark ||
+        out->history_seconds > 7 * 24 * 3600)
         return -EINVAL;
     if (!out->default_queue_max)
         out->default_queue_max = 1024;
@@ -259,7 +238,9 @@ int larder_open(const struct larder_opts *opts, larder **ret_manager)
     init_sync(m);
     m->budget = o.budget_bytes ? o.budget_bytes : default_budget(o.budget_fraction);
     atomic_init(&m->refs, 1);
-    r = larder__loaders_start(m);
+    r = larder__memory_start(m);
+    if (r >= 0)
+        r = larder__loaders_start(m);
     if (r >= 0)
         r = larder__reaper_start(m);
     if (r < 0) {
@@ -295,6 +276,7 @@ larder *larder_close(larder *m)
     pthread_cond_broadcast(&m->budget_cv);
     pthread_mutex_unlock(&m->mu);
     larder__each_comp(m, close_waiters, NULL);
+    larder__memory_stop(m);
     larder__reaper_stop(m);
     larder__loaders_stop(m);
     /* Loads that were in flight have finished: their waiters were already failed. */
@@ -341,6 +323,7 @@ static void free_manager(struct larder *m)
         free(m->retired);
         m->retired = n;
     }
+    larder__memory_free(m);
     free(m->loaders);
     free(m->policy_state);
     pthread_mutex_destroy(&m->mu);
@@ -518,6 +501,7 @@ int larder_define(larder *m, const char *name, const struct larder_component_opt
     if (r < 0)
         return r;
     /* Known before anything loads: admission, set checks and `larder check` use it. */
+    larder__memory_learned(m, c);
     enum larder_estimate_source src;
     uint64_t est = larder__estimate(c, &src);
     pthread_mutex_lock(&c->mu);
@@ -561,6 +545,10 @@ static int drain(struct comp *c, int64_t timeout_ms)
 {
     struct waiter *done = NULL;
     c->draining = true;
+    if (c->preload_pending) { /* an unload cancels a preload that has not finished */
+        c->preload_pending = false;
+        atomic_fetch_sub(&c->m->preload_pending, 1);
+    }
     larder__fail_waiters(c, LARDER_EDRAINING, &done);
     if (done) {
         pthread_mutex_unlock(&c->mu);
@@ -703,7 +691,7 @@ int larder_trim(larder *m, struct larder_trim_result *ret)
 {
     if (!m || (ret && ret->struct_size < sizeof *ret))
         return -EINVAL;
-    uint64_t rss0 = larder__rss_now();
+    uint64_t rss0 = larder__rss_bytes();
     pthread_mutex_lock(&m->mu);
     uint64_t reserved0 = m->reserved;
     pthread_mutex_unlock(&m->mu);
@@ -724,7 +712,7 @@ int larder_trim(larder *m, struct larder_trim_result *ret)
         ret->components = comps;
         ret->instances = insts;
         ret->reserved_freed = reserved0 > reserved1 ? reserved0 - reserved1 : 0;
-        ret->rss_freed = (int64_t)rss0 - (int64_t)larder__rss_now();
+        ret->rss_freed = (int64_t)rss0 - (int64_t)larder__rss_bytes();
     }
     return (int)(comps + insts);
 }
@@ -823,16 +811,9 @@ int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
         return -ENOMEM;
     }
     qsort(s->components, s->n, sizeof *s->components, info_cmp);
-    s->rss_bytes = larder__rss_now();
-    s->peak_rss_bytes = s->rss_bytes;
-    FILE *f = fopen("/proc/self/status", "re");
-    char line[256];
-    unsigned long long kb;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1)
-            s->peak_rss_bytes = kb * 1024;
-    if (f)
-        fclose(f);
+    s->rss_bytes = larder__rss_bytes();
+    struct larder__proc_mem pm;
+    s->peak_rss_bytes = larder__probe_proc(NULL, &pm) >= 0 ? pm.hwm : s->rss_bytes;
     *ret_snapshot = s;
     return 0;
 }
