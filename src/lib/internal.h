@@ -138,6 +138,13 @@ struct table {
     _Atomic(struct comp *) slots[];
 };
 
+struct loader {
+    struct larder *m;
+    pthread_t tid;
+    pthread_cond_t cv;
+    struct job *head, *tail;
+};
+
 struct larder {
     struct larder_opts opts;
     const struct larder__policy *policy;
@@ -157,12 +164,11 @@ struct larder {
     struct table *retired;
     pthread_mutex_t set_mu;   /* serializes larder_acquire_set */
 
-    pthread_mutex_t jobs_mu;
-    pthread_cond_t jobs_cv;
-    struct job *jobs_head, *jobs_tail;
+    pthread_mutex_t jobs_mu;  /* guards every loader's queue */
     bool jobs_stop;
-    pthread_t *loaders;
-    unsigned n_loaders;
+    struct loader *loaders;
+    unsigned n_loaders;       /* jobs hash over these; never shrinks */
+    unsigned n_started;       /* threads to join */
     atomic_uint loads_running;
     atomic_uint unloads_running;
     atomic_uint preload_pending;

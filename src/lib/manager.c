@@ -202,7 +202,6 @@ static int init_sync(struct larder *m)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&m->budget_cv, &ca);
-    pthread_cond_init(&m->jobs_cv, &ca);
     pthread_cond_init(&m->reaper_cv, &ca);
     pthread_condattr_destroy(&ca);
     return 0;
@@ -324,6 +323,8 @@ static void free_manager(struct larder *m)
         m->retired = n;
     }
     larder__memory_free(m);
+    for (unsigned i = 0; m->loaders && i < m->opts.loader_threads; i++)
+        pthread_cond_destroy(&m->loaders[i].cv);
     free(m->loaders);
     free(m->policy_state);
     pthread_mutex_destroy(&m->mu);
@@ -331,7 +332,6 @@ static void free_manager(struct larder *m)
     pthread_mutex_destroy(&m->jobs_mu);
     pthread_mutex_destroy(&m->reaper_mu);
     pthread_cond_destroy(&m->budget_cv);
-    pthread_cond_destroy(&m->jobs_cv);
     pthread_cond_destroy(&m->reaper_cv);
     free(m);
 }

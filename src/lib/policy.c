@@ -41,7 +41,7 @@
 #include "policy.h"
 
 #include <math.h>
-#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -50,8 +50,10 @@
 #define PRIORITY_CLAMP 1000
 
 #define COST_WEIGHT 0.03125    /* weight of the newest gap in the running means */
-#define COST_GLOBAL_WEIGHT (1.0 / 256) /* the same, in the distribution of all components */
-#define COST_PRIOR_WEIGHT 2.0  /* the prior counts as this many gaps */
+#define COST_HORIZON_START 600.0 /* seconds: the horizon before any eviction */
+#define COST_HORIZON_MIN 1.0
+#define COST_HORIZON_MAX 86400.0
+#define COST_HORIZON_WEIGHT 0.05
 #define COST_PRIOR_GAP 1800.0  /* seconds: expected gap of a component not yet acquired */
 #define COST_MIN_TIME 0.001    /* seconds: floor of exposures and load costs */
 #define COST_MIN_GIB (1.0 / 1048576.0) /* floor of the size: 1 KiB */
@@ -155,44 +157,12 @@ static double cost_density(const struct larder__pstat *s)
            at_least((double)s->bytes / 1073741824.0, COST_MIN_GIB);
 }
 
-/* The gap distribution of all components together: the prior of each new one. */
-struct cost_state {
-    _Atomic double surv[NBOUNDS];
-    _Atomic double tail;
-};
-
-static void cost_init(void *state)
-{
-    struct cost_state *st = state;
-
-    for (int k = 0; k < NBOUNDS; k++)
-        atomic_init(&st->surv[k], exp(-bounds[k + 1] / COST_PRIOR_GAP));
-    atomic_init(&st->tail, COST_PRIOR_GAP * exp(-bounds[NBOUNDS] / COST_PRIOR_GAP));
-}
-
-/* m += w (x - m), atomically: several components' on_hit() may run at once. */
-static void mean_add(_Atomic double *m, double x, double w)
-{
-    double old = atomic_load_explicit(m, memory_order_relaxed);
-
-    while (!atomic_compare_exchange_weak_explicit(m, &old, old + w * (x - old),
-                                                  memory_order_relaxed, memory_order_relaxed))
-        ;
-}
-
-static void global_add(struct cost_state *st, double gap)
+/* Prior: memoryless gaps of COST_PRIOR_GAP seconds on average. */
+static void gaps_prior(struct gaps *g, double now)
 {
     for (int k = 0; k < NBOUNDS; k++)
-        mean_add(&st->surv[k], gap >= bounds[k + 1] ? 1.0 : 0.0, COST_GLOBAL_WEIGHT);
-    mean_add(&st->tail, fmax(gap - bounds[NBOUNDS], 0.0), COST_GLOBAL_WEIGHT);
-}
-
-/* Prior of a component's first acquire: what all components have shown so far. */
-static void gaps_prior(const struct cost_state *st, struct gaps *g, double now)
-{
-    for (int k = 0; k < NBOUNDS; k++)
-        g->surv[k] = (float)atomic_load_explicit(&st->surv[k], memory_order_relaxed);
-    g->tail = (float)atomic_load_explicit(&st->tail, memory_order_relaxed);
+        g->surv[k] = (float)exp(-bounds[k + 1] / COST_PRIOR_GAP);
+    g->tail = (float)(COST_PRIOR_GAP * exp(-bounds[NBOUNDS] / COST_PRIOR_GAP));
     g->started = 1;
     g->last = now;
 }
@@ -200,7 +170,7 @@ static void gaps_prior(const struct cost_state *st, struct gaps *g, double now)
 /* Folds one gap into the running means; early gaps weigh more, down to COST_WEIGHT. */
 static void gaps_add(struct gaps *g, double gap, uint64_t hits)
 {
-    double w = hits > 1 ? 1.0 / ((double)hits - 1.0 + COST_PRIOR_WEIGHT) : 1.0;
+    double w = hits > 1 ? 1.0 / (double)hits : 1.0;
 
     if (w < COST_WEIGHT)
         w = COST_WEIGHT;
@@ -209,18 +179,27 @@ static void gaps_add(struct gaps *g, double gap, uint64_t hits)
     g->tail += (float)(w * (fmax(gap - bounds[NBOUNDS], 0.0) - g->tail));
 }
 
+/* Shared state: the horizon, written by on_evict() and read by score(), which the
+ * manager never runs at once; on_hit() does not touch it. */
+struct cost_state {
+    double log_horizon;
+};
+
+static void cost_init(void *state)
+{
+    ((struct cost_state *)state)->log_horizon = log(COST_HORIZON_START);
+}
+
 static void cost_on_hit(void *state, struct larder__pstat *s, double now)
 {
-    double gap;
     struct gaps g;
 
+    (void)state;
     gaps_get(s, &g);
     if (!g.started) {
-        gaps_prior(state, &g, now);
+        gaps_prior(&g, now);
     } else {
-        gap = now > g.last ? now - g.last : 0.0;
-        gaps_add(&g, gap, s->hits);
-        global_add(state, gap);
+        gaps_add(&g, now > g.last ? now - g.last : 0.0, s->hits);
         if (now > g.last)
             g.last = now;
     }
@@ -233,51 +212,69 @@ static double surv_at(const struct gaps *g, int k)
     return k == 0 ? 1.0 : at_least(g->surv[k - 1], 1e-6);
 }
 
-/* Integral over [0, len] of exp(-h t). */
-static double segment(double h, double len)
+/* Hazard (requests per second) of bin k: constant within it. */
+static double bin_hazard(const struct gaps *g, int k)
 {
-    return h > 1e-12 ? -expm1(-h * len) / h : len;
+    return log(surv_at(g, k) / surv_at(g, k + 1)) / (bounds[k + 1] - bounds[k]);
 }
 
-/* Expected seconds from now to the next acquire of a component idle for `idle` seconds:
- * the mean residual life of its gap distribution, taken as piecewise memoryless between
- * the bounds. Idle time in the tail counts as exposure without a request, so the
- * expectation grows while the component stays unused. */
-static double cost_expected_wait(const struct gaps *g, double idle)
+/* Expected requests per second over the next `horizon` seconds of a component idle for
+ * `idle` seconds: its cumulative hazard over [idle, idle + horizon] divided by the
+ * horizon. Idle time in the tail counts as exposure without a request, so the tail
+ * hazard falls while the component stays unused. */
+static double cost_rate(const struct gaps *g, double idle, double horizon)
 {
-    const double n = 1.0 / COST_WEIGHT;
-    double tail_rate, rel = 1.0, total = 0.0;
-    int k = 0;
+    const double n = 1.0 / COST_WEIGHT, last = bounds[NBOUNDS];
+    double to = idle + horizon, sum = 0.0;
 
-    tail_rate = n * surv_at(g, NBOUNDS) /
-                (n * at_least(g->tail, COST_MIN_TIME) + fmax(idle - bounds[NBOUNDS], 0.0));
-    while (k < NBOUNDS && idle >= bounds[k + 1])
-        k++;
-    for (double from = idle; k < NBOUNDS; k++, from = bounds[k]) {
-        double w = bounds[k + 1] - bounds[k], len = bounds[k + 1] - from;
-        double h = log(surv_at(g, k) / surv_at(g, k + 1)) / w;
+    for (int k = 0; k < NBOUNDS; k++) {
+        double lo = fmax(idle, bounds[k]), hi = fmin(to, bounds[k + 1]);
 
-        total += rel * segment(h, len);
-        rel *= exp(-h * len);
+        if (hi > lo)
+            sum += bin_hazard(g, k) * (hi - lo);
     }
-    return total + rel / tail_rate;
+    if (to > last)
+        sum += n * surv_at(g, NBOUNDS) /
+               (n * at_least(g->tail, COST_MIN_TIME) + fmax(idle - last, 0.0)) *
+               (to - fmax(idle, last));
+    return sum / horizon;
 }
 
 static double cost_score(const void *state, const struct larder__pstat *s, double now)
 {
+    const struct cost_state *st = state;
     struct gaps g;
-    double wait, value;
+    double rate, value;
 
-    (void)state;
     gaps_get(s, &g);
     if (!g.started)
-        wait = COST_PRIOR_GAP + fmax(now - s->loaded_at, 0.0);
+        rate = 1.0 / (COST_PRIOR_GAP + fmax(now - s->loaded_at, 0.0));
     else
-        wait = cost_expected_wait(&g, now > g.last ? now - g.last : 0.0);
-    value = cost_density(s) / at_least(wait, COST_MIN_TIME);
+        rate = cost_rate(&g, now > g.last ? now - g.last : 0.0, exp(st->log_horizon));
+    value = rate * cost_density(s);
     if (!(value > 0))
         return banded(s->priority, 0);
     return banded(s->priority, fmax(COST_LOG_BIAS + log2(value), 0.0));
+}
+
+/* True when s is going because its keep-alive ran out, not to make room. */
+static bool cost_expired(const struct larder__pstat *s, double now)
+{
+    return s->ttl_ms >= 0 && now - s->last_use >= (double)s->ttl_ms / 1000.0;
+}
+
+/* Learns the horizon: how long evicted components had been idle (a geometric mean). */
+static void cost_on_evict(void *state, struct larder__pstat *s, double now)
+{
+    struct cost_state *st = state;
+    struct gaps g;
+    double idle;
+
+    gaps_get(s, &g);
+    if (!g.started || cost_expired(s, now))
+        return;
+    idle = fmin(fmax(now - g.last, COST_HORIZON_MIN), COST_HORIZON_MAX);
+    st->log_horizon += COST_HORIZON_WEIGHT * (log(idle) - st->log_horizon);
 }
 
 static const struct larder__policy cost_policy = {
@@ -286,7 +283,7 @@ static const struct larder__policy cost_policy = {
     .init = cost_init,
     .on_load = no_hook,
     .on_hit = cost_on_hit,
-    .on_evict = no_hook,
+    .on_evict = cost_on_evict,
     .score = cost_score,
 };
 
