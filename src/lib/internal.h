@@ -62,6 +62,7 @@ struct waiter {
 
 struct larder_lease {
     struct larder *m;
+    struct larder_lease *next_spare; /* on the component's free list */
     struct comp *c;           /* who served */
     struct comp *requested;
     struct inst *inst;        /* NULL for shared classes */
@@ -100,7 +101,10 @@ struct comp {
     struct inst *free_inst;
     unsigned n_inst;
     unsigned n_busy;
-    unsigned leases;
+    atomic_uint leases;       /* taken under c->mu; shared-class releases drop it lock-free */
+    unsigned orphans;         /* leases counted at close that still hold the manager */
+    atomic_uint cv_waiters;   /* threads waiting on c->cv: releases broadcast only then */
+    _Atomic(larder_lease *) spare; /* free lease structs: pushed lock-free, popped under c->mu */
     bool growing;             /* an instance_new job is queued or running */
     unsigned freeing;         /* surplus instances being freed outside the lock */
     bool preload_pending;
@@ -108,7 +112,7 @@ struct comp {
     struct waiter *wq_tail;
     unsigned n_waiters;
     unsigned n_async;
-    int64_t expires_at_ms;    /* idle & loaded: ttl deadline; 0 = none */
+    _Atomic int64_t idle_since_ms; /* when the last lease came back (coarse clock) */
     int64_t cooldown_until_ms;
     unsigned fail_streak;
     int last_err;
@@ -149,7 +153,7 @@ struct larder {
     struct larder_opts opts;
     const struct larder__policy *policy;
     void *policy_state;
-    atomic_int refs;          /* owner + live leases */
+    atomic_int refs;          /* owner + leases still out at close */
     atomic_bool closing;
     atomic_bool events_off;
 
@@ -226,6 +230,9 @@ void larder__expire_async(struct comp *c, int64_t now, struct waiter **ret_done,
                           int64_t *next_deadline);
 bool larder__comp_idle(const struct comp *c);
 void larder__mark_idle(struct comp *c);
+/* idle, loaded, unpinned with a ttl: when its ttl runs out; else 0. c->mu held. */
+int64_t larder__expiry(const struct comp *c);
+void larder__cv_broadcast(struct comp *c);
 
 /* load.c */
 int larder__loaders_start(struct larder *m);

@@ -64,7 +64,14 @@ static bool try_grant(struct comp *c, struct waiter *w, bool cold)
 {
     if (c->state != LARDER_STATE_READY || (c->pooled && !c->free_inst))
         return false;
-    larder_lease *l = malloc(sizeof *l);
+    larder_lease *l = atomic_load_explicit(&c->spare, memory_order_acquire);
+    /* Only this lock's holder pops, so the head's next is stable (no ABA). */
+    while (l && !atomic_compare_exchange_weak_explicit(&c->spare, &l, l->next_spare,
+                                                        memory_order_acquire,
+                                                        memory_order_acquire))
+        ;
+    if (!l)
+        l = malloc(sizeof *l);
     if (!l) {
         w->done = true;
         w->err = -ENOMEM;
@@ -84,16 +91,14 @@ static bool try_grant(struct comp *c, struct waiter *w, bool cold)
         l->wait_ms = larder__now_ms_precise() - w->start_precise_ms;
         c->cold_starts++;
     }
-    c->leases++;
+    atomic_fetch_add_explicit(&c->leases, 1, memory_order_relaxed);
     c->hits++;
-    c->expires_at_ms = 0;
     if (w->requested != c)
         c->fallbacks_served++;
     c->ps.hits++;
     c->ps.last_use = larder__now_s();
     if (m->policy->on_hit)
         m->policy->on_hit(m->policy_state, &c->ps, c->ps.last_use);
-    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
     w->lease = l;
     w->err = 0;
     w->done = true;
@@ -138,19 +143,37 @@ void larder__expire_async(struct comp *c, int64_t now, struct waiter **ret_done,
 
 bool larder__comp_idle(const struct comp *c)
 {
-    return c->state == LARDER_STATE_READY && c->leases == 0 && !c->growing && !c->freeing &&
+    return c->state == LARDER_STATE_READY && atomic_load(&c->leases) == 0 && !c->growing &&
+           !c->freeing &&
            c->n_waiters == 0;
+}
+
+void larder__cv_broadcast(struct comp *c)
+{
+    if (atomic_load(&c->cv_waiters))
+        pthread_cond_broadcast(&c->cv);
+}
+
+/* The last lease came back (or a load finished with none): the ttl clock starts. */
+static void went_idle(struct comp *c, int64_t now)
+{
+    atomic_store_explicit(&c->idle_since_ms, now, memory_order_relaxed);
+    if (c->ttl_ms >= 0 && !c->pin)
+        larder__reaper_kick(c->m, now + c->ttl_ms);
 }
 
 void larder__mark_idle(struct comp *c)
 {
-    pthread_cond_broadcast(&c->cv);
-    if (c->ttl_ms < 0 || c->pin || c->state != LARDER_STATE_READY) {
-        c->expires_at_ms = 0;
-        return;
-    }
-    c->expires_at_ms = larder__now_ms_coarse() + c->ttl_ms;
-    larder__reaper_kick(c->m, c->expires_at_ms);
+    larder__cv_broadcast(c);
+    went_idle(c, larder__now_ms_coarse());
+}
+
+int64_t larder__expiry(const struct comp *c)
+{
+    if (c->state != LARDER_STATE_READY || c->ttl_ms < 0 || c->pin ||
+        atomic_load(&c->leases) != 0)
+        return 0;
+    return atomic_load_explicit(&c->idle_since_ms, memory_order_relaxed) + c->ttl_ms;
 }
 
 /* ---- submitting one waiter (c->mu held) ------------------------------------------ */
@@ -244,14 +267,15 @@ static void wait_answer(struct comp *c, struct waiter *w)
 int larder__acquire_comp(struct larder *m, struct waiter *w)
 {
     struct comp *c = w->c;
+    bool async = w->async; /* once queued, an async waiter may be freed by another thread */
     pthread_mutex_lock(&c->mu);
     int r = submit_waiter(c, w);
-    if (r == 0 && !w->async)
+    if (r == 0 && !async)
         wait_answer(c, w);
     pthread_mutex_unlock(&c->mu);
     if (r < 0)
         return r;
-    if (r == 0 && w->async)
+    if (r == 0 && async)
         return 1;
     return w->err;
 }
@@ -515,39 +539,75 @@ double larder_lease_load_ms(const larder_lease *l)
     return l ? l->load_ms : 0;
 }
 
+/* Puts a lease struct back on its component's free list (lock-free push). */
+static void lease_put(struct comp *c, larder_lease *l)
+{
+    larder_lease *head = atomic_load_explicit(&c->spare, memory_order_relaxed);
+    do
+        l->next_spare = head;
+    while (!atomic_compare_exchange_weak_explicit(&c->spare, &head, l, memory_order_release,
+                                                   memory_order_relaxed));
+}
+
+/* The release work that needs c->mu: a pooled instance goes back (to a waiter first),
+ * drains are woken, leases counted at close drop their hold on the manager. */
+static void release_locked(struct larder *m, struct comp *c, struct inst *inst, bool dec,
+                           bool *ret_idle, bool *ret_drop)
+{
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&c->mu);
+    unsigned left = dec ? atomic_fetch_sub(&c->leases, 1) - 1 : atomic_load(&c->leases);
+    if (inst) {
+        c->n_busy--;
+        inst->next = c->free_inst;
+        c->free_inst = inst;
+        c->ps.last_use = larder__now_s();
+        if (c->wq_head)
+            larder__dispatch(c, false, &done);
+        left = atomic_load(&c->leases);
+    }
+    if (c->orphans > left) {
+        c->orphans--;
+        *ret_drop = true;
+    }
+    if (left == 0 && dec)
+        larder__mark_idle(c);
+    else if (left == 0)
+        larder__cv_broadcast(c);
+    *ret_idle = left == 0;
+    pthread_mutex_unlock(&c->mu);
+    larder__deliver(m, done);
+}
+
 larder_lease *larder_release(larder_lease *l)
 {
     if (!l)
         return NULL;
     struct comp *c = l->c;
     struct larder *m = l->m;
-    struct waiter *done = NULL;
-    pthread_mutex_lock(&c->mu);
-    c->leases--;
-    if (l->inst) {
-        c->n_busy--;
-        l->inst->next = c->free_inst;
-        c->free_inst = l->inst;
+    struct inst *inst = l->inst;
+    bool idle = false, drop = false;
+    if (inst) {
+        release_locked(m, c, inst, true, &idle, &drop);
+    } else {
+        /* Shared model: no instance to hand back, so no lock unless someone waits. */
+        idle = atomic_fetch_sub(&c->leases, 1) == 1;
+        if (idle)
+            went_idle(c, larder__now_ms_coarse());
+        if (atomic_load(&m->closing) || (idle && atomic_load(&c->cv_waiters)))
+            release_locked(m, c, NULL, false, &idle, &drop);
     }
-    c->ps.last_use = larder__now_s();
-    if (c->wq_head)
-        larder__dispatch(c, false, &done);
-    bool idle = c->leases == 0;
-    if (idle)
-        larder__mark_idle(c);
-    bool closing = atomic_load(&m->closing);
-    pthread_mutex_unlock(&c->mu);
-    free(l);
-    larder__deliver(m, done);
+    lease_put(c, l);
     if (idle && atomic_load(&m->admit_waiters) > 0) {
         pthread_mutex_lock(&m->mu);
         pthread_cond_broadcast(&m->budget_cv);
         pthread_mutex_unlock(&m->mu);
     }
-    if (idle && closing)
+    if (idle && atomic_load(&m->closing))
         larder__unload_comp(m, c, LARDER_REASON_CLOSE);
     else if (idle && atomic_load(&m->over_budget))
         larder__enforce_budget(m);
-    larder__ref_drop(m);
+    if (drop)
+        larder__ref_drop(m);
     return NULL;
 }

@@ -135,7 +135,7 @@ static void cancel_job(struct job *j)
     } else {
         c->growing = false;
     }
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     larder__deliver(c->m, done);
 }
@@ -303,7 +303,7 @@ static bool free_instance(struct larder *m, struct comp *c)
     c->freeing--;
     charge(m, c, -(int64_t)bytes);
     c->ps.bytes = c->reserved;
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     return true;
 }
@@ -318,7 +318,6 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     c->state = LARDER_STATE_UNLOADING;
     c->free_inst = NULL;
     c->n_inst = 0;
-    c->expires_at_ms = 0;
     if (why != LARDER_REASON_CLOSE)
         c->evictions++;
     if (m->policy->on_evict)
@@ -354,7 +353,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     }
     if ((c->n_waiters > 0 || c->preload_pending) && !c->draining && c->defined)
         larder__start_load(c);
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_UNLOAD,
                               .name = c->name, .reason = why, .bytes = bytes,
@@ -391,7 +390,7 @@ int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reas
     int r = 0;
     if (c->state != LARDER_STATE_READY) {
         pthread_mutex_unlock(&c->mu);
-    } else if (c->leases || c->growing || c->freeing ||
+    } else if (atomic_load(&c->leases) || c->growing || c->freeing ||
                (c->n_waiters && why != LARDER_REASON_CLOSE)) {
         pthread_mutex_unlock(&c->mu);
         r = LARDER_EINUSE;
@@ -436,7 +435,7 @@ static void load_failed(struct comp *c, int err, const char *msg, bool cooldown,
     }
     clear_preload(c);
     larder__fail_waiters(c, err, &done);
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_LOAD_FAIL,
                               .name = c->name, .error = err, .message = c->last_msg,
                               .load_ms = ms};
@@ -567,9 +566,9 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
         c->growing = true;
         larder__submit(m, &c->grow_job);
     }
-    if (c->leases == 0)
+    if (atomic_load(&c->leases) == 0)
         larder__mark_idle(c);
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_LOAD_DONE,
                               .name = c->name, .bytes = c->reserved, .load_ms = ld->ms};
     pthread_mutex_unlock(&c->mu);
@@ -637,12 +636,12 @@ static void grow_done(struct comp *c, struct inst *i, uint64_t learned, const ch
             c->growing = true;
             larder__submit(m, &c->grow_job);
         }
-        if (c->leases == 0)
+        if (atomic_load(&c->leases) == 0)
             larder__mark_idle(c);
     } else if (err) {
         snprintf(c->last_msg, sizeof c->last_msg, "instance: %s", err);
     }
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     larder__deliver(m, done);
     if (i)
@@ -729,8 +728,8 @@ static void reap_one(struct comp *c, void *arg)
     pthread_mutex_lock(&c->mu);
     if (c->n_async)
         larder__expire_async(c, a->now, &done, &a->next);
-    int64_t exp = c->expires_at_ms;
-    bool due = exp && exp <= a->now && larder__comp_idle(c) && !c->pin && c->ttl_ms >= 0;
+    int64_t exp = larder__expiry(c);
+    bool due = exp && exp <= a->now && larder__comp_idle(c);
     if (exp && !due && exp < a->next && larder__comp_idle(c))
         a->next = exp;
     pthread_mutex_unlock(&c->mu);
@@ -739,7 +738,8 @@ static void reap_one(struct comp *c, void *arg)
         return;
     pthread_mutex_lock(&m->mu);
     pthread_mutex_lock(&c->mu);
-    if (c->expires_at_ms && c->expires_at_ms <= a->now && larder__comp_idle(c) && !c->pin)
+    int64_t again = larder__expiry(c);
+    if (again && again <= a->now && larder__comp_idle(c))
         evict_taken(m, c, LARDER_REASON_TTL);
     else
         pthread_mutex_unlock(&c->mu);

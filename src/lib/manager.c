@@ -256,7 +256,7 @@ static void close_waiters(struct comp *c, void *arg)
     struct waiter *done = NULL;
     pthread_mutex_lock(&c->mu);
     larder__fail_waiters(c, LARDER_ECLOSED, &done);
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     larder__deliver(c->m, done);
 }
@@ -264,6 +264,15 @@ static void close_waiters(struct comp *c, void *arg)
 static void close_unload(struct comp *c, void *arg)
 {
     larder__unload_comp(c->m, c, LARDER_REASON_CLOSE);
+}
+
+/* Leases still out keep the manager alive: each holds one reference until released. */
+static void close_count(struct comp *c, void *arg)
+{
+    pthread_mutex_lock(&c->mu);
+    c->orphans = atomic_load(&c->leases);
+    atomic_fetch_add(&c->m->refs, (int)c->orphans);
+    pthread_mutex_unlock(&c->mu);
 }
 
 larder *larder_close(larder *m)
@@ -281,6 +290,7 @@ larder *larder_close(larder *m)
     /* Loads that were in flight have finished: their waiters were already failed. */
     larder__each_comp(m, close_waiters, NULL);
     larder__each_comp(m, close_unload, NULL);
+    larder__each_comp(m, close_count, NULL);
     atomic_store(&m->events_off, true);
     larder__ref_drop(m);
     return NULL;
@@ -288,6 +298,10 @@ larder *larder_close(larder *m)
 
 static void comp_free(struct comp *c)
 {
+    for (larder_lease *l = atomic_load(&c->spare), *n; l; l = n) {
+        n = l->next_spare;
+        free(l);
+    }
     struct inst *i = c->free_inst;
     while (i) {
         struct inst *n = i->next;
@@ -517,26 +531,32 @@ int larder_define(larder *m, const char *name, const struct larder_component_opt
 static int wait_quiet(struct comp *c, int64_t timeout_ms)
 {
     int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
-    while (c->leases > 0 || c->state == LARDER_STATE_LOADING ||
+    int r = 0;
+    /* Counted before looking: a release that empties c after the look will see it. */
+    atomic_fetch_add(&c->cv_waiters, 1);
+    while (atomic_load(&c->leases) > 0 || c->state == LARDER_STATE_LOADING ||
            c->state == LARDER_STATE_UNLOADING || c->growing || c->freeing) {
-        if (deadline >= 0) {
-            int64_t left = deadline - larder__now_ms();
-            if (left <= 0)
-                return LARDER_ETIMEDOUT;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += left / 1000;
-            ts.tv_nsec += (left % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-        } else {
+        if (deadline < 0) {
             pthread_cond_wait(&c->cv, &c->mu);
+            continue;
         }
+        int64_t left = deadline - larder__now_ms();
+        if (left <= 0) {
+            r = LARDER_ETIMEDOUT;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&c->cv, &c->mu, &ts);
     }
-    return 0;
+    atomic_fetch_sub(&c->cv_waiters, 1);
+    return r;
 }
 
 /* Drains c: new acquires fail, waiters are failed, then waits for quiet. c->mu held.
@@ -582,16 +602,22 @@ int larder_unload(larder *m, const char *name, int64_t timeout_ms)
         pthread_mutex_unlock(&c->mu);
         return r;
     }
+    int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
     int r = drain(c, timeout_ms);
     pthread_mutex_unlock(&c->mu);
-    if (r < 0)
-        return r;
-    r = larder__unload_comp(m, c, LARDER_REASON_REQUEST);
+    /* Between the drain and the unload an admission may be freeing one of c's surplus
+     * instances: drain again until quiet. */
+    while (r == 0 && (r = larder__unload_comp(m, c, LARDER_REASON_REQUEST)) == LARDER_EINUSE) {
+        int64_t left = deadline < 0 ? -1 : deadline - larder__now_ms();
+        pthread_mutex_lock(&c->mu);
+        r = left < 0 && deadline >= 0 ? LARDER_ETIMEDOUT : wait_quiet(c, left);
+        pthread_mutex_unlock(&c->mu);
+    }
     pthread_mutex_lock(&c->mu);
     c->draining = false;
     if (c->state == LARDER_STATE_FAILED)
         c->state = LARDER_STATE_UNLOADED;
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     return r < 0 ? r : 0;
 }
@@ -609,11 +635,22 @@ int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
         pthread_mutex_unlock(&c->mu);
         return r;
     }
+    int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
     int r = drain(c, timeout_ms);
     pthread_mutex_unlock(&c->mu);
-    if (r < 0)
+    while (r == 0 && (r = larder__unload_comp(m, c, LARDER_REASON_REQUEST)) == LARDER_EINUSE) {
+        int64_t left = deadline < 0 ? -1 : deadline - larder__now_ms();
+        pthread_mutex_lock(&c->mu);
+        r = left < 0 && deadline >= 0 ? LARDER_ETIMEDOUT : wait_quiet(c, left);
+        pthread_mutex_unlock(&c->mu);
+    }
+    if (r < 0) {
+        pthread_mutex_lock(&c->mu);
+        c->draining = false;
+        larder__cv_broadcast(c);
+        pthread_mutex_unlock(&c->mu);
         return r;
-    larder__unload_comp(m, c, LARDER_REASON_REQUEST);
+    }
     pthread_mutex_lock(&c->mu);
     void (*ud_free)(void *) = c->ud_free;
     void *ud = c->ud;
@@ -622,7 +659,7 @@ int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
     c->state = LARDER_STATE_UNLOADED;
     c->ud_free = NULL;
     c->ud = NULL;
-    pthread_cond_broadcast(&c->cv);
+    larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     if (ud_free)
         ud_free(ud);
@@ -735,12 +772,12 @@ static void info_fill(struct larder_component_info *i, struct comp *c, int64_t n
     i->preload = c->preload;
     i->priority = c->priority;
     i->ttl_ms = c->ttl_ms;
-    i->expires_in_ms = c->expires_at_ms && c->state == LARDER_STATE_READY && !c->leases
-                           ? (c->expires_at_ms > now ? c->expires_at_ms - now : 0) : -1;
+    int64_t exp = larder__expiry(c);
+    i->expires_in_ms = exp ? (exp > now ? exp - now : 0) : -1;
     i->instances = c->n_inst;
     i->instances_busy = c->n_busy;
     i->instances_max = c->max_inst;
-    i->leases = c->leases;
+    i->leases = atomic_load(&c->leases);
     i->waiters = c->n_waiters;
     i->estimate_bytes = c->estimate;
     i->estimate_source = c->est_src;
@@ -812,8 +849,15 @@ int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
     }
     qsort(s->components, s->n, sizeof *s->components, info_cmp);
     s->rss_bytes = larder__rss_bytes();
-    struct larder__proc_mem pm;
-    s->peak_rss_bytes = larder__probe_proc(NULL, &pm) >= 0 ? pm.hwm : s->rss_bytes;
+    s->peak_rss_bytes = s->rss_bytes;
+    FILE *f = fopen("/proc/self/status", "re"); /* VmHWM only: smaps_rollup is costly */
+    char line[256];
+    unsigned long long kb;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1)
+            s->peak_rss_bytes = kb * 1024;
+    if (f)
+        fclose(f);
     *ret_snapshot = s;
     return 0;
 }

@@ -7,36 +7,38 @@
  *
  * lru:  value = last_use. The least recently used idle component goes first.
  *
- * cost: GreedyDual-Size-Frequency style. The value of keeping a component is the load
- *       time it saves per byte:
- *           value = rate x load_cost / bytes
- *       where rate is the component's expected requests per second in the near future,
- *       learned from the gaps between its acquires. Gaps shorter than COST_BURST seconds
- *       (a burst: one caller's batch, a session) and longer ones are counted apart, each
- *       as events over exposure time (running means, the newest gap weighing
- *       COST_WEIGHT):
- *           short rate = short gaps / time spent in the first COST_BURST s of gaps
- *           long rate  = long gaps / time spent beyond COST_BURST s
- *       A component used less than COST_BURST s ago is worth its short rate (or its
- *       long rate when higher): recently used and bursty, it is likely to be asked again
- *       soon. After that it is worth its long rate, and the current idle time counts as
- *       exposure with no request: a component falls in value the longer it stays unused,
- *       at a pace set by its own history (aging without a global clock). On memoryless
- *       traffic both rates estimate the same Poisson rate, and the policy keeps the
- *       components with the highest rate x cost / size, which is the best any online
- *       rule can do there. The statistics live in the component's pstat, which outlives
- *       a load: a component that comes back after an eviction is valued by its history,
- *       as with ghost entries.
- *       A component loaded but never acquired (a preload) is worth the rate of one
- *       request per COST_PRIOR_GAP s, falling with the time since its load.
+ * cost: GreedyDual-Size-Frequency style: the value of keeping a component is the load
+ *       time it is expected to save per byte,
+ *           value = rate x load_cost / bytes,
+ *       and the lowest value goes first. rate is the number of requests the component is
+ *       expected to get over the next H seconds, divided by H, given how long it has
+ *       been idle. It comes from the component's own distribution of gaps between
+ *       acquires, learned as it runs: the share of gaps that reach 10 s, 60 s, 300 s and
+ *       1800 s, and the mean excess beyond 1800 s (running means; the newest gap weighs
+ *       COST_WEIGHT, or more while there are few). Between those bounds the chance of a
+ *       request per second is taken as constant, so:
+ *         - on memoryless traffic the rate is the component's request rate, and the
+ *           policy keeps the components with the highest rate x cost / size, which is
+ *           what an oracle that knows every rate would keep;
+ *         - a component in the middle of a burst (one caller's batch, a session) is
+ *           worth what its bursts say, even if its bursts are minutes apart;
+ *         - a component idle past 1800 s loses value the longer it stays unused, since
+ *           that idle time counts as exposure without a request: aging comes from idle
+ *           time itself, where classic GDSF ages through an inflation clock advanced by
+ *           evictions (which lets a cheap component used once outrank a busy one).
+ *       H is the cache's own memory: the typical (geometric mean) time that evicted
+ *       components had been idle, learned in on_evict(), COST_HORIZON_START seconds at
+ *       first. A tight budget evicts young components and so values the near future; a
+ *       loose one looks further ahead.
+ *       The statistics live in the component's pstat, which outlives a load: a component
+ *       that comes back after an eviction is valued by its history, as a ghost entry
+ *       would be. Before its first acquire (a preload), a component is worth one request
+ *       per COST_PRIOR_GAP s, less as time since its load goes by; its first acquire
+ *       starts it on memoryless gaps of COST_PRIOR_GAP s, which its own gaps replace.
  *
- * Per-component state of cost (pstat.pdata):
- *   [0] time of the last acquire
- *   [1] running mean of "the gap was short" (0 or 1)
- *   [2] running mean of min(gap, COST_BURST): short exposure per gap; 0 = never acquired
- *   [3] running mean of max(gap - COST_BURST, 0): long exposure per gap
- * cost keeps no shared state, so on_hit() running concurrently for different components
- * touches nothing but its own pstat.
+ * Per-component state of cost (pstat.pdata): [0] the time of the last acquire; [1..3]
+ * six floats (see struct gaps). Shared state: the horizon, written by on_evict() and read
+ * by score(), which never run at once; on_hit() touches nothing but its own pstat.
  */
 #include "policy.h"
 
@@ -49,12 +51,12 @@
 #define BAND_TOP (BAND - 1.0) /* largest value kept inside its band */
 #define PRIORITY_CLAMP 1000
 
-#define COST_WEIGHT 0.03125    /* weight of the newest gap in the running means */
+#define COST_WEIGHT 0.03125      /* weight of the newest gap in the running means */
+#define COST_PRIOR_GAP 1800.0    /* seconds: mean gap assumed before any is seen */
 #define COST_HORIZON_START 600.0 /* seconds: the horizon before any eviction */
-#define COST_HORIZON_MIN 1.0
+#define COST_HORIZON_MIN 1.0     /* seconds: bounds of the horizon */
 #define COST_HORIZON_MAX 86400.0
-#define COST_HORIZON_WEIGHT 0.05
-#define COST_PRIOR_GAP 1800.0  /* seconds: expected gap of a component not yet acquired */
+#define COST_HORIZON_WEIGHT 0.05 /* weight of the newest eviction in the horizon */
 #define COST_MIN_TIME 0.001    /* seconds: floor of exposures and load costs */
 #define COST_MIN_GIB (1.0 / 1048576.0) /* floor of the size: 1 KiB */
 #define COST_LOG_BIAS 1100.0   /* log2 of values in [2^-1100, 2^1000] maps into [0, 2100] */
@@ -179,8 +181,7 @@ static void gaps_add(struct gaps *g, double gap, uint64_t hits)
     g->tail += (float)(w * (fmax(gap - bounds[NBOUNDS], 0.0) - g->tail));
 }
 
-/* Shared state: the horizon, written by on_evict() and read by score(), which the
- * manager never runs at once; on_hit() does not touch it. */
+/* Shared state: written by on_evict(), read by score(); never by on_hit(). */
 struct cost_state {
     double log_horizon;
 };

@@ -1,0 +1,282 @@
+/* bench/acquire: the cost of a warm acquire + release, against a baseline measured in
+ * the same run.
+ *
+ * larder:   larder_acquire() + larder_release() of a loaded component, by name.
+ * baseline: what a hand-written registry does at least: pthread mutex lock, lookup of
+ *           the name in a string hash table holding as many entries as larder has
+ *           components, unlock.
+ *
+ * Prints ns per pair for both on 1 thread, larder on 2 threads (each thread on its own
+ * component), the ratio larder/baseline on 1 thread (target <= 1.5) and the 2-thread
+ * over 1-thread throughput of larder (target >= 1.6). Each figure is the best of 3 runs.
+ *
+ * Usage: bench_acquire [PAIRS [COMPONENTS]]   (defaults 3000000 and 64)
+ */
+#include <larder/larder.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RUNS 3
+#define NAME_LEN 32
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- the baseline: a mutex and an open-addressing string hash table --------------- */
+
+struct entry {
+    const char *key;
+    void *value;
+};
+
+struct table {
+    pthread_mutex_t lock;
+    struct entry *slots;
+    size_t mask;
+};
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+static int table_init(struct table *t, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    t->slots = calloc(cap, sizeof(*t->slots));
+    t->mask = cap - 1;
+    pthread_mutex_init(&t->lock, NULL);
+    return t->slots ? 0 : -ENOMEM;
+}
+
+static void table_put(struct table *t, const char *key, void *value)
+{
+    size_t i = (size_t)hash_str(key) & t->mask;
+    while (t->slots[i].key)
+        i = (i + 1) & t->mask;
+    t->slots[i] = (struct entry){key, value};
+}
+
+static void *table_get(struct table *t, const char *key)
+{
+    for (size_t i = (size_t)hash_str(key) & t->mask; t->slots[i].key; i = (i + 1) & t->mask)
+        if (strcmp(t->slots[i].key, key) == 0)
+            return t->slots[i].value;
+    return NULL;
+}
+
+static void table_free(struct table *t)
+{
+    pthread_mutex_destroy(&t->lock);
+    free(t->slots);
+}
+
+/* ---- the component: loads a few bytes ---------------------------------------------- */
+
+static int load_small(void *ud, void **ret_model, char *err, size_t errlen)
+{
+    void *p = malloc(64);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    *ret_model = p;
+    return 0;
+}
+
+static void unload_small(void *ud, void *model)
+{
+    free(model);
+}
+
+static const struct larder_class small_class = {
+    .struct_size = sizeof(struct larder_class),
+    .name = "bench",
+    .load = load_small,
+    .unload = unload_small,
+};
+
+/* ---- measured loops ------------------------------------------------------------------ */
+
+struct job {
+    larder *m;
+    struct table *t;
+    const char *name;
+    long pairs;
+    pthread_barrier_t *start;
+    double begin, end;
+    int rc;
+    uintptr_t sink;
+};
+
+static void *larder_loop(void *arg)
+{
+    struct job *j = arg;
+    if (j->start)
+        pthread_barrier_wait(j->start);
+    j->begin = now_s();
+    for (long i = 0; i < j->pairs; i++) {
+        larder_lease *l;
+        int rc = larder_acquire(j->m, j->name, LARDER_WAIT_FOREVER, &l);
+        if (rc < 0) {
+            j->rc = rc;
+            break;
+        }
+        j->sink += (uintptr_t)larder_lease_model(l);
+        larder_release(l);
+    }
+    j->end = now_s();
+    return NULL;
+}
+
+static void *baseline_loop(void *arg)
+{
+    struct job *j = arg;
+    if (j->start)
+        pthread_barrier_wait(j->start);
+    j->begin = now_s();
+    for (long i = 0; i < j->pairs; i++) {
+        pthread_mutex_lock(&j->t->lock);
+        void *v = table_get(j->t, j->name);
+        pthread_mutex_unlock(&j->t->lock);
+        j->sink += (uintptr_t)v;
+    }
+    j->end = now_s();
+    return NULL;
+}
+
+/* Runs `fn` on `threads` threads (thread k on names[k]) and returns the wall time in
+ * seconds from the common start to the last finish; the best of RUNS runs. */
+static double best_run(void *(*fn)(void *), larder *m, struct table *t, char (*names)[NAME_LEN],
+                       int threads, long pairs, int *ret_rc)
+{
+    double best = 1e30;
+    for (int r = 0; r < RUNS; r++) {
+        struct job jobs[2];
+        pthread_t tid[2];
+        pthread_barrier_t start;
+        pthread_barrier_init(&start, NULL, (unsigned)threads);
+        for (int k = 0; k < threads; k++) {
+            jobs[k] = (struct job){.m = m, .t = t, .name = names[k], .pairs = pairs,
+                                   .start = &start};
+            pthread_create(&tid[k], NULL, fn, &jobs[k]);
+        }
+        double begin = 1e30, end = 0;
+        for (int k = 0; k < threads; k++) {
+            pthread_join(tid[k], NULL);
+            begin = jobs[k].begin < begin ? jobs[k].begin : begin;
+            end = jobs[k].end > end ? jobs[k].end : end;
+            if (jobs[k].rc < 0)
+                *ret_rc = jobs[k].rc;
+        }
+        pthread_barrier_destroy(&start);
+        if (end - begin < best)
+            best = end - begin;
+    }
+    return best;
+}
+
+static int setup(larder **ret_m, struct table *t, char (*names)[NAME_LEN], int n)
+{
+    struct larder_opts opts;
+    larder_opts_init(&opts);
+    opts.budget_bytes = 1ULL << 30;
+    opts.default_ttl_ms = LARDER_TTL_NEVER;
+    larder *m = NULL;
+    int rc = larder_open(&opts, &m);
+    if (rc < 0 || (rc = table_init(t, (size_t)n)) < 0)
+        return rc;
+    for (int i = 0; i < n && rc == 0; i++) {
+        snprintf(names[i], NAME_LEN, "model-%04d", i);
+        struct larder_component_opts def;
+        larder_component_opts_init(&def);
+        def.cls = &small_class;
+        def.memory_bytes = 4096;
+        rc = larder_define(m, names[i], &def);
+        table_put(t, names[i], names[i]);
+    }
+    /* Warm the components the loops use. */
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        larder_lease *l;
+        rc = larder_acquire(m, names[i], LARDER_WAIT_FOREVER, &l);
+        larder_release(rc == 0 ? l : NULL);
+    }
+    *ret_m = m;
+    return rc;
+}
+
+/* The 2-thread figure needs two idle cores: say how busy the machine was before. */
+static void print_machine(void)
+{
+    double load = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &load) != 1)
+            load = -1;
+        fclose(f);
+    }
+    printf("  machine: %ld cores online, load average %.2f\n", sysconf(_SC_NPROCESSORS_ONLN),
+           load);
+}
+
+int main(int argc, char **argv)
+{
+    long pairs = argc > 1 ? atol(argv[1]) : 3000000;
+    int n = argc > 2 ? atoi(argv[2]) : 64;
+    if (pairs <= 0 || n < 2) {
+        fprintf(stderr, "usage: %s [PAIRS >= 1 [COMPONENTS >= 2]]\n", argv[0]);
+        return 2;
+    }
+    char (*names)[NAME_LEN] = calloc((size_t)n, NAME_LEN);
+    struct table t;
+    larder *m = NULL;
+    int rc = names ? setup(&m, &t, names, n) : -ENOMEM;
+    if (rc < 0) {
+        fprintf(stderr, "bench_acquire: setup: %s\n", larder_strerror(rc));
+        return 1;
+    }
+    printf("acquire: %d components, %ld pairs per thread, best of %d\n", n, pairs, RUNS);
+    print_machine();
+    fflush(stdout);
+    double base1 = best_run(baseline_loop, m, &t, names, 1, pairs, &rc);
+    double base2 = best_run(baseline_loop, m, &t, names, 2, pairs, &rc);
+    double lard1 = best_run(larder_loop, m, &t, names, 1, pairs, &rc);
+    double lard2 = best_run(larder_loop, m, &t, names, 2, pairs, &rc);
+    if (rc < 0) {
+        fprintf(stderr, "bench_acquire: acquire: %s\n", larder_strerror(rc));
+        return 1;
+    }
+    double ns_base1 = base1 * 1e9 / (double)pairs;
+    double ns_lard1 = lard1 * 1e9 / (double)pairs;
+    double scaling = (2.0 * (double)pairs / lard2) / ((double)pairs / lard1);
+
+    printf("  baseline mutex+lookup+unlock, 1 thread:  %8.1f ns/pair\n", ns_base1);
+    printf("  baseline mutex+lookup+unlock, 2 threads: %8.1f ns/pair (aggregate)\n",
+           base2 * 1e9 / (2.0 * (double)pairs));
+    printf("  larder acquire+release, 1 thread:        %8.1f ns/pair\n", ns_lard1);
+    printf("  larder acquire+release, 2 threads:       %8.1f ns/pair (aggregate)\n",
+           lard2 * 1e9 / (2.0 * (double)pairs));
+    printf("  ratio larder/baseline, 1 thread:         %8.2f x (target <= 1.5)\n",
+           ns_lard1 / ns_base1);
+    printf("  throughput 2 threads / 1 thread:         %8.2f x (target >= 1.6)\n", scaling);
+    larder_close(m);
+    table_free(&t);
+    free(names);
+    return 0;
+}
