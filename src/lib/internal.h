@@ -105,6 +105,7 @@ struct comp {
     unsigned orphans;         /* leases counted at close that still hold the manager */
     atomic_uint cv_waiters;   /* threads waiting on c->cv: releases broadcast only then */
     _Atomic(larder_lease *) spare; /* free lease structs: pushed lock-free, popped under c->mu */
+    struct larder_lease warm; /* every warm, direct lease of a shared class: nothing to free */
     bool growing;             /* an instance_new job is queued or running */
     unsigned freeing;         /* surplus instances being freed outside the lock */
     bool preload_pending;

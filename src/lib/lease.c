@@ -64,6 +64,19 @@ static bool try_grant(struct comp *c, struct waiter *w, bool cold)
 {
     if (c->state != LARDER_STATE_READY || (c->pooled && !c->free_inst))
         return false;
+    if (!c->pooled && !cold && !w->cold && w->requested == c) {
+        /* Warm and direct: every such lease of c looks the same, so they share one. */
+        atomic_fetch_add_explicit(&c->leases, 1, memory_order_relaxed);
+        c->hits++;
+        c->ps.hits++;
+        c->ps.last_use = larder__now_s();
+        if (c->m->policy->on_hit)
+            c->m->policy->on_hit(c->m->policy_state, &c->ps, c->ps.last_use);
+        w->lease = &c->warm;
+        w->err = 0;
+        w->done = true;
+        return true;
+    }
     larder_lease *l = atomic_load_explicit(&c->spare, memory_order_acquire);
     /* Only this lock's holder pops, so the head's next is stable (no ABA). */
     while (l && !atomic_compare_exchange_weak_explicit(&c->spare, &l, l->next_spare,
@@ -597,7 +610,8 @@ larder_lease *larder_release(larder_lease *l)
         if (atomic_load(&m->closing) || (idle && atomic_load(&c->cv_waiters)))
             release_locked(m, c, NULL, false, &idle, &drop);
     }
-    lease_put(c, l);
+    if (l != &c->warm)
+        lease_put(c, l);
     if (idle && atomic_load(&m->admit_waiters) > 0) {
         pthread_mutex_lock(&m->mu);
         pthread_cond_broadcast(&m->budget_cv);

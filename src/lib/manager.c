@@ -478,6 +478,7 @@ static struct comp *comp_new(struct larder *m, const char *name)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&c->cv, &ca);
     pthread_condattr_destroy(&ca);
+    c->warm = (struct larder_lease){.m = m, .c = c, .requested = c};
     c->load_job.c = c;
     c->load_job.kind = JOB_LOAD;
     c->grow_job.c = c;
