@@ -26,6 +26,7 @@ run: build
 	OMP_THREAD_LIMIT=1 $(BUILD)/src/daemon/larderd --config $(CONFIG) --listen $(LISTEN)
 
 bench: build
+	sh scripts/deps.sh scripts/packages.txt scripts/bench-packages.txt
 	sh bench/run-all.sh $(BUILD)
 
 check-asan: deps

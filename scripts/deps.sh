@@ -1,11 +1,13 @@
 #!/bin/sh
-# Installs the Debian packages in scripts/packages.txt (plus any given as arguments)
-# that are missing. Needs root or sudo; otherwise prints the exact command and fails.
+# Installs the Debian packages listed in scripts/packages.txt (or in the lists given as
+# arguments) that are missing. Needs root or sudo; otherwise prints the exact command
+# and fails.
 set -eu
 here=$(dirname "$0")
-want=$(sed -e 's/#.*//' "$here/packages.txt" | tr -s ' \n' ' ')
+[ $# -gt 0 ] || set -- "$here/packages.txt"
+want=$(cat "$@" | sed -e 's/#.*//' | tr -s ' \n' ' ')
 missing=""
-for p in $want "$@"; do
+for p in $want; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
         missing="$missing $p"
     fi
