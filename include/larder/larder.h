@@ -63,6 +63,9 @@ enum {
 #define LARDER_WAIT_FOREVER (-1)
 #define LARDER_NO_WAIT 0
 
+/* GPUs whose device memory larder budgets: indexes 0 .. LARDER_MAX_GPUS-1. */
+#define LARDER_MAX_GPUS 16
+
 typedef struct larder larder;
 typedef struct larder_lease larder_lease;
 
@@ -177,6 +180,10 @@ LARDER_API larder *larder_close(larder *m);
 
 /* Changes the budget; loaded components over a lowered budget are evicted when idle. */
 LARDER_API int larder_set_budget(larder *m, uint64_t bytes);
+/* Sets the device-memory budget of GPU `gpu` (0 = not enforced, the default). Loads of
+ * components declared on that GPU are admitted against it as against the host budget,
+ * evicting idle components of the same GPU first. Errors: -EINVAL. */
+LARDER_API int larder_set_gpu_budget(larder *m, unsigned gpu, uint64_t bytes);
 LARDER_API uint64_t larder_get_budget(const larder *m);
 
 /* ---- component definitions --------------------------------------------------------- */
@@ -195,6 +202,9 @@ struct larder_component_opts {
     const char *fallback;         /* name of a lighter component; may be NULL */
     uint64_t memory_bytes;        /* estimate override; 0 = none */
     unsigned queue_max;           /* 0 = manager default */
+    /* appended in 0.1: */
+    int gpu;                      /* GPU whose memory it takes; -1 = none (default) */
+    uint64_t gpu_bytes;           /* device memory it takes once loaded */
 };
 
 /* Fills opts with defaults and sets struct_size. */
@@ -343,6 +353,9 @@ struct larder_component_info {
     int last_error;          /* 0 if the last load succeeded */
     char *last_error_message; /* NULL when none */
     int64_t cooldown_ms;     /* FAILED: ms until retry allowed; else 0 */
+    int gpu;                 /* -1 = none */
+    uint64_t gpu_bytes;      /* declared device memory */
+    uint64_t gpu_reserved_bytes; /* charged against the GPU's budget now */
 };
 
 struct larder_snapshot {
@@ -353,6 +366,8 @@ struct larder_snapshot {
     const char *policy;
     size_t n;
     struct larder_component_info *components; /* sorted by name */
+    uint64_t gpu_budget_bytes[LARDER_MAX_GPUS];   /* 0 = not enforced */
+    uint64_t gpu_reserved_bytes[LARDER_MAX_GPUS];
 };
 
 /* Takes a consistent snapshot: every component's figures are read under one lock

@@ -128,6 +128,9 @@ struct comp {
     enum larder_measure_method method;
     uint64_t inst_bytes;      /* learned cost of one extra instance */
     uint64_t reserved;        /* charged to m->reserved (under m->mu) */
+    int gpu;                  /* -1 = none */
+    uint64_t gpu_bytes;
+    uint64_t gpu_reserved;    /* charged to m->gpu_reserved[gpu] (under m->mu) */
     int64_t last_returned;
     bool leak_suspect;
 
@@ -162,6 +165,8 @@ struct larder {
     pthread_cond_t budget_cv;
     uint64_t budget;
     uint64_t reserved;
+    uint64_t gpu_budget[LARDER_MAX_GPUS];   /* 0 = not enforced */
+    uint64_t gpu_reserved[LARDER_MAX_GPUS];
     atomic_uint admit_waiters;
     atomic_bool over_budget;  /* reserved > budget after the budget was lowered */
     size_t n_comps;
@@ -246,6 +251,9 @@ void larder__start_load(struct comp *c); /* c->mu held; state -> LOADING */
 /* m->mu held (dropped and retaken while unloading). 0 nothing evictable, 1 a whole
  * component, 2 one surplus instance, 3 nothing yet: look again. */
 int larder__evict_one(struct larder *m, struct comp *except, enum larder_evict_reason why);
+/* The same, among the components on GPU `gpu` only (whole components). */
+int larder__evict_one_gpu(struct larder *m, struct comp *except, enum larder_evict_reason why,
+                          int gpu);
 int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why);
 void larder__enforce_budget(struct larder *m);
 uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src);

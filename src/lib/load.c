@@ -181,6 +181,32 @@ static uint64_t estimate(struct comp *c)
     return need;
 }
 
+/* m->mu held: c's GPU reservation, all or nothing. */
+static void charge_gpu(struct larder *m, struct comp *c, bool take)
+{
+    if (c->gpu < 0 || c->gpu >= LARDER_MAX_GPUS || (take == (c->gpu_reserved != 0)))
+        return;
+    if (take) {
+        c->gpu_reserved = c->gpu_bytes;
+        m->gpu_reserved[c->gpu] += c->gpu_bytes;
+    } else {
+        m->gpu_reserved[c->gpu] -= c->gpu_reserved;
+        c->gpu_reserved = 0;
+        pthread_cond_broadcast(&m->budget_cv);
+    }
+}
+
+/* m->mu held: whether c's GPU memory fits (0 yes, 1 not now, ETOOBIG never). */
+static int gpu_fits(const struct larder *m, const struct comp *c)
+{
+    if (c->gpu < 0 || c->gpu >= LARDER_MAX_GPUS || c->gpu_reserved || !c->gpu_bytes ||
+        !m->gpu_budget[c->gpu])
+        return 0;
+    if (c->gpu_bytes > m->gpu_budget[c->gpu])
+        return LARDER_ETOOBIG;
+    return m->gpu_reserved[c->gpu] + c->gpu_bytes <= m->gpu_budget[c->gpu] ? 0 : 1;
+}
+
 static void charge(struct larder *m, struct comp *c, int64_t bytes)
 {
     m->reserved = (uint64_t)((int64_t)m->reserved + bytes);
@@ -224,15 +250,19 @@ static int admit(struct larder *m, struct comp *c, uint64_t bytes, int64_t wait_
     for (;;) {
         if (atomic_load(&m->closing))
             return LARDER_ECLOSED;
-        if (bytes > m->budget)
+        int g = gpu_fits(m, c);
+        if (bytes > m->budget || g < 0)
             return LARDER_ETOOBIG;
         /* Counted before looking, so a release racing with the scan still wakes us. */
         atomic_fetch_add(&m->admit_waiters, 1);
         int r = 1;
-        if (m->reserved + bytes <= m->budget && !atomic_load(&m->pressure_hold)) {
+        bool host = m->reserved + bytes <= m->budget && !atomic_load(&m->pressure_hold);
+        if (host && g == 0) {
             charge(m, c, (int64_t)bytes);
+            charge_gpu(m, c, true);
             r = 0;
-        } else if (larder__evict_one(m, c, LARDER_REASON_BUDGET) == 0) {
+        } else if ((host ? larder__evict_one_gpu(m, c, LARDER_REASON_BUDGET, c->gpu)
+                         : larder__evict_one(m, c, LARDER_REASON_BUDGET)) == 0) {
             if (larder__now_ms() >= deadline)
                 r = LARDER_ENOSPC;
             else if (!wanted(c))
@@ -254,13 +284,14 @@ struct pick {
     struct comp *best;
     double best_score;
     bool instances; /* pass 1: surplus instances; pass 2: whole components */
+    int gpu;        /* >= 0: only components on this GPU */
     double now;
 };
 
 static void pick_one(struct comp *c, void *arg)
 {
     struct pick *p = arg;
-    if (c == p->except)
+    if (c == p->except || (p->gpu >= 0 && c->gpu != p->gpu))
         return;
     pthread_mutex_lock(&c->mu);
     bool ok;
@@ -344,6 +375,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     pthread_mutex_lock(&m->mu);
     pthread_mutex_lock(&c->mu);
     charge(m, c, -(int64_t)c->reserved);
+    charge_gpu(m, c, false);
     c->model = NULL;
     c->state = LARDER_STATE_UNLOADED;
     if (alone) {
@@ -365,10 +397,19 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
 
 int larder__evict_one(struct larder *m, struct comp *except, enum larder_evict_reason why)
 {
-    struct pick p = {.m = m, .except = except, .instances = true, .now = larder__now_s()};
-    larder__each_comp(m, pick_one, &p);
-    if (p.best && free_instance(m, p.best))
-        return 2;
+    return larder__evict_one_gpu(m, except, why, -1);
+}
+
+int larder__evict_one_gpu(struct larder *m, struct comp *except, enum larder_evict_reason why,
+                          int gpu)
+{
+    struct pick p = {.m = m, .except = except, .instances = gpu < 0, .now = larder__now_s(),
+                     .gpu = gpu};
+    if (p.instances) {
+        larder__each_comp(m, pick_one, &p);
+        if (p.best && free_instance(m, p.best))
+            return 2;
+    }
     p.instances = false;
     p.best = NULL;
     larder__each_comp(m, pick_one, &p);
@@ -452,6 +493,7 @@ static void release_reservation(struct comp *c)
     pthread_mutex_lock(&c->m->mu);
     pthread_mutex_lock(&c->mu);
     charge(c->m, c, -(int64_t)c->reserved);
+    charge_gpu(c->m, c, false);
     pthread_mutex_unlock(&c->mu);
     pthread_mutex_unlock(&c->m->mu);
 }

@@ -370,6 +370,20 @@ int larder_set_budget(larder *m, uint64_t bytes)
     return 0;
 }
 
+int larder_set_gpu_budget(larder *m, unsigned gpu, uint64_t bytes)
+{
+    if (!m || gpu >= LARDER_MAX_GPUS)
+        return -EINVAL;
+    pthread_mutex_lock(&m->mu);
+    m->gpu_budget[gpu] = bytes;
+    pthread_cond_broadcast(&m->budget_cv);
+    while (bytes && m->gpu_reserved[gpu] > bytes &&
+           larder__evict_one_gpu(m, NULL, LARDER_REASON_BUDGET, (int)gpu) != 0)
+        ;
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+}
+
 uint64_t larder_get_budget(const larder *m)
 {
     if (!m)
@@ -390,6 +404,7 @@ void larder_component_opts_init(struct larder_component_opts *o)
     o->struct_size = sizeof *o;
     o->ttl_ms = LARDER_TTL_DEFAULT;
     o->max_instances = 1;
+    o->gpu = -1;
 }
 
 static bool valid_name(const char *name)
@@ -416,6 +431,9 @@ static int check_comp_opts(const struct larder_component_opts *o)
     if (k->instance_new && (o->max_instances == 0 || o->max_instances > 65536))
         return -EINVAL;
     if (o->fallback && !valid_name(o->fallback))
+        return -EINVAL;
+    if (o->struct_size >= offsetof(struct larder_component_opts, gpu_bytes) + sizeof(uint64_t) &&
+        (o->gpu < -1 || o->gpu >= LARDER_MAX_GPUS))
         return -EINVAL;
     return 0;
 }
@@ -445,6 +463,10 @@ static int comp_set_def(struct larder *m, struct comp *c, const struct larder_co
     c->priority = o->priority;
     c->mem_override = o->memory_bytes;
     c->queue_max = o->queue_max ? o->queue_max : m->opts.default_queue_max;
+    bool has_gpu = o->struct_size >= offsetof(struct larder_component_opts, gpu_bytes) +
+                                         sizeof(uint64_t);
+    c->gpu = has_gpu ? o->gpu : -1;
+    c->gpu_bytes = has_gpu && c->gpu >= 0 ? o->gpu_bytes : 0;
     c->defined = true;
     c->draining = false;
     c->estimate = 0;
@@ -798,6 +820,9 @@ static void info_fill(struct larder_component_info *i, struct comp *c, int64_t n
     i->load_ms_avg = c->loads ? c->load_ms_sum / (double)c->loads : 0;
     i->last_error = c->last_err;
     i->last_error_message = dup_or_null(c->last_msg);
+    i->gpu = c->gpu;
+    i->gpu_bytes = c->gpu_bytes;
+    i->gpu_reserved_bytes = c->gpu_reserved;
     i->cooldown_ms = c->state == LARDER_STATE_FAILED && c->cooldown_until_ms > now
                          ? c->cooldown_until_ms - now : 0;
 }
@@ -842,6 +867,8 @@ int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
         larder__each_comp(m, snap_one, &a);
     s->budget_bytes = m->budget;
     s->reserved_bytes = m->reserved;
+    memcpy(s->gpu_budget_bytes, m->gpu_budget, sizeof s->gpu_budget_bytes);
+    memcpy(s->gpu_reserved_bytes, m->gpu_reserved, sizeof s->gpu_reserved_bytes);
     pthread_mutex_unlock(&m->mu);
     s->policy = m->policy->name;
     if (!s->components || a.oom) {
