@@ -152,17 +152,19 @@ static uint64_t mark(uint64_t limit, double frac)
     return (uint64_t)((double)limit * frac);
 }
 
-/* Evicts idle components by policy until usage is under the low watermark (at least
- * one when PSI fired, since stalls mean memory is short whatever the figures say). */
+/* Evicts idle components by policy until usage is under the low watermark. A PSI
+ * trigger or a cgroup memory event only counts when usage is already above the low
+ * watermark: on a busy host reclaim stalls happen with plenty of memory free, and
+ * evicting then would only cost reloads. */
 void larder__memory_pressure(struct larder *m, const struct larder__pressure *p)
 {
     pthread_mutex_lock(&m->pressure_mu);
     struct usage u;
     read_usage(m, p && p->has_cgroup ? &p->cgroup : NULL, &u);
-    bool psi = p && (p->fired & LARDER__PRESSURE_PSI);
-    bool oom = p && (p->delta.oom || p->delta.oom_kill || p->delta.max || p->delta.high);
     uint64_t high = mark(u.limit, m->opts.high_watermark);
     uint64_t low = mark(u.limit, m->opts.low_watermark);
+    bool psi = p && (p->fired & LARDER__PRESSURE_PSI) && u.usage >= low;
+    bool oom = p && (p->delta.oom || p->delta.oom_kill || p->delta.max) && u.usage >= low;
     if (u.usage <= high && !psi && !oom) {
         if (u.usage < low && atomic_exchange(&m->pressure_hold, false)) {
             pthread_mutex_lock(&m->mu);

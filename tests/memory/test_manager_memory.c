@@ -192,8 +192,9 @@ static void test_learned_across_restarts(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
-/* A PSI trigger firing evicts idle components (not leased or pinned ones) and
- * publishes a pressure event; the history records it. */
+/* Usage over the high watermark (here: a cgroup near its memory.max, as the watcher
+ * reports it) evicts idle components (not leased or pinned ones) and publishes a
+ * pressure event; the history records it. */
 static void test_pressure_response(void **state)
 {
     (void)state;
@@ -213,7 +214,9 @@ static void test_pressure_response(void **state)
     larder_lease *l = NULL;
     assert_int_equal(larder_acquire(m, "busy", 10000, &l), 0);
 
-    struct larder__pressure pr = {.fired = LARDER__PRESSURE_PSI};
+    struct larder__pressure pr = {.fired = LARDER__PRESSURE_EVENTS, .has_cgroup = true,
+                                  .cgroup = {.version = 2, .current = 95 * MiB,
+                                             .max = 100 * MiB, .high = LARDER__UNLIMITED}};
     larder__memory_pressure(m, &pr);
     assert_int_equal(atomic_load(&ec.pressure), 1);
     assert_true(atomic_load(&ec.evict_pressure) >= 1);
@@ -255,6 +258,10 @@ static void test_no_pressure_no_eviction(void **state)
     larder__memory_pressure(m, &pr);
     assert_int_equal(atomic_load(&ec.pressure), 0);
     assert_int_equal(atomic_load(&ec.evict_pressure), 0);
+    /* A PSI trigger with usage far under the low watermark: still nothing. */
+    pr.fired = LARDER__PRESSURE_PSI;
+    larder__memory_pressure(m, &pr);
+    assert_int_equal(atomic_load(&ec.pressure), 0);
     /* The same cgroup over its high watermark: a response. */
     pr.cgroup.current = 950ull * MiB;
     larder__memory_pressure(m, &pr);

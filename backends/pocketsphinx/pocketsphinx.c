@@ -1,0 +1,589 @@
+/* larder backend: PocketSphinx speech recognition (CMU Sphinx, 0.8 API).
+ *
+ * Request: 16 kHz mono 16-bit PCM, either as a WAV file (audio/wav, audio/x-wav,
+ * audio/wave, audio/vnd.wave; the RIFF header is checked) or raw little-endian samples
+ * (audio/L16 or application/octet-stream). Without a content type, a body starting with
+ * "RIFF" is read as WAV, anything else as raw samples.
+ * Reply: {"text": "..."}, the best hypothesis ("" when nothing was recognized).
+ *
+ * Options (defaults: the US English model of the pocketsphinx-en-us package):
+ *   path  acoustic model directory (mdef, means, variances, ...)
+ *   dict  pronunciation dictionary
+ *   lm    language model (binary or ARPA)
+ *
+ * Model and instances: the model is the validated configuration; each instance is one
+ * decoder (a decoder is not thread-safe). load() builds the first decoder right away, so
+ * that broken model files fail the load and the load is what costs; the first
+ * instance_new() takes it, later ones build their own. Decoders are created one at a time
+ * (a plugin-wide lock) because their start-up touches process-wide state of sphinxbase.
+ *
+ * Logging: sphinxbase logs through one process-wide stream. It is switched off once, on
+ * the first load (the `-logfn` option would reopen and close that stream on every decoder
+ * creation, under decoders logging on other threads).
+ */
+#include <larder/backend.h>
+
+#include <pocketsphinx.h>
+#include <sphinxbase/err.h>
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+#define MODEL_DIR "/usr/share/pocketsphinx/model/en-us"
+#define DEFAULT_HMM MODEL_DIR "/en-us"
+#define DEFAULT_DICT MODEL_DIR "/cmudict-en-us.dict"
+#define DEFAULT_LM MODEL_DIR "/en-us.lm.bin"
+#define SAMPLE_RATE 16000
+/* Longest audio accepted: 10 minutes. */
+#define MAX_SAMPLES ((size_t)SAMPLE_RATE * 600)
+/* Resident bytes of one decoder, after its first utterance, per byte of model files (en-us:
+ * 35.0 MB of files, 97.3 MiB resident; see docs/backends.md). */
+#define ESTIMATE_FACTOR 2.95
+
+struct config {
+    char *hmm;
+    char *dict;
+    char *lm;
+};
+
+struct model {
+    struct config cfg;
+    pthread_mutex_t lock;  /* guards spare */
+    struct decoder *spare; /* the decoder load() built, until an instance takes it */
+};
+
+struct decoder {
+    cmd_ln_t *config;
+    ps_decoder_t *ps;
+};
+
+/* Audio of one request: samples in host order, owned. */
+struct audio {
+    int16 *samples;
+    size_t n;
+};
+
+static const struct larder_host *g_host;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_create_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *const option_keys[] = {"path", "dict", "lm", NULL};
+
+/* ---- small helpers -------------------------------------------------------------------- */
+
+static void say(enum larder_log_level level, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    if (!g_host || !g_host->log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    g_host->log(level, "pocketsphinx", line);
+}
+
+/* Writes a message into err (when given) and returns code. */
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static const char *opt_get(const struct larder_option *opts, size_t n, const char *key)
+{
+    const char *found = NULL;
+
+    for (size_t i = 0; i < n; i++)
+        if (opts[i].key && strcmp(opts[i].key, key) == 0)
+            found = opts[i].value; /* the last one wins, as in an INI file */
+    return found;
+}
+
+static int check_keys(const struct larder_option *opts, size_t n, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool known = false;
+
+        if (!opts[i].key || !opts[i].value)
+            return fail(err, errlen, LARDER_BACKEND_EOPTION, "option %zu has no key or value",
+                        i);
+        for (size_t k = 0; option_keys[k]; k++)
+            known = known || strcmp(opts[i].key, option_keys[k]) == 0;
+        if (!known)
+            return fail(err, errlen, LARDER_BACKEND_EOPTION, "unknown option '%s'",
+                        opts[i].key);
+    }
+    return 0;
+}
+
+/* True when the media type of ct (parameters and case ignored) is `type`. */
+static bool media_is(const char *ct, const char *type)
+{
+    size_t len = strlen(type);
+
+    while (*ct == ' ')
+        ct++;
+    if (strncasecmp(ct, type, len) != 0)
+        return false;
+    ct += len;
+    while (*ct == ' ')
+        ct++;
+    return *ct == '\0' || *ct == ';';
+}
+
+static uint16_t le16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ---- configuration ---------------------------------------------------------------------- */
+
+static void config_clear(struct config *c)
+{
+    free(c->hmm);
+    free(c->dict);
+    free(c->lm);
+    memset(c, 0, sizeof(*c));
+}
+
+/* A readable regular file (dir == false) or directory (dir == true); adds its size. */
+static int check_path(const char *what, const char *path, bool dir, uint64_t *size, char *err,
+                      size_t errlen)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0 || access(path, R_OK) != 0)
+        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s %s: %s", what, path,
+                    strerror(errno));
+    if (dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))
+        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s %s: not a %s", what, path,
+                    dir ? "directory" : "file");
+    if (size)
+        *size += (uint64_t)st.st_size;
+    return 0;
+}
+
+/* True when the file starts with one of the two signatures (the second may be NULL). */
+static bool starts_with(const char *path, const char *sig1, const char *sig2)
+{
+    char head[8] = {0};
+    FILE *f = fopen(path, "rb");
+    size_t got;
+
+    if (!f)
+        return false;
+    got = fread(head, 1, sizeof(head), f);
+    fclose(f);
+    return (got >= strlen(sig1) && memcmp(head, sig1, strlen(sig1)) == 0) ||
+           (sig2 && got >= strlen(sig2) && memcmp(head, sig2, strlen(sig2)) == 0);
+}
+
+/* Checks the acoustic model directory: the files a decoder cannot start without, and
+ * their signatures. sphinxbase ends the whole process on some malformed model files, so
+ * files of the wrong kind are refused here. */
+static int check_hmm(const char *dir, uint64_t *size, char *err, size_t errlen)
+{
+    static const char *const files[][3] = {
+        {"mdef", "BMDF", "0.3\n"}, {"means", "s3\n", NULL}, {"variances", "s3\n", NULL},
+        {"transition_matrices", "s3\n", NULL}};
+    int rc = check_path("acoustic model", dir, true, NULL, err, errlen);
+
+    for (size_t i = 0; rc == 0 && i < sizeof(files) / sizeof(files[0]); i++) {
+        char file[PATH_MAX];
+
+        snprintf(file, sizeof(file), "%s/%s", dir, files[i][0]);
+        rc = check_path("acoustic model file", file, false, size, err, errlen);
+        if (rc == 0 && !starts_with(file, files[i][1], files[i][2]))
+            rc = fail(err, errlen, LARDER_BACKEND_EMODEL,
+                      "acoustic model file %s: not a Sphinx model file", file);
+    }
+    return rc;
+}
+
+static char *dup_or(const char *value, const char *fallback)
+{
+    return strdup(value && *value ? value : fallback);
+}
+
+/* Fills cfg from opts and checks every file it names. Cheap: reads no model data. */
+static int config_parse(const struct larder_option *opts, size_t n, struct config *cfg,
+                        uint64_t *ret_bytes, char *err, size_t errlen)
+{
+    uint64_t bytes = 0;
+    int rc;
+
+    memset(cfg, 0, sizeof(*cfg));
+    if ((rc = check_keys(opts, n, err, errlen)) < 0)
+        return rc;
+    cfg->hmm = dup_or(opt_get(opts, n, "path"), DEFAULT_HMM);
+    cfg->dict = dup_or(opt_get(opts, n, "dict"), DEFAULT_DICT);
+    cfg->lm = dup_or(opt_get(opts, n, "lm"), DEFAULT_LM);
+    if (!cfg->hmm || !cfg->dict || !cfg->lm)
+        rc = fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = check_hmm(cfg->hmm, &bytes, err, errlen);
+    if (rc == 0)
+        rc = check_path("dictionary", cfg->dict, false, &bytes, err, errlen);
+    if (rc == 0)
+        rc = check_path("language model", cfg->lm, false, &bytes, err, errlen);
+    if (rc < 0)
+        config_clear(cfg);
+    else if (ret_bytes)
+        *ret_bytes = bytes;
+    return rc;
+}
+
+/* ---- decoders ------------------------------------------------------------------------------ */
+
+static void global_setup(void)
+{
+    err_set_logfp(NULL);
+}
+
+static void decoder_free(struct decoder *d)
+{
+    if (!d)
+        return;
+    pthread_mutex_lock(&g_create_lock);
+    ps_free(d->ps);
+    cmd_ln_free_r(d->config);
+    pthread_mutex_unlock(&g_create_lock);
+    free(d);
+}
+
+/* Builds one decoder with its own configuration object. */
+static int decoder_new(const struct config *cfg, struct decoder **ret, char *err,
+                       size_t errlen)
+{
+    struct decoder *d = calloc(1, sizeof(*d));
+
+    if (!d)
+        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+    pthread_once(&g_once, global_setup);
+    pthread_mutex_lock(&g_create_lock);
+    d->config = cmd_ln_init(NULL, ps_args(), TRUE, "-hmm", cfg->hmm, "-dict", cfg->dict,
+                            "-lm", cfg->lm, NULL);
+    if (d->config)
+        d->ps = ps_init(d->config);
+    pthread_mutex_unlock(&g_create_lock);
+    if (!d->ps) {
+        decoder_free(d);
+        return fail(err, errlen, LARDER_BACKEND_EMODEL,
+                    "PocketSphinx could not start with model %s, dictionary %s, "
+                    "language model %s", cfg->hmm, cfg->dict, cfg->lm);
+    }
+    *ret = d;
+    return 0;
+}
+
+/* ---- audio ------------------------------------------------------------------------------- */
+
+/* Copies n little-endian 16-bit samples into a new buffer. */
+static int samples_copy(const unsigned char *p, size_t n, struct audio *a, char *err,
+                        size_t errlen)
+{
+    if (n == 0)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "no audio samples");
+    if (n > MAX_SAMPLES)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "audio longer than %zu s",
+                    MAX_SAMPLES / SAMPLE_RATE);
+    a->samples = malloc(n * sizeof(int16));
+    if (!a->samples)
+        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        a->samples[i] = (int16)le16(p + 2 * i);
+    a->n = n;
+    return 0;
+}
+
+/* Checks a WAV fmt chunk: PCM (plain or extensible), 1 channel, 16000 Hz, 16 bits. */
+static int wav_check_fmt(const unsigned char *p, uint32_t len, char *err, size_t errlen)
+{
+    unsigned format, channels, bits;
+    uint32_t rate;
+
+    if (len < 16)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV fmt chunk too short");
+    format = le16(p);
+    channels = le16(p + 2);
+    rate = le32(p + 4);
+    bits = le16(p + 14);
+    if (format == 0xFFFE && len >= 26)
+        format = le16(p + 24); /* WAVE_FORMAT_EXTENSIBLE: the sub-format's tag */
+    if (format != 1)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV is not PCM (format %u)", format);
+    if (channels != 1 || rate != SAMPLE_RATE || bits != 16)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT,
+                    "WAV is %u channel(s), %u Hz, %u bits: need 1 channel, 16000 Hz, 16 bits",
+                    channels, (unsigned)rate, bits);
+    return 0;
+}
+
+/* Walks the RIFF chunks: fmt must come before data. A data chunk longer than the body
+ * (as written by streaming recorders) is read up to the end of the body. */
+static int wav_parse(const unsigned char *b, size_t len, struct audio *a, char *err,
+                     size_t errlen)
+{
+    size_t off = 12;
+    bool have_fmt = false;
+
+    if (len < 12 || memcmp(b, "RIFF", 4) != 0 || memcmp(b + 8, "WAVE", 4) != 0)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "not a RIFF/WAVE file");
+    while (off + 8 <= len) {
+        const unsigned char *chunk = b + off + 8;
+        uint32_t clen = le32(b + off + 4);
+        size_t avail = len - off - 8;
+        int rc;
+
+        if (memcmp(b + off, "data", 4) == 0) {
+            if (!have_fmt)
+                return fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV data before fmt chunk");
+            return samples_copy(chunk, (clen < avail ? clen : avail) / 2, a, err, errlen);
+        }
+        if (clen > avail)
+            break;
+        if (memcmp(b + off, "fmt ", 4) == 0) {
+            if ((rc = wav_check_fmt(chunk, clen, err, errlen)) < 0)
+                return rc;
+            have_fmt = true;
+        }
+        off += 8 + (size_t)clen + (clen & 1);
+    }
+    return fail(err, errlen, LARDER_BACKEND_EINPUT, have_fmt ? "WAV has no data chunk"
+                                                             : "WAV has no fmt chunk");
+}
+
+static bool is_wav_type(const char *ct)
+{
+    return media_is(ct, "audio/wav") || media_is(ct, "audio/x-wav") ||
+           media_is(ct, "audio/wave") || media_is(ct, "audio/vnd.wave");
+}
+
+/* Checks the rate and channels parameters of audio/L16 when present. */
+static int raw_params_ok(const char *ct)
+{
+    const char *rate = strcasestr(ct, "rate=");
+    const char *channels = strcasestr(ct, "channels=");
+
+    if (rate && strtol(rate + 5, NULL, 10) != SAMPLE_RATE)
+        return 0;
+    if (channels && strtol(channels + 9, NULL, 10) != 1)
+        return 0;
+    return 1;
+}
+
+/* Turns the request body into samples, per its content type. */
+static int audio_from_request(const struct larder_infer_request *req, struct audio *a,
+                              char *err, size_t errlen)
+{
+    const char *ct = req->content_type && *req->content_type ? req->content_type : NULL;
+    const unsigned char *body = req->body;
+    size_t len = body ? req->body_len : 0;
+    bool wav;
+
+    if (ct && !is_wav_type(ct) && !media_is(ct, "audio/l16") &&
+        !media_is(ct, "application/octet-stream"))
+        return fail(err, errlen, LARDER_BACKEND_EMEDIA,
+                    "content type '%s' not accepted: send audio/wav or audio/L16", ct);
+    if (len == 0)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "empty body");
+    wav = ct ? is_wav_type(ct) : len >= 4 && memcmp(body, "RIFF", 4) == 0;
+    if (wav)
+        return wav_parse(body, len, a, err, errlen);
+    if (ct && media_is(ct, "audio/l16") && !raw_params_ok(ct))
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "audio/L16 must be 16000 Hz mono");
+    if (len % 2)
+        return fail(err, errlen, LARDER_BACKEND_EINPUT, "raw audio has an odd byte count");
+    return samples_copy(body, len / 2, a, err, errlen);
+}
+
+/* ---- operations ------------------------------------------------------------------------- */
+
+static int sphinx_check(const struct larder_option *opts, size_t n, char *err, size_t errlen)
+{
+    struct config cfg;
+    int rc = config_parse(opts, n, &cfg, NULL, err, errlen);
+
+    if (rc == 0)
+        config_clear(&cfg);
+    return rc;
+}
+
+static int sphinx_estimate(const struct larder_option *opts, size_t n, uint64_t *ret_bytes)
+{
+    struct config cfg;
+    uint64_t bytes = 0;
+    int rc = config_parse(opts, n, &cfg, &bytes, NULL, 0);
+
+    if (rc < 0)
+        return rc;
+    config_clear(&cfg);
+    *ret_bytes = (uint64_t)((double)bytes * ESTIMATE_FACTOR);
+    return 0;
+}
+
+static int sphinx_load(const struct larder_option *opts, size_t n, void **ret_model, char *err,
+                   size_t errlen)
+{
+    struct model *m = calloc(1, sizeof(*m));
+    int rc;
+
+    if (!m)
+        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+    rc = config_parse(opts, n, &m->cfg, NULL, err, errlen);
+    if (rc == 0)
+        rc = decoder_new(&m->cfg, &m->spare, err, errlen);
+    if (rc < 0) {
+        config_clear(&m->cfg);
+        free(m);
+        return rc;
+    }
+    pthread_mutex_init(&m->lock, NULL);
+    say(LARDER_LOG_DEBUG, "loaded %s with %s and %s", m->cfg.hmm, m->cfg.lm, m->cfg.dict);
+    *ret_model = m;
+    return 0;
+}
+
+static void sphinx_unload(void *model)
+{
+    struct model *m = model;
+
+    if (!m)
+        return;
+    decoder_free(m->spare);
+    pthread_mutex_destroy(&m->lock);
+    config_clear(&m->cfg);
+    free(m);
+}
+
+static int sphinx_instance_new(void *model, void **ret_instance, char *err, size_t errlen)
+{
+    struct model *m = model;
+    struct decoder *d;
+    int rc;
+
+    pthread_mutex_lock(&m->lock);
+    d = m->spare;
+    m->spare = NULL;
+    pthread_mutex_unlock(&m->lock);
+    if (!d && (rc = decoder_new(&m->cfg, &d, err, errlen)) < 0)
+        return rc;
+    *ret_instance = d;
+    return 0;
+}
+
+static void sphinx_instance_free(void *model, void *instance)
+{
+    decoder_free(instance);
+}
+
+/* Decodes one whole utterance; *ret_text is malloc'd. */
+static int decode(struct decoder *d, const struct audio *a, char **ret_text, char *err,
+                  size_t errlen)
+{
+    const char *hyp;
+    int32 score = 0;
+
+    if (ps_start_utt(d->ps) < 0)
+        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot start an utterance");
+    if (ps_process_raw(d->ps, a->samples, a->n, FALSE, TRUE) < 0) {
+        ps_end_utt(d->ps);
+        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "decoding failed");
+    }
+    if (ps_end_utt(d->ps) < 0)
+        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot end the utterance");
+    hyp = ps_get_hyp(d->ps, &score);
+    *ret_text = strdup(hyp ? hyp : "");
+    if (!*ret_text)
+        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+    return 0;
+}
+
+static int sphinx_infer(void *model, void *instance, const struct larder_infer_request *req,
+                    struct larder_infer_result *res, char *err, size_t errlen)
+{
+    struct audio a = {0};
+    char *text = NULL;
+    json_t *obj;
+    int rc;
+
+    if (!model || !instance || !req || !res)
+        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without model or instance");
+    if ((rc = audio_from_request(req, &a, err, errlen)) < 0)
+        return rc;
+    rc = decode(instance, &a, &text, err, errlen);
+    free(a.samples);
+    if (rc < 0)
+        return rc;
+    obj = json_pack("{s:s}", "text", text);
+    free(text);
+    memset(res, 0, sizeof(*res));
+    res->json = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (!res->json)
+        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot encode the hypothesis");
+    return 0;
+}
+
+static void sphinx_result_free(struct larder_infer_result *res)
+{
+    if (!res)
+        return;
+    free(res->json);
+    free(res->bytes);
+    free(res->content_type);
+    memset(res, 0, sizeof(*res));
+}
+
+static const struct larder_backend_ops ops = {
+    .abi_major = LARDER_BACKEND_ABI_MAJOR,
+    .abi_minor = LARDER_BACKEND_ABI_MINOR,
+    .name = "pocketsphinx",
+    .description = "PocketSphinx speech recognition: 16 kHz mono speech in, text out",
+    .option_keys = option_keys,
+    .check = sphinx_check,
+    .estimate = sphinx_estimate,
+    .load = sphinx_load,
+    .unload = sphinx_unload,
+    .instance_new = sphinx_instance_new,
+    .instance_free = sphinx_instance_free,
+    .measure = NULL,
+    .infer = sphinx_infer,
+    .result_free = sphinx_result_free,
+};
+
+/* The plugin's entry: returns its operations, or NULL for a host of another ABI major. */
+EXPORT const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host);
+
+const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host)
+{
+    if (host && host->abi_major != LARDER_BACKEND_ABI_MAJOR)
+        return NULL;
+    g_host = host;
+    return &ops;
+}

@@ -1,0 +1,635 @@
+/* larderd: start-up, signals, reload and shutdown (see daemon.h). */
+#include "daemon.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "log.h"
+
+#define ERRLEN 1024
+
+double larder__now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+larder *larder__mgr_get(struct larder__daemon *d)
+{
+    pthread_rwlock_rdlock(&d->mgr_lock);
+    if (d->mgr)
+        return d->mgr;
+    pthread_rwlock_unlock(&d->mgr_lock);
+    return NULL;
+}
+
+void larder__mgr_put(struct larder__daemon *d)
+{
+    pthread_rwlock_unlock(&d->mgr_lock);
+}
+
+/* ---- models ------------------------------------------------------------------------------ */
+
+/* Cheap checks of one model, no plugin opened: backend file present, model file readable. */
+static int check_model(struct larder__daemon *d, const struct larder__config *c,
+                       const struct larder__model_conf *m, char *err, size_t errlen)
+{
+    struct larder__backend *be;
+    char msg[512];
+    int r = larder__backend_get(d->backends, m->backend, &be, msg, sizeof msg);
+    if (r < 0) {
+        snprintf(err, errlen, "%s:%u: [model.%s] backend: %s", c->file, m->backend_line, m->name,
+                 msg);
+        return r;
+    }
+    if (m->path && access(m->path, R_OK) != 0) {
+        r = -errno;
+        snprintf(err, errlen, "%s:%u: [model.%s] path: %s: %s", c->file, m->path_line, m->name,
+                 m->path, strerror(errno));
+        return r;
+    }
+    return 0;
+}
+
+static bool regular_file(const char *path)
+{
+    struct stat st;
+    return path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int larder__daemon_define(struct larder__daemon *d, const struct larder__config *c,
+                          const struct larder__model_conf *m, char *err, size_t errlen)
+{
+    struct larder__backend *be;
+    int r = check_model(d, c, m, err, errlen);
+    if (r < 0 || (r = larder__backend_get(d->backends, m->backend, &be, err, errlen)) < 0)
+        return r;
+    struct larder_component_opts o;
+    larder_component_opts_init(&o);
+    o.cls = larder__backend_class(be);
+    o.ud = larder__model_ud_new(be, c, m);
+    o.ud_free = larder__model_ud_free;
+    o.path = regular_file(m->path) ? m->path : NULL;
+    o.ttl_ms = m->ttl_ms;
+    o.max_instances = m->instances;
+    o.pin = m->pin;
+    o.priority = m->priority;
+    o.preload = m->preload;
+    o.fallback = m->fallback;
+    o.memory_bytes = m->memory_bytes;
+    o.gpu = m->gpu;
+    o.gpu_bytes = m->gpu_bytes;
+    o.queue_max = m->queue;
+    if (!o.ud)
+        r = -ENOMEM;
+    larder *mgr = r == 0 ? larder__mgr_get(d) : NULL;
+    if (r == 0)
+        r = mgr ? larder_define(mgr, m->name, &o) : LARDER_ECLOSED;
+    if (mgr)
+        larder__mgr_put(d);
+    if (r < 0) {
+        larder__model_ud_free(o.ud);
+        snprintf(err, errlen, "%s:%u: [model.%s]: %s", c->file, m->line, m->name,
+                 larder_strerror(r));
+    }
+    return r;
+}
+
+/* Defines the models `want` picks, each fallback before the models that name it. With
+ * `failed`, errors are listed there and the others are still defined; without, the
+ * first error stops. */
+static int define_all(struct larder__daemon *d, const struct larder__config *c,
+                      bool (*want)(const struct larder__model_conf *m, void *ud), void *ud,
+                      json_t *done, json_t *failed, char *err, size_t errlen)
+{
+    bool *defined = calloc(c->n_models + 1, sizeof *defined);
+    if (!defined)
+        return -ENOMEM;
+    int r = 0, first = 0;
+    for (bool progress = true; progress && (r == 0 || failed);) {
+        progress = false;
+        for (size_t i = 0; i < c->n_models && (r == 0 || failed); i++) {
+            const struct larder__model_conf *m = &c->models[i];
+            const struct larder__model_conf *fb = m->fallback ? larder__config_model(c, m->fallback)
+                                                              : NULL;
+            if (defined[i] || !want(m, ud) ||
+                (fb && want(fb, ud) && !defined[fb - c->models]))
+                continue;
+            r = larder__daemon_define(d, c, m, err, errlen);
+            defined[i] = progress = true;
+            if (r == 0 && done)
+                json_array_append_new(done, json_string(m->name));
+            if (r < 0 && failed)
+                json_array_append_new(failed, json_pack("{s:s,s:s}", "name", m->name, "error",
+                                                        err));
+            if (r < 0 && !first)
+                first = r;
+        }
+    }
+    free(defined);
+    return first;
+}
+
+static bool want_all(const struct larder__model_conf *m, void *ud)
+{
+    return true;
+}
+
+/* ---- tokens ------------------------------------------------------------------------------ */
+
+static int load_tokens(const struct larder__config *c, struct larder__tokens **ret_admin,
+                       struct larder__tokens **ret_infer, char *err, size_t errlen)
+{
+    struct larder__tokens *admin = NULL, *infer = NULL;
+    int r = 0;
+    if (c->admin_tokens)
+        r = larder__tokens_load(c->admin_tokens, &admin, err, errlen);
+    if (r == 0 && c->infer_tokens)
+        r = larder__tokens_load(c->infer_tokens, &infer, err, errlen);
+    if (r < 0) {
+        larder__tokens_free(admin);
+        return r;
+    }
+    *ret_admin = admin;
+    *ret_infer = infer;
+    return 0;
+}
+
+/* ---- reload ------------------------------------------------------------------------------- */
+
+struct diff {
+    const struct larder__config *old, *new;
+};
+
+/* Models of `new` that `old` lacks or defines differently. */
+static bool want_new(const struct larder__model_conf *m, void *ud)
+{
+    struct diff *df = ud;
+    const struct larder__model_conf *o = larder__config_model(df->old, m->name);
+    return !o || !larder__model_conf_equal(o, m);
+}
+
+static int check_all(struct larder__daemon *d, const struct larder__config *c, char *err,
+                     size_t errlen)
+{
+    for (size_t i = 0; i < c->n_models; i++) {
+        int r = check_model(d, c, &c->models[i], err, errlen);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* Undefines models of old that new drops or changes; returns how many failed. */
+static int undefine_changed(struct larder__daemon *d, struct diff *df, int64_t timeout,
+                            json_t *removed, json_t *changed, json_t *failed)
+{
+    int nfail = 0;
+    for (size_t i = 0; i < df->old->n_models; i++) {
+        const struct larder__model_conf *o = &df->old->models[i];
+        const struct larder__model_conf *n = larder__config_model(df->new, o->name);
+        if (n && larder__model_conf_equal(o, n))
+            continue;
+        larder *mgr = larder__mgr_get(d);
+        int r = mgr ? larder_undefine(mgr, o->name, timeout) : LARDER_ECLOSED;
+        if (mgr)
+            larder__mgr_put(d);
+        if (r < 0 && r != LARDER_ENOTFOUND) {
+            nfail++;
+            json_array_append_new(failed, json_pack("{s:s,s:s}", "name", o->name, "error",
+                                                    larder_strerror(r)));
+            continue;
+        }
+        json_array_append_new(n ? changed : removed, json_string(o->name));
+    }
+    return nfail;
+}
+
+static void preload_new(struct larder__daemon *d, struct diff *df)
+{
+    larder *mgr = larder__mgr_get(d);
+    for (size_t i = 0; mgr && i < df->new->n_models; i++)
+        if (df->new->models[i].preload && want_new(&df->new->models[i], df))
+            larder_preload(mgr, df->new->models[i].name);
+    if (mgr)
+        larder__mgr_put(d);
+}
+
+/* The bytes a budget given as a fraction stands for: of the cgroup limit, else of RAM,
+ * as the manager computes its default. */
+static uint64_t fraction_budget(larder *mgr, double fraction)
+{
+    struct larder_memory *mem = NULL;
+    if (larder_memory(mgr, 0, &mem) < 0)
+        return 0;
+    uint64_t base = mem->ram_bytes;
+    if (mem->cgroup_version && mem->cgroup_max < base)
+        base = mem->cgroup_max;
+    if (mem->cgroup_version && mem->cgroup_high < base)
+        base = mem->cgroup_high;
+    larder_memory_free(mem);
+    return (uint64_t)((double)base * fraction);
+}
+
+static void apply_gpu_budgets(larder *mgr, const struct larder__config *old,
+                              const struct larder__config *c)
+{
+    for (unsigned g = 0; g < LARDER_MAX_GPUS; g++)
+        if (!old || old->gpu_budget[g] != c->gpu_budget[g])
+            larder_set_gpu_budget(mgr, g, c->gpu_budget[g]);
+}
+
+static void apply_budget(struct larder__daemon *d, const struct larder__config *old,
+                         const struct larder__config *c)
+{
+    larder *gm = larder__mgr_get(d);
+    if (gm) {
+        apply_gpu_budgets(gm, old, c);
+        larder__mgr_put(d);
+    }
+    if (c->budget_bytes == old->budget_bytes && c->budget_fraction == old->budget_fraction)
+        return;
+    larder *mgr = larder__mgr_get(d);
+    if (!mgr)
+        return;
+    double fraction = c->budget_fraction > 0 ? c->budget_fraction : 0.75;
+    uint64_t bytes = c->budget_bytes ? c->budget_bytes : fraction_budget(mgr, fraction);
+    if (bytes)
+        larder_set_budget(mgr, bytes);
+    larder__mgr_put(d);
+}
+
+/* Logging settings of the new config, unless the command line fixed them. */
+static void apply_logging(struct larder__daemon *d, const struct larder__config *c)
+{
+    larder__log_setup(d->log_format_fixed ? d->log_format : c->log_format,
+                      d->log_level_fixed ? d->log_level : c->log_level, 2);
+}
+
+static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, size_t errlen)
+{
+    struct larder__config *c = NULL, *old;
+    struct larder__tokens *admin = NULL, *infer = NULL;
+    int r = larder__config_load(d->conf->file, &c, err, errlen);
+    if (r == 0 && (r = check_all(d, c, err, errlen)) == 0)
+        r = load_tokens(c, &admin, &infer, err, errlen);
+    if (r < 0) {
+        larder__config_free(c);
+        return r;
+    }
+    old = d->conf; /* only reloads replace it, and they hold reload_lock */
+    struct diff df = {old, c};
+    json_t *removed = json_array(), *changed = json_array(), *added = json_array();
+    json_t *failed = json_array();
+    undefine_changed(d, &df, c->drain_timeout_ms, removed, changed, failed);
+    define_all(d, c, want_new, &df, added, failed, err, errlen);
+    apply_budget(d, old, c);
+    apply_logging(d, c);
+    pthread_rwlock_wrlock(&d->conf_lock);
+    d->conf = c;
+    struct larder__tokens *old_admin = d->admin, *old_infer = d->infer;
+    d->admin = admin;
+    d->infer = infer;
+    pthread_rwlock_unlock(&d->conf_lock);
+    preload_new(d, &df);
+    larder__config_free(old);
+    larder__tokens_free(old_admin);
+    larder__tokens_free(old_infer);
+    json_object_set_new(summary, "failed", failed);
+    json_object_set_new(summary, "added", added);
+    json_object_set_new(summary, "removed", removed);
+    json_object_set_new(summary, "changed", changed);
+    return 0;
+}
+
+/* A model both changed and added is reported as changed only. */
+static void tidy_summary(json_t *summary)
+{
+    json_t *added = json_object_get(summary, "added");
+    json_t *changed = json_object_get(summary, "changed");
+    json_t *clean = json_array();
+    size_t i, k;
+    json_t *a, *c;
+    json_array_foreach(added, i, a) {
+        bool dup = false;
+        json_array_foreach(changed, k, c) dup |= json_equal(a, c);
+        if (!dup)
+            json_array_append(clean, a);
+    }
+    json_object_set_new(summary, "added", clean);
+}
+
+int larder__daemon_reload(struct larder__daemon *d, json_t **ret_summary, char *err,
+                          size_t errlen)
+{
+    json_t *summary = json_object();
+    if (!summary)
+        return -ENOMEM;
+    pthread_mutex_lock(&d->reload_lock);
+    int r = reload_locked(d, summary, err, errlen);
+    pthread_mutex_unlock(&d->reload_lock);
+    if (r < 0) {
+        larder__log(LARDER__LOG_WARN, "reload failed", json_pack("{s:s}", "error", err));
+        json_decref(summary);
+        return r;
+    }
+    tidy_summary(summary);
+    atomic_fetch_add(&d->reloads, 1);
+    larder__log(LARDER__LOG_INFO, "reloaded", json_deep_copy(summary));
+    larder__events_publish(d->events, "reload", json_deep_copy(summary));
+    if (ret_summary)
+        *ret_summary = summary;
+    else
+        json_decref(summary);
+    return 0;
+}
+
+/* ---- start-up ---------------------------------------------------------------------------- */
+
+static int open_manager(struct larder__daemon *d, const struct larder__config *c)
+{
+    struct larder_opts o;
+    larder_opts_init(&o);
+    o.budget_bytes = c->budget_bytes;
+    if (c->budget_fraction > 0)
+        o.budget_fraction = c->budget_fraction;
+    if (c->policy)
+        o.policy = c->policy;
+    if (c->loader_threads)
+        o.loader_threads = c->loader_threads;
+    if (c->default_ttl_ms != LARDER_TTL_DEFAULT)
+        o.default_ttl_ms = c->default_ttl_ms;
+    if (c->admission_timeout_ms)
+        o.admission_timeout_ms = c->admission_timeout_ms;
+    o.state_dir = c->state_dir;
+    if (c->high_watermark > 0)
+        o.high_watermark = c->high_watermark;
+    if (c->low_watermark > 0)
+        o.low_watermark = c->low_watermark;
+    o.watch_pressure = c->watch_pressure;
+    if (c->psi_trigger)
+        o.psi_trigger = c->psi_trigger;
+    if (c->history_s >= 0)
+        o.history_seconds = (unsigned)c->history_s;
+    o.on_event = larder__events_on_event;
+    o.event_ud = d->events;
+    int r = larder_open(&o, &d->mgr);
+    if (r == 0)
+        apply_gpu_budgets(d->mgr, NULL, c);
+    return r;
+}
+
+static unsigned worker_threads(const struct larder__config *c)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (c->threads)
+        return c->threads;
+    /* A lease is granted before its job reaches a worker, so idle workers cost nothing
+     * but a stack; a few more than the cores keep wake-ups off the critical path. */
+    n *= 2;
+    return n < 4 ? 4 : n > 32 ? 32 : (unsigned)n;
+}
+
+static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
+{
+    const struct larder__config *c = d->conf;
+    int r = larder__backends_new(larder__backend_dir(c), &d->backends);
+    if (r == 0)
+        r = check_all(d, c, err, errlen);
+    if (r == 0)
+        r = load_tokens(c, &d->admin, &d->infer, err, errlen);
+    if (r < 0)
+        return r;
+    if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
+        (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
+        (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0) {
+        snprintf(err, errlen, "cannot start threads: %s", strerror(-r));
+        return r;
+    }
+    if ((r = open_manager(d, c)) < 0) {
+        snprintf(err, errlen, "cannot open the manager: %s", larder_strerror(r));
+        return r;
+    }
+    return define_all(d, c, want_all, NULL, NULL, NULL, err, errlen);
+}
+
+static int start_http(struct larder__daemon *d, char *err, size_t errlen)
+{
+    const struct larder__config *c = d->conf;
+    char *host = NULL;
+    unsigned port = c->listen_port;
+    int r = 0;
+    if (d->listen_override && larder__parse_listen(d->listen_override, &host, &port) < 0) {
+        snprintf(err, errlen, "--listen: bad address '%s' (HOST:PORT)", d->listen_override);
+        return -EINVAL;
+    }
+    r = larder__http_start(d, host ? host : c->listen_host, port, c->http_threads, &d->http,
+                           err, errlen);
+    if (r == 0)
+        larder__log(LARDER__LOG_INFO, "listening",
+                    json_pack("{s:s,s:i,s:i,s:s,s:b}", "host", host ? host : c->listen_host,
+                              "port", (int)larder__http_port(d->http), "models",
+                              (int)c->n_models, "backend_dir", larder__backend_dir(c),
+                              "admin_routes", d->admin != NULL));
+    free(host);
+    return r;
+}
+
+/* ---- shutdown ---------------------------------------------------------------------------- */
+
+static void wait_inflight(struct larder__daemon *d, int64_t timeout_ms)
+{
+    double until = larder__now() + (double)timeout_ms / 1000.0;
+    while (atomic_load(&d->inflight) && larder__now() < until) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void close_manager(struct larder__daemon *d)
+{
+    pthread_rwlock_wrlock(&d->mgr_lock);
+    larder *m = d->mgr;
+    d->mgr = NULL;
+    pthread_rwlock_unlock(&d->mgr_lock);
+    larder_close(m);
+}
+
+static void stop_all(struct larder__daemon *d)
+{
+    atomic_store(&d->stopping, true);
+    if (d->http) {
+        larder__http_quiesce(d->http);
+        wait_inflight(d, d->conf->drain_timeout_ms);
+    }
+    if (d->events)
+        larder__events_close(d->events);
+    /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
+    close_manager(d);
+    wait_inflight(d, 10000);
+    d->http = larder__http_stop(d->http);
+    d->infer_pool = larder__pool_free(d->infer_pool);
+    d->admin_pool = larder__pool_free(d->admin_pool);
+    d->events = larder__events_free(d->events);
+    d->backends = larder__backends_free(d->backends);
+    d->admin = larder__tokens_free(d->admin);
+    d->infer = larder__tokens_free(d->infer);
+    d->conf = larder__config_free(d->conf);
+}
+
+/* ---- the main loop ------------------------------------------------------------------------ */
+
+static void run_loop(struct larder__daemon *d, const sigset_t *set)
+{
+    for (;;) {
+        struct timespec ts = {15, 0};
+        int sig = sigtimedwait(set, NULL, &ts);
+        if (sig == SIGHUP) {
+            char err[ERRLEN];
+            larder__log(LARDER__LOG_INFO, "SIGHUP: reloading", NULL);
+            larder__daemon_reload(d, NULL, err, sizeof err);
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            larder__log(LARDER__LOG_INFO, "stopping",
+                        json_pack("{s:s,s:i}", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                                  "inflight", (int)atomic_load(&d->inflight)));
+            return;
+        } else if (sig < 0 && errno == EAGAIN) {
+            larder__events_ping(d->events);
+        }
+    }
+}
+
+static void usage(const char *prog, FILE *f)
+{
+    fprintf(f,
+            "usage: %s --config FILE [--listen HOST:PORT] [--log-format text|json]\n"
+            "          [--log-level error|warn|info|debug]\n"
+            "Serves the models of FILE over HTTP, loading each on first use.\n",
+            prog);
+}
+
+struct args {
+    const char *config;
+    const char *listen;
+    const char *log_format;
+    const char *log_level;
+};
+
+static int parse_args(const char *prog, int argc, char **argv, struct args *a)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},  {"listen", required_argument, NULL, 'l'},
+        {"log-format", required_argument, NULL, 'f'}, {"log-level", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+    };
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:l:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': a->config = optarg; break;
+        case 'l': a->listen = optarg; break;
+        case 'f': a->log_format = optarg; break;
+        case 'L': a->log_level = optarg; break;
+        case 'h': usage(prog, stdout); return 1;
+        default: usage(prog, stderr); return -1;
+        }
+    }
+    if (!a->config || optind != argc) {
+        usage(prog, stderr);
+        return -1;
+    }
+    return 0;
+}
+
+static int setup_logging(struct larder__daemon *d, const char *prog, const struct args *a)
+{
+    d->log_format = d->conf->log_format;
+    d->log_level = d->conf->log_level;
+    if (a->log_format && larder__log_parse_format(a->log_format, &d->log_format) < 0) {
+        fprintf(stderr, "%s: --log-format: expected text or json\n", prog);
+        return -1;
+    }
+    if (a->log_level && larder__log_parse_level(a->log_level, &d->log_level) < 0) {
+        fprintf(stderr, "%s: --log-level: expected error, warn, info or debug\n", prog);
+        return -1;
+    }
+    d->log_format_fixed = a->log_format != NULL;
+    d->log_level_fixed = a->log_level != NULL;
+    larder__log_setup(d->log_format, d->log_level, 2);
+    return 0;
+}
+
+static void daemon_init(struct larder__daemon *d, const struct args *a)
+{
+    pthread_rwlock_init(&d->conf_lock, NULL);
+    pthread_rwlock_init(&d->mgr_lock, NULL);
+    pthread_mutex_init(&d->reload_lock, NULL);
+    d->started = larder__now();
+    d->listen_override = a->listen ? strdup(a->listen) : NULL;
+}
+
+static void daemon_destroy(struct larder__daemon *d)
+{
+    pthread_rwlock_destroy(&d->conf_lock);
+    pthread_rwlock_destroy(&d->mgr_lock);
+    pthread_mutex_destroy(&d->reload_lock);
+    free(d->listen_override);
+}
+
+int larder__daemon_main(const char *prog, int argc, char **argv)
+{
+    struct args a = {0};
+    char err[ERRLEN] = "";
+    int pr = parse_args(prog, argc, argv, &a);
+    if (pr)
+        return pr > 0 ? 0 : 2;
+    struct larder__daemon d = {0};
+    if (larder__config_load(a.config, &d.conf, err, sizeof err) < 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return 1;
+    }
+    if (setup_logging(&d, prog, &a) < 0) {
+        larder__config_free(d.conf);
+        return 2;
+    }
+    /* OpenMP engines (Tesseract) run many times slower on a busy host with a thread team
+     * per request; one thread each, unless the user says otherwise. Set before any
+     * plugin maps the OpenMP runtime. */
+    setenv("OMP_THREAD_LIMIT", "1", 0);
+    /* Before any thread starts, so that every thread inherits the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    daemon_init(&d, &a);
+    int r = start_parts(&d, err, sizeof err);
+    if (r == 0)
+        r = start_http(&d, err, sizeof err);
+    if (r == 0) {
+        larder *m = larder__mgr_get(&d);
+        int n = larder_preload_all(m);
+        larder__mgr_put(&d);
+        if (n > 0)
+            larder__log(LARDER__LOG_INFO, "preloading", json_pack("{s:i}", "models", n));
+        run_loop(&d, &set);
+    } else {
+        larder__log(LARDER__LOG_ERROR, "start-up failed", json_pack("{s:s}", "error", err));
+    }
+    stop_all(&d);
+    daemon_destroy(&d);
+    if (r == 0)
+        larder__log(LARDER__LOG_INFO, "stopped", NULL);
+    return r == 0 ? 0 : 1;
+}

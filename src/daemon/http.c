@@ -1,0 +1,436 @@
+/* larderd HTTP server (see http.h). */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+const double larder__http_buckets[12] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30,
+};
+
+#define DISCARD_MAX (64ull << 20)
+
+struct larder__http {
+    struct larder__daemon *d;
+    struct MHD_Daemon *mhd;
+    unsigned port;
+    int quiesced_fd;
+    pthread_mutex_t lock;  /* counts */
+    struct larder__http_counts counts;
+};
+
+/* ---- replies -------------------------------------------------------------------------- */
+
+static void set_response(struct larder__request *r, unsigned status, struct MHD_Response *resp,
+                         size_t len)
+{
+    if (r->resp)
+        MHD_destroy_response(r->resp);
+    r->resp = resp;
+    r->status = resp ? status : 500;
+    r->resp_bytes = len;
+}
+
+void larder__reply_bytes(struct larder__request *r, unsigned status, const char *content_type,
+                         void *data, size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+    if (!resp)
+        free(data);
+    else if (content_type)
+        MHD_add_response_header(resp, "Content-Type", content_type);
+    set_response(r, status, resp, len);
+}
+
+void larder__reply_response(struct larder__request *r, unsigned status,
+                            struct MHD_Response *resp)
+{
+    set_response(r, status, resp, 0);
+}
+
+void larder__reply_json(struct larder__request *r, unsigned status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(7)) : NULL;
+    json_decref(body);
+    if (!s) {
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        if (resp)
+            MHD_add_response_header(resp, "Content-Type", "application/json");
+        r->error_code = "internal";
+        set_response(r, 500, resp, sizeof oom - 1);
+        return;
+    }
+    size_t len = strlen(s);
+    s[len] = '\n'; /* json_dumps leaves room: the NUL becomes a newline */
+    larder__reply_bytes(r, status, "application/json", s, len + 1);
+}
+
+void larder__reply_error(struct larder__request *r, unsigned status, const char *code,
+                         const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    r->error_code = code;
+    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    if (!o) /* a message that is not UTF-8 */
+        o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", "(unprintable)");
+    larder__reply_json(r, status, o);
+}
+
+void larder__reply_header(struct larder__request *r, const char *name, const char *value)
+{
+    if (r->resp)
+        MHD_add_response_header(r->resp, name, value);
+}
+
+struct error_map {
+    int err;
+    unsigned status;
+    const char *code;
+    const char *retry_after;
+};
+
+static const struct error_map error_maps[] = {
+    {LARDER_ENOTFOUND, 404, "model_not_found", NULL},
+    {LARDER_EBUSY, 429, "queue_full", "1"},
+    {LARDER_ETIMEDOUT, 503, "timeout", "1"},
+    {LARDER_ENOSPC, 503, "no_memory", "5"},
+    {LARDER_ETOOBIG, 503, "too_big", NULL},
+    {LARDER_ELOAD, 500, "load_failed", NULL},
+    {LARDER_ECOOLDOWN, 503, "cooldown", "1"},
+    {LARDER_EDRAINING, 503, "draining", "1"},
+    {LARDER_ECLOSED, 503, "shutting_down", "5"},
+    {LARDER_ECANCELED, 503, "canceled", "1"},
+    {LARDER_ECYCLE, 500, "fallback_cycle", NULL},
+    {LARDER_BACKEND_EINPUT, 400, "bad_input", NULL},
+    {LARDER_BACKEND_EMEDIA, 415, "unsupported_media_type", NULL},
+    {LARDER_BACKEND_EOPTION, 500, "bad_option", NULL},
+    {LARDER_BACKEND_EMODEL, 500, "model_unavailable", NULL},
+    {LARDER_BACKEND_ENOMEM, 503, "no_memory", "5"},
+    {-ENOMEM, 503, "no_memory", "5"},
+};
+
+void larder__reply_larder_error(struct larder__request *r, int err, const char *what)
+{
+    const struct error_map *m = NULL;
+    for (size_t i = 0; i < sizeof error_maps / sizeof error_maps[0]; i++)
+        if (error_maps[i].err == err)
+            m = &error_maps[i];
+    const char *msg = what && *what ? what : err <= -30001 && err >= -30006 ? "backend error"
+                                                                            : larder_strerror(err);
+    larder__reply_error(r, m ? m->status : 500, m ? m->code : "internal", "%s", msg);
+    if (m && m->retry_after)
+        larder__reply_header(r, "Retry-After", m->retry_after);
+}
+
+/* ---- suspension -------------------------------------------------------------------------- */
+
+void larder__request_suspend(struct larder__request *r)
+{
+    atomic_fetch_add(&r->d->inflight, 1);
+    r->suspended = true;
+    MHD_suspend_connection(r->conn);
+}
+
+void larder__request_resume(struct larder__request *r)
+{
+    struct larder__daemon *d = r->d;
+    MHD_resume_connection(r->conn);
+    /* r may be gone from here on. */
+    atomic_fetch_sub(&d->inflight, 1);
+}
+
+const char *larder__request_header(struct larder__request *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *larder__request_arg(struct larder__request *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+/* ---- request life ---------------------------------------------------------------------- */
+
+static struct larder__request *request_new(struct larder__http *h, struct MHD_Connection *conn,
+                                           const char *url, const char *method)
+{
+    struct larder__request *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->d = h->d;
+    r->conn = conn;
+    r->url = url;
+    r->method = method;
+    r->t_start = larder__now();
+    r->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    return r;
+}
+
+static uint64_t max_body(struct larder__daemon *d)
+{
+    pthread_rwlock_rdlock(&d->conf_lock);
+    uint64_t n = d->conf->max_body;
+    pthread_rwlock_unlock(&d->conf_lock);
+    return n;
+}
+
+/* Checks Content-Length before any byte of the body arrives, and sizes the buffer. */
+static void early_checks(struct larder__request *r, uint64_t limit)
+{
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+    unsigned long long n = cl ? strtoull(cl, NULL, 10) : 0;
+    if (n > limit) {
+        r->too_big = true;
+        return;
+    }
+    if (n && (r->body = malloc((size_t)n + 1)))
+        r->body_cap = (size_t)n + 1;
+}
+
+static int append_body(struct larder__request *r, const char *data, size_t n, uint64_t limit)
+{
+    if (r->too_big || r->body_len + n > limit) {
+        r->too_big = true;
+        return 0;
+    }
+    if (r->body_len + n + 1 > r->body_cap) {
+        size_t cap = (r->body_len + n + 1) * 2;
+        char *nb = realloc(r->body, cap);
+        if (!nb)
+            return -ENOMEM;
+        r->body = nb;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, n);
+    r->body_len += n;
+    r->body[r->body_len] = 0;
+    return 0;
+}
+
+static enum MHD_Result queue_reply(struct larder__request *r)
+{
+    if (!r->resp)
+        larder__reply_error(r, 500, "internal", "no reply was produced");
+    if (!r->resp)
+        return MHD_NO;
+    enum MHD_Result ok = MHD_queue_response(r->conn, r->status, r->resp);
+    MHD_destroy_response(r->resp);
+    r->resp = NULL;
+    return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **ctx)
+{
+    struct larder__http *h = cls;
+    struct larder__request *r = *ctx;
+    if (!r) {
+        if (!(r = request_new(h, conn, url, method)))
+            return MHD_NO;
+        *ctx = r;
+        uint64_t limit = max_body(h->d);
+        early_checks(r, limit);
+        if (!r->too_big)
+            return MHD_YES;
+        r->dispatched = true;
+        larder__reply_error(r, 413, "body_too_large", "the request body is larger than %llu bytes",
+                            (unsigned long long)limit);
+        return queue_reply(r);
+    }
+    if (r->suspended) { /* resumed: the reply is ready */
+        r->suspended = false;
+        return queue_reply(r);
+    }
+    if (*upload_size) {
+        uint64_t limit = max_body(h->d);
+        if (append_body(r, upload_data, *upload_size, limit) < 0)
+            return MHD_NO;
+        if (r->too_big)
+            r->discarded += *upload_size;
+        *upload_size = 0;
+        /* A body without Content-Length that grew too large is read to its end (MHD
+         * answers only once the request is complete) and dropped; a client that keeps
+         * sending far beyond that is cut off. */
+        return r->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+    }
+    if (r->dispatched)
+        return r->resp ? queue_reply(r) : MHD_YES;
+    r->dispatched = true;
+    r->t_body = larder__now();
+    if (r->too_big)
+        larder__reply_error(r, 413, "body_too_large", "the request body is larger than %llu bytes",
+                            (unsigned long long)max_body(h->d));
+    else
+        larder__route(r);
+    return r->suspended ? MHD_YES : queue_reply(r);
+}
+
+static void count_request(struct larder__http *h, struct larder__request *r, double secs)
+{
+    pthread_mutex_lock(&h->lock);
+    unsigned cls = r->status / 100;
+    h->counts.by_status[cls < 6 ? cls : 0]++;
+    size_t b = 0;
+    while (b < 12 && secs > larder__http_buckets[b])
+        b++;
+    h->counts.duration_buckets[b]++;
+    h->counts.duration_sum += secs;
+    h->counts.total++;
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void log_request(struct larder__request *r, double ms, enum MHD_RequestTerminationCode toe)
+{
+    enum larder__log_level level = r->status >= 500 ? LARDER__LOG_WARN : LARDER__LOG_INFO;
+    if (!larder__log_enabled(level))
+        return;
+    json_t *o = json_pack("{s:s,s:s,s:i,s:f,s:I,s:I}", "method", r->method, "path", r->url,
+                          "status", (int)r->status, "ms", ms, "bytes_in", (json_int_t)r->body_len,
+                          "bytes_out", (json_int_t)r->resp_bytes);
+    if (o && r->model)
+        json_object_set_new(o, "model", json_string(r->model));
+    if (o && r->error_code)
+        json_object_set_new(o, "error", json_string(r->error_code));
+    if (o && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        json_object_set_new(o, "terminated",
+                            json_string(toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ? "client_abort"
+                                        : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED
+                                            ? "timeout"
+                                        : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN
+                                            ? "shutdown"
+                                            : "error"));
+    larder__log(level, "request", o);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct larder__http *h = cls;
+    struct larder__request *r = *ctx;
+    if (!r)
+        return;
+    double secs = larder__now() - r->t_start;
+    count_request(h, r, secs);
+    log_request(r, secs * 1000.0, toe);
+    if (r->resp)
+        MHD_destroy_response(r->resp);
+    free(r->body);
+    free(r->model);
+    free(r);
+    *ctx = NULL;
+}
+
+/* ---- the server ----------------------------------------------------------------------- */
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = 0;
+    larder__log(LARDER__LOG_WARN, "http", json_pack("{s:s}", "detail", buf));
+}
+
+static int resolve(const char *host, unsigned port, struct sockaddr_storage *ss, char *err,
+                   size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    char ports[16];
+    snprintf(ports, sizeof ports, "%u", port);
+    int g = getaddrinfo(host, ports, &hints, &res);
+    if (g != 0 || !res) {
+        snprintf(err, errlen, "listen address '%s': %s", host, gai_strerror(g));
+        return -EINVAL;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    return 0;
+}
+
+int larder__http_start(struct larder__daemon *d, const char *host, unsigned port,
+                       unsigned threads, struct larder__http **ret_http, char *err,
+                       size_t errlen)
+{
+    struct sockaddr_storage ss = {0};
+    int r = resolve(host, port, &ss, err, errlen);
+    if (r < 0)
+        return r;
+    struct larder__http *h = calloc(1, sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    h->d = d;
+    h->quiesced_fd = -1;
+    pthread_mutex_init(&h->lock, NULL);
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    if (threads == 0)
+        threads = 2;
+    h->mhd = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+        MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_TIMEOUT, 120u,
+        MHD_OPTION_END);
+    if (!h->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", host, port, strerror(errno));
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return -EADDRNOTAVAIL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : port;
+    *ret_http = h;
+    return 0;
+}
+
+void larder__http_quiesce(struct larder__http *h)
+{
+    if (h && h->quiesced_fd < 0) {
+        MHD_socket fd = MHD_quiesce_daemon(h->mhd);
+        h->quiesced_fd = fd == MHD_INVALID_SOCKET ? -2 : fd;
+    }
+}
+
+struct larder__http *larder__http_stop(struct larder__http *h)
+{
+    if (!h)
+        return NULL;
+    MHD_stop_daemon(h->mhd);
+    if (h->quiesced_fd >= 0)
+        close(h->quiesced_fd);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+    return NULL;
+}
+
+unsigned larder__http_port(struct larder__http *h)
+{
+    return h->port;
+}
+
+void larder__http_counts(struct larder__http *h, struct larder__http_counts *ret)
+{
+    pthread_mutex_lock(&h->lock);
+    *ret = h->counts;
+    pthread_mutex_unlock(&h->lock);
+}

@@ -1,0 +1,107 @@
+/* larderd HTTP server (libmicrohttpd): request bodies, routing, replies, suspension.
+ *
+ * Every request gets a struct larder__request. A route either replies at once
+ * (larder__reply_*) or suspends the request, hands work to another thread, sets the
+ * reply there and resumes it; the reply is queued when MHD calls back. A request is
+ * freed (and its log line written) when MHD reports it completed.
+ *
+ * Threads: routes run on HTTP threads. Once a request is suspended, exactly one other
+ * thread owns it until it calls larder__request_resume().
+ */
+#ifndef LARDER_DAEMON_HTTP_H
+#define LARDER_DAEMON_HTTP_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "daemon.h"
+
+
+struct larder__request {
+    struct larder__daemon *d;
+    struct MHD_Connection *conn;
+    const char *method;
+    const char *url;
+    const char *content_type;   /* NULL when the request has none */
+    char *body;                 /* NUL-terminated copy of the body; NULL when empty */
+    size_t body_len;
+    size_t body_cap;
+    uint64_t discarded;         /* body bytes dropped past max_body */
+    bool too_big;
+    bool suspended;
+    bool dispatched;
+    double t_start;             /* monotonic seconds, headers received */
+    double t_body;              /* body complete */
+    const char *route;          /* route pattern, for logs and metrics */
+    /* the reply */
+    struct MHD_Response *resp;
+    unsigned status;
+    size_t resp_bytes;
+    const char *error_code;     /* for the log line */
+    char *model;                /* the model named in the path, for the log line */
+};
+
+struct larder__http;
+
+struct larder__http_counts {
+    uint64_t by_status[6];      /* 1xx .. 5xx at [1..5] */
+    uint64_t duration_buckets[13]; /* see larder__http_buckets, plus +Inf */
+    double duration_sum;
+    uint64_t total;
+};
+extern const double larder__http_buckets[12];
+
+/* Starts listening on host:port with `threads` polling threads (0 = automatic).
+ * Errors: negative errno, message in err. */
+int larder__http_start(struct larder__daemon *d, const char *host, unsigned port,
+                       unsigned threads, struct larder__http **ret_http, char *err,
+                       size_t errlen);
+
+/* Stops accepting new connections (existing ones go on). Idempotent. */
+void larder__http_quiesce(struct larder__http *h);
+
+/* Stops the server; every suspended request must have been resumed. Accepts NULL;
+ * returns NULL. */
+struct larder__http *larder__http_stop(struct larder__http *h);
+
+/* The bound port (useful with port 0). */
+unsigned larder__http_port(struct larder__http *h);
+
+/* A copy of the request counters. */
+void larder__http_counts(struct larder__http *h, struct larder__http_counts *ret);
+
+/* Replies: set the response of r (replacing any earlier one). The json reference is
+ * stolen. Any thread that owns r. */
+void larder__reply_json(struct larder__request *r, unsigned status, json_t *body);
+void larder__reply_error(struct larder__request *r, unsigned status, const char *code,
+                         const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Takes ownership of data (malloc'd). */
+void larder__reply_bytes(struct larder__request *r, unsigned status, const char *content_type,
+                         void *data, size_t len);
+/* A response built by the caller (e.g. a stream); takes ownership. */
+void larder__reply_response(struct larder__request *r, unsigned status,
+                            struct MHD_Response *resp);
+/* Adds a header to the reply set last. */
+void larder__reply_header(struct larder__request *r, const char *name, const char *value);
+
+/* Maps a library or backend error to a reply (status, code, Retry-After). */
+void larder__reply_larder_error(struct larder__request *r, int err, const char *what);
+
+/* Suspends r (HTTP thread, inside the route). Counts it in d->inflight. */
+void larder__request_suspend(struct larder__request *r);
+/* Resumes r once its reply is set (any thread). */
+void larder__request_resume(struct larder__request *r);
+
+/* A header of the request, or NULL. HTTP thread only. */
+const char *larder__request_header(struct larder__request *r, const char *name);
+/* A query argument of the request, or NULL. HTTP thread only. */
+const char *larder__request_arg(struct larder__request *r, const char *name);
+
+/* Routes one complete request (routes.c). Sets a reply or suspends r. */
+void larder__route(struct larder__request *r);
+
+#endif

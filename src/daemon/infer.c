@@ -1,0 +1,288 @@
+/* larderd inference: POST /v1/models/{name}/infer.
+ *
+ * The HTTP thread validates the request, suspends it and asks the manager for a lease
+ * without waiting (larder_acquire_async). When the lease arrives (at once for a warm
+ * model, after the load for a cold one) the job moves to the inference pool, which runs
+ * the backend, builds the reply, returns the lease and resumes the request.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "routes.h"
+
+struct infer_job {
+    struct larder__request *r;
+    char *name;
+    larder_lease *lease;
+    int err;
+    double t_lease;               /* the lease (or error) arrived */
+    struct larder_option *params; /* query arguments */
+    size_t n_params;
+    char *content_type;
+};
+
+static void job_free(struct infer_job *j)
+{
+    for (size_t i = 0; i < j->n_params; i++) {
+        free((char *)j->params[i].key);
+        free((char *)j->params[i].value);
+    }
+    free(j->params);
+    free(j->content_type);
+    free(j->name);
+    free(j);
+}
+
+static enum MHD_Result add_param(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct infer_job *j = cls;
+    struct larder_option *p = realloc(j->params, (j->n_params + 1) * sizeof *p);
+    if (!p)
+        return MHD_NO;
+    j->params = p;
+    p[j->n_params].key = strdup(key);
+    p[j->n_params].value = strdup(value ? value : "");
+    j->n_params++;
+    return MHD_YES;
+}
+
+/* The media type without parameters, lower case: "image/png". */
+static char *media_type(const char *ct)
+{
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    char *s = strndup(ct, n);
+    for (char *c = s; c && *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+    return s;
+}
+
+/* ---- the reply ---------------------------------------------------------------------------- */
+
+static void add_timing(json_t *o, struct infer_job *j, double infer_ms)
+{
+    struct larder__request *r = j->r;
+    double load_ms = larder_lease_load_ms(j->lease);
+    double queue_ms = (j->t_lease - r->t_body) * 1000.0 - load_ms;
+    json_object_set_new(o, "model", json_string(j->name));
+    json_object_set_new(o, "served_by", json_string(larder_lease_served_by(j->lease)));
+    json_object_set_new(o, "cold_start", json_boolean(larder_lease_cold_start(j->lease)));
+    json_object_set_new(o, "queue_ms", json_real(queue_ms > 0 ? queue_ms : 0));
+    json_object_set_new(o, "load_ms", json_real(load_ms));
+    json_object_set_new(o, "infer_ms", json_real(infer_ms));
+}
+
+static void reply_json_result(struct infer_job *j, const char *text, double infer_ms)
+{
+    json_error_t jerr;
+    json_t *out = json_loads(text, JSON_DECODE_ANY, &jerr);
+    if (!out) {
+        larder__reply_error(j->r, 500, "backend_output", "the backend returned invalid JSON: %s",
+                            jerr.text);
+        return;
+    }
+    json_t *o = out;
+    if (!json_is_object(out)) {
+        o = json_object();
+        json_object_set_new(o, "output", out);
+    }
+    add_timing(o, j, infer_ms);
+    larder__reply_json(j->r, 200, o);
+}
+
+static void reply_bytes_result(struct infer_job *j, struct larder_infer_result *res,
+                               double infer_ms)
+{
+    char buf[64];
+    larder__reply_bytes(j->r, 200, res->content_type ? res->content_type
+                                                     : "application/octet-stream",
+                        res->bytes, res->bytes_len);
+    res->bytes = NULL;
+    larder__reply_header(j->r, "X-Larder-Served-By", larder_lease_served_by(j->lease));
+    larder__reply_header(j->r, "X-Larder-Cold-Start",
+                         larder_lease_cold_start(j->lease) ? "true" : "false");
+    snprintf(buf, sizeof buf, "%.3f", infer_ms);
+    larder__reply_header(j->r, "X-Larder-Infer-Ms", buf);
+    snprintf(buf, sizeof buf, "%.3f", larder_lease_load_ms(j->lease));
+    larder__reply_header(j->r, "X-Larder-Load-Ms", buf);
+}
+
+static void run_backend(struct infer_job *j)
+{
+    struct larder__request *r = j->r;
+    struct larder_infer_request req = {
+        .body = r->body ? r->body : "",
+        .body_len = r->body_len,
+        .content_type = j->content_type,
+        .params = j->params,
+        .n_params = j->n_params,
+    };
+    struct larder_infer_result res = {0};
+    char err[1024] = "";
+    double t0 = larder__now();
+    int e = larder__lease_infer(j->lease, &req, &res, err, sizeof err);
+    double infer_ms = (larder__now() - t0) * 1000.0;
+    if (e < 0) {
+        larder__reply_larder_error(r, e, err);
+        return;
+    }
+    if (res.json)
+        reply_json_result(j, res.json, infer_ms);
+    else if (res.bytes)
+        reply_bytes_result(j, &res, infer_ms);
+    else
+        larder__reply_error(r, 500, "backend_output", "the backend returned nothing");
+    larder__lease_result_free(j->lease, &res);
+}
+
+/* The message of the model's last failed load, copied into buf; "" when none. */
+static void last_error(struct larder__daemon *d, const char *name, char *buf, size_t len)
+{
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(d);
+    buf[0] = 0;
+    if (m && larder_snapshot(m, &s) == 0) {
+        for (size_t i = 0; i < s->n; i++)
+            if (strcmp(s->components[i].name, name) == 0 && s->components[i].last_error_message)
+                snprintf(buf, len, "%s", s->components[i].last_error_message);
+    }
+    larder_snapshot_free(s);
+    if (m)
+        larder__mgr_put(d);
+}
+
+static void reply_acquire_error(struct infer_job *j)
+{
+    char msg[1024], why[700] = "";
+    if (j->err == LARDER_ELOAD || j->err == LARDER_ECOOLDOWN)
+        last_error(j->r->d, j->name, why, sizeof why);
+    snprintf(msg, sizeof msg, "model '%s': %s%s%s", j->name, larder_strerror(j->err),
+             *why ? ": " : "", why);
+    larder__reply_larder_error(j->r, j->err, msg);
+}
+
+static void run_infer(void *arg)
+{
+    struct infer_job *j = arg;
+    struct larder__request *r = j->r;
+    if (j->err < 0) {
+        reply_acquire_error(j);
+    } else {
+        run_backend(j);
+        larder_release(j->lease);
+    }
+    job_free(j);
+    larder__request_resume(r);
+}
+
+static void on_lease(void *ud, int err, larder_lease *lease)
+{
+    struct infer_job *j = ud;
+    j->err = err;
+    j->lease = lease;
+    j->t_lease = larder__now();
+    if (larder__pool_submit(j->r->d->infer_pool, run_infer, j) < 0) {
+        /* Only while shutting down with no pool left: answer from here. */
+        j->err = err < 0 ? err : LARDER_ECLOSED;
+        larder_release(j->lease);
+        j->lease = NULL;
+        run_infer(j);
+    }
+}
+
+/* ---- validation on the HTTP thread --------------------------------------------------------- */
+
+static bool check_body(struct larder__request *r, const char *mt)
+{
+    if (r->body_len == 0) {
+        larder__reply_error(r, 400, "empty_body", "the request has no body");
+        return false;
+    }
+    if (strcmp(mt, "application/json") == 0 || strcmp(mt, "text/json") == 0) {
+        json_error_t jerr;
+        json_t *v = json_loadb(r->body, r->body_len, JSON_DECODE_ANY, &jerr);
+        if (!v) {
+            larder__reply_error(r, 400, "invalid_json", "line %d column %d: %s", jerr.line,
+                                jerr.column, jerr.text);
+            return false;
+        }
+        json_decref(v);
+    }
+    return true;
+}
+
+/* The model's timeout, or -1 with a 404 reply when the config has no such model. */
+static int64_t model_timeout(struct larder__request *r, const char *name)
+{
+    struct larder__daemon *d = r->d;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    int64_t t = !m ? -1 : m->timeout_ms ? m->timeout_ms : d->conf->request_timeout_ms;
+    pthread_rwlock_unlock(&d->conf_lock);
+    if (t < 0)
+        larder__reply_error(r, 404, "model_not_found", "no model named '%s'", name);
+    return t;
+}
+
+static struct infer_job *job_new(struct larder__request *r, const char *name, char *mt)
+{
+    struct infer_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        free(mt);
+        return NULL;
+    }
+    j->r = r;
+    j->content_type = mt;
+    j->name = strdup(name);
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, j);
+    bool ok = j->name != NULL;
+    for (size_t i = 0; i < j->n_params; i++)
+        ok = ok && j->params[i].key && j->params[i].value;
+    if (!ok) {
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+void larder__route_infer(struct larder__request *r, const char *name)
+{
+    if (!larder__require_token(r, false))
+        return;
+    int64_t timeout = model_timeout(r, name);
+    if (timeout < 0)
+        return;
+    if (!r->content_type || !*r->content_type) {
+        larder__reply_error(r, 415, "unsupported_media_type",
+                            "the request needs a Content-Type (image/png, audio/wav, "
+                            "application/json, ...)");
+        return;
+    }
+    char *mt = media_type(r->content_type);
+    if (!mt || !check_body(r, mt)) {
+        free(mt);
+        if (!mt)
+            larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    struct infer_job *j = job_new(r, name, mt);
+    if (!j) {
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    larder__request_suspend(r);
+    larder *m = larder__mgr_get(r->d);
+    int e = m ? larder_acquire_async(m, name, timeout, on_lease, j) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(r->d);
+    if (e < 0) {
+        j->err = e;
+        run_infer(j);
+    }
+}

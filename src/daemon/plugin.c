@@ -1,0 +1,494 @@
+/* larderd backend plugins (see plugin.h). */
+#include "plugin.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#ifndef LARDER_INSTALL_BACKEND_DIR
+#define LARDER_INSTALL_BACKEND_DIR "/usr/local/lib/larder/backends"
+#endif
+#ifndef LARDER_BUILD_BACKEND_DIR
+#define LARDER_BUILD_BACKEND_DIR LARDER_INSTALL_BACKEND_DIR
+#endif
+
+#define PLUGIN_ERRLEN 512
+
+struct larder__backend {
+    char *name;
+    char *path;
+    pthread_mutex_t lock;  /* serializes opening */
+    void *dl;
+    _Atomic(const struct larder_backend_ops *) ops;
+    struct larder_class cls;
+    struct larder__backend *next;
+};
+
+struct larder__backends {
+    char *dir;
+    pthread_mutex_t lock;
+    struct larder__backend *list;
+};
+
+/* What larder_define() gets as userdata: a copy of the model's config. */
+struct model_ud {
+    struct larder__backend *be;
+    char *name;
+    char *file;
+    size_t n_opts;
+    struct larder_option *opts;
+    unsigned *opt_lines;
+};
+
+/* What the class's load returns as the component's model. */
+struct loaded {
+    const struct larder_backend_ops *ops;
+    struct larder__backend *be;
+    void *model;
+};
+
+static char shared_instance; /* the instance of plugins that share their model */
+
+/* ---- host services -------------------------------------------------------------------- */
+
+static void host_log(enum larder_log_level level, const char *backend, const char *msg)
+{
+    static const enum larder__log_level map[] = {LARDER__LOG_ERROR, LARDER__LOG_WARN,
+                                                 LARDER__LOG_INFO, LARDER__LOG_DEBUG};
+    enum larder__log_level l = (unsigned)level < 4 ? map[level] : LARDER__LOG_DEBUG;
+    if (!larder__log_enabled(l))
+        return;
+    larder__log(l, "backend", json_pack("{s:s?,s:s?}", "backend", backend, "detail", msg));
+}
+
+static uint64_t host_rss(void)
+{
+    unsigned long size, resident;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    int n = fscanf(f, "%lu %lu", &size, &resident);
+    fclose(f);
+    return n == 2 ? (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+static const struct larder_host host = {
+    .abi_major = LARDER_BACKEND_ABI_MAJOR,
+    .abi_minor = LARDER_BACKEND_ABI_MINOR,
+    .log = host_log,
+    .rss_bytes = host_rss,
+};
+
+/* ---- registry ------------------------------------------------------------------------- */
+
+const char *larder__backend_dir(const struct larder__config *c)
+{
+    const char *env = getenv("LARDER_BACKEND_DIR");
+    if (c && c->backend_dir)
+        return c->backend_dir;
+    struct stat st;
+    if (env && *env)
+        return env;
+    /* The build tree's plugins while it exists, else the installed ones. */
+    if (stat(LARDER_BUILD_BACKEND_DIR, &st) == 0 && S_ISDIR(st.st_mode))
+        return LARDER_BUILD_BACKEND_DIR;
+    return LARDER_INSTALL_BACKEND_DIR;
+}
+
+int larder__backends_new(const char *dir, struct larder__backends **ret_backends)
+{
+    struct larder__backends *b = calloc(1, sizeof *b);
+    if (!b || !(b->dir = strdup(dir))) {
+        free(b);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    *ret_backends = b;
+    return 0;
+}
+
+struct larder__backends *larder__backends_free(struct larder__backends *b)
+{
+    if (!b)
+        return NULL;
+    for (struct larder__backend *be = b->list, *next; be; be = next) {
+        next = be->next;
+        pthread_mutex_destroy(&be->lock);
+        free(be->name);
+        free(be->path);
+        free(be);
+    }
+    pthread_mutex_destroy(&b->lock);
+    free(b->dir);
+    free(b);
+    return NULL;
+}
+
+static void init_class(struct larder__backend *be);
+
+static struct larder__backend *backend_new(const char *dir, const char *name)
+{
+    struct larder__backend *be = calloc(1, sizeof *be);
+    if (!be)
+        return NULL;
+    be->name = strdup(name);
+    if (!be->name || asprintf(&be->path, "%s/larder-%s.so", dir, name) < 0) {
+        free(be->name);
+        free(be);
+        return NULL;
+    }
+    pthread_mutex_init(&be->lock, NULL);
+    init_class(be);
+    return be;
+}
+
+static struct larder__backend *find_backend(struct larder__backends *b, const char *name)
+{
+    for (struct larder__backend *be = b->list; be; be = be->next)
+        if (strcmp(be->name, name) == 0)
+            return be;
+    return NULL;
+}
+
+int larder__backend_get(struct larder__backends *b, const char *name,
+                        struct larder__backend **ret_backend, char *err, size_t errlen)
+{
+    int r = 0;
+    pthread_mutex_lock(&b->lock);
+    struct larder__backend *be = find_backend(b, name);
+    if (!be) {
+        be = backend_new(b->dir, name);
+        if (!be)
+            r = -ENOMEM;
+        else if (access(be->path, R_OK) != 0) {
+            r = -ENOENT;
+            snprintf(err, errlen, "unknown backend '%s': %s: %s", name, be->path,
+                     strerror(errno));
+            pthread_mutex_destroy(&be->lock);
+            free(be->name);
+            free(be->path);
+            free(be);
+        } else {
+            be->next = b->list;
+            b->list = be;
+        }
+    }
+    pthread_mutex_unlock(&b->lock);
+    if (r == -ENOMEM)
+        snprintf(err, errlen, "out of memory");
+    if (r == 0)
+        *ret_backend = be;
+    return r;
+}
+
+const char *larder__backend_name(const struct larder__backend *be)
+{
+    return be->name;
+}
+
+const char *larder__backend_path(const struct larder__backend *be)
+{
+    return be->path;
+}
+
+const struct larder_backend_ops *larder__backend_ops(struct larder__backend *be)
+{
+    return atomic_load(&be->ops);
+}
+
+/* ---- opening ------------------------------------------------------------------------- */
+
+static int open_locked(struct larder__backend *be, char *err, size_t errlen)
+{
+    void *dl = dlopen(be->path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        snprintf(err, errlen, "backend '%s': %s", be->name, dlerror());
+        return -ENOENT;
+    }
+    larder_backend_entry_fn entry;
+    *(void **)&entry = dlsym(dl, LARDER_BACKEND_ENTRY);
+    const struct larder_backend_ops *ops = entry ? entry(&host) : NULL;
+    int r = 0;
+    if (!ops) {
+        snprintf(err, errlen, "backend '%s': %s: no %s or it returned NULL", be->name, be->path,
+                 LARDER_BACKEND_ENTRY);
+        r = -ENOEXEC;
+    } else if (ops->abi_major != LARDER_BACKEND_ABI_MAJOR) {
+        snprintf(err, errlen, "backend '%s': ABI %u.%u, this larderd speaks %d.%d", be->name,
+                 ops->abi_major, ops->abi_minor, LARDER_BACKEND_ABI_MAJOR,
+                 LARDER_BACKEND_ABI_MINOR);
+        r = -EPROTO;
+    } else if (!ops->load || !ops->unload || !ops->infer || !ops->result_free ||
+               (ops->instance_new && !ops->instance_free)) {
+        snprintf(err, errlen, "backend '%s': operations table lacks a required function",
+                 be->name);
+        r = -ENOEXEC;
+    }
+    if (r < 0) {
+        dlclose(dl);
+        return r;
+    }
+    be->dl = dl;
+    atomic_store(&be->ops, ops);
+    larder__log(LARDER__LOG_INFO, "backend opened",
+                json_pack("{s:s,s:s,s:I,s:I}", "backend", be->name, "path", be->path,
+                          "abi_major", (json_int_t)ops->abi_major, "abi_minor",
+                          (json_int_t)ops->abi_minor));
+    return 0;
+}
+
+int larder__backend_open(struct larder__backend *be, char *err, size_t errlen)
+{
+    if (atomic_load(&be->ops))
+        return 0;
+    pthread_mutex_lock(&be->lock);
+    int r = atomic_load(&be->ops) ? 0 : open_locked(be, err, errlen);
+    pthread_mutex_unlock(&be->lock);
+    return r;
+}
+
+/* ---- option checks ------------------------------------------------------------------- */
+
+static bool key_listed(const char *const *keys, const char *key)
+{
+    for (size_t i = 0; keys && keys[i]; i++)
+        if (strcmp(keys[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* Options passed to the plugin: "path" (always first when set) only when the plugin
+ * lists it; otherwise it only serves the host (file-size estimates). */
+static size_t first_option(const struct larder_backend_ops *ops,
+                           const struct larder_option *opts, size_t n)
+{
+    return n && strcmp(opts[0].key, "path") == 0 && !key_listed(ops->option_keys, "path");
+}
+
+static int check_options(struct larder__backend *be, const char *file, const char *model,
+                         const struct larder_option *opts, const unsigned *lines, size_t n,
+                         char *err, size_t errlen)
+{
+    char msg[PLUGIN_ERRLEN] = "";
+    int r = larder__backend_open(be, err, errlen);
+    if (r < 0)
+        return r;
+    const struct larder_backend_ops *ops = atomic_load(&be->ops);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(opts[i].key, "path") == 0 || key_listed(ops->option_keys, opts[i].key))
+            continue;
+        snprintf(err, errlen, "%s:%u: [model.%s] %s: unknown key for backend '%s'", file,
+                 lines[i], model, opts[i].key, be->name);
+        return LARDER_BACKEND_EOPTION;
+    }
+    size_t skip = first_option(ops, opts, n);
+    if (ops->check && (r = ops->check(opts + skip, n - skip, msg, sizeof msg)) < 0) {
+        snprintf(err, errlen, "%s: [model.%s]: %s", file, model,
+                 *msg ? msg : "options refused by the backend");
+        return r;
+    }
+    return 0;
+}
+
+int larder__backend_check_model(struct larder__backend *be, const struct larder__config *c,
+                                const struct larder__model_conf *m, char *err, size_t errlen)
+{
+    return check_options(be, c->file, m->name, m->opts, m->opt_lines, m->n_opts, err, errlen);
+}
+
+int larder__backend_estimate(struct larder__backend *be, const struct larder__model_conf *m,
+                             uint64_t *ret_bytes)
+{
+    const struct larder_backend_ops *ops = atomic_load(&be->ops);
+    if (!ops || !ops->estimate)
+        return -ENOTSUP;
+    size_t skip = first_option(ops, m->opts, m->n_opts);
+    return ops->estimate(m->opts + skip, m->n_opts - skip, ret_bytes);
+}
+
+/* ---- the class -------------------------------------------------------------------------- */
+
+static int cls_load(void *ud, void **ret_model, char *err, size_t errlen)
+{
+    struct model_ud *mu = ud;
+    char msg[PLUGIN_ERRLEN] = "";
+    int r = check_options(mu->be, mu->file, mu->name, mu->opts, mu->opt_lines, mu->n_opts,
+                          msg, sizeof msg);
+    const struct larder_backend_ops *ops = atomic_load(&mu->be->ops);
+    struct loaded *l = NULL;
+    if (r == 0 && !(l = calloc(1, sizeof *l)))
+        r = -ENOMEM;
+    size_t skip = r == 0 ? first_option(ops, mu->opts, mu->n_opts) : 0;
+    if (r == 0 && (r = ops->load(mu->opts + skip, mu->n_opts - skip, &l->model, msg,
+                                 sizeof msg)) < 0 && !*msg)
+        snprintf(msg, sizeof msg, "backend '%s' failed to load (%d)", mu->be->name, r);
+    if (r < 0) {
+        free(l);
+        snprintf(err, errlen, "%s", msg);
+        return r;
+    }
+    l->ops = ops;
+    l->be = mu->be;
+    *ret_model = l;
+    return 0;
+}
+
+static void cls_unload(void *ud, void *model)
+{
+    struct loaded *l = model;
+    if (!l)
+        return;
+    l->ops->unload(l->model);
+    free(l);
+}
+
+static int cls_instance_new(void *ud, void *model, void **ret_instance, char *err,
+                            size_t errlen)
+{
+    struct loaded *l = model;
+    char msg[PLUGIN_ERRLEN] = "";
+    if (!l->ops->instance_new) {
+        *ret_instance = &shared_instance;
+        return 0;
+    }
+    void *inst = NULL;
+    int r = l->ops->instance_new(l->model, &inst, msg, sizeof msg);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", *msg ? msg : "the backend could not create an instance");
+        return r;
+    }
+    *ret_instance = inst;
+    return 0;
+}
+
+static void cls_instance_free(void *ud, void *model, void *instance)
+{
+    struct loaded *l = model;
+    if (l->ops->instance_new && instance != &shared_instance)
+        l->ops->instance_free(l->model, instance);
+}
+
+static int cls_estimate(void *ud, uint64_t *ret_bytes)
+{
+    struct model_ud *mu = ud;
+    const struct larder_backend_ops *ops = atomic_load(&mu->be->ops);
+    /* Before the plugin is open, the manager estimates from the file size. */
+    if (!ops || !ops->estimate)
+        return -ENOTSUP;
+    size_t skip = first_option(ops, mu->opts, mu->n_opts);
+    return ops->estimate(mu->opts + skip, mu->n_opts - skip, ret_bytes);
+}
+
+static int cls_measure(void *ud, void *model, uint64_t *ret_bytes)
+{
+    struct loaded *l = model;
+    if (!l || !l->ops->measure)
+        return -ENOTSUP;
+    return l->ops->measure(l->model, ret_bytes);
+}
+
+static void init_class(struct larder__backend *be)
+{
+    be->cls = (struct larder_class){
+        .struct_size = sizeof be->cls,
+        .name = be->name,
+        .load = cls_load,
+        .unload = cls_unload,
+        .instance_new = cls_instance_new,
+        .instance_free = cls_instance_free,
+        .estimate = cls_estimate,
+        .measure = cls_measure,
+    };
+}
+
+const struct larder_class *larder__backend_class(struct larder__backend *be)
+{
+    return &be->cls;
+}
+
+/* ---- model userdata ------------------------------------------------------------------- */
+
+void larder__model_ud_free(void *ud)
+{
+    struct model_ud *mu = ud;
+    if (!mu)
+        return;
+    for (size_t i = 0; i < mu->n_opts; i++) {
+        free((char *)mu->opts[i].key);
+        free((char *)mu->opts[i].value);
+    }
+    free(mu->opts);
+    free(mu->opt_lines);
+    free(mu->name);
+    free(mu->file);
+    free(mu);
+}
+
+void *larder__model_ud_new(struct larder__backend *be, const struct larder__config *c,
+                           const struct larder__model_conf *m)
+{
+    struct model_ud *mu = calloc(1, sizeof *mu);
+    if (!mu)
+        return NULL;
+    mu->be = be;
+    mu->name = strdup(m->name);
+    mu->file = strdup(c->file);
+    mu->opts = calloc(m->n_opts + 1, sizeof *mu->opts);
+    mu->opt_lines = calloc(m->n_opts + 1, sizeof *mu->opt_lines);
+    bool ok = mu->name && mu->file && mu->opts && mu->opt_lines;
+    for (size_t i = 0; ok && i < m->n_opts; i++, mu->n_opts++) {
+        mu->opts[i].key = strdup(m->opts[i].key);
+        mu->opts[i].value = strdup(m->opts[i].value);
+        mu->opt_lines[i] = m->opt_lines[i];
+        ok = mu->opts[i].key && mu->opts[i].value;
+        if (!ok)
+            mu->n_opts++; /* free the half-copied pair too */
+    }
+    if (!ok) {
+        larder__model_ud_free(mu);
+        return NULL;
+    }
+    return mu;
+}
+
+/* ---- inference ------------------------------------------------------------------------ */
+
+int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *req,
+                        struct larder_infer_result *res, char *err, size_t errlen)
+{
+    struct loaded *l = larder_lease_model(lease);
+    char msg[PLUGIN_ERRLEN] = "";
+    if (!l) {
+        snprintf(err, errlen, "the lease holds no model");
+        return LARDER_BACKEND_EINTERNAL;
+    }
+    void *inst = l->ops->instance_new ? larder_lease_instance(lease) : NULL;
+    memset(res, 0, sizeof *res);
+    int r = l->ops->infer(l->model, inst, req, res, msg, sizeof msg);
+    if (r < 0) {
+        l->ops->result_free(res);
+        snprintf(err, errlen, "%s", *msg ? msg : "the backend failed");
+    }
+    return r;
+}
+
+void larder__lease_result_free(larder_lease *lease, struct larder_infer_result *res)
+{
+    struct loaded *l = larder_lease_model(lease);
+    if (l)
+        l->ops->result_free(res);
+}
+
+const char *larder__lease_backend(const larder_lease *lease)
+{
+    struct loaded *l = larder_lease_model(lease);
+    return l ? l->be->name : NULL;
+}

@@ -1,0 +1,82 @@
+/* larderd backend plugins: a registry of `larder-NAME.so` files in one directory, and
+ * the larder component class that bridges a model to its plugin's operations.
+ *
+ * A plugin is opened with dlopen() only when a model of its backend first loads (or when
+ * `larder check` validates options); knowing that a backend exists costs one access(2).
+ * An opened plugin stays open until the registry is freed. The host refuses a plugin
+ * whose abi_major differs from LARDER_BACKEND_ABI_MAJOR.
+ *
+ * Threads: every function may be called from any thread, except larder__backends_free.
+ */
+#ifndef LARDER_DAEMON_PLUGIN_H
+#define LARDER_DAEMON_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "larder/backend.h"
+#include "larder/larder.h"
+
+struct larder__backends;
+struct larder__backend;
+
+/* The backend directory to use: the config's, else $LARDER_BACKEND_DIR, else the build
+ * tree's backends/ while it exists, else the installed one. Never NULL. */
+const char *larder__backend_dir(const struct larder__config *c);
+
+/* Creates a registry for `dir` (copied). Errors: -ENOMEM. */
+int larder__backends_new(const char *dir, struct larder__backends **ret_backends);
+
+/* Frees the registry. Plugins that were opened stay mapped (engines often register
+ * process-wide state that must not be unmapped). Call only once no model is defined.
+ * Accepts NULL; returns NULL. */
+struct larder__backends *larder__backends_free(struct larder__backends *b);
+
+/* The backend named `name`, created on first use without opening it. Fails with -ENOENT
+ * (message in err) when `larder-NAME.so` is not a readable file of the directory. */
+int larder__backend_get(struct larder__backends *b, const char *name,
+                        struct larder__backend **ret_backend, char *err, size_t errlen);
+
+/* The backend's name and shared object path. */
+const char *larder__backend_name(const struct larder__backend *be);
+const char *larder__backend_path(const struct larder__backend *be);
+
+/* Opens the plugin if it is not open yet (dlopen, entry point, ABI check). Errors:
+ * -ENOENT, -ENOEXEC (no entry point, NULL ops), -EPROTO (ABI mismatch); message in err. */
+int larder__backend_open(struct larder__backend *be, char *err, size_t errlen);
+
+/* The plugin's operations, or NULL when it is not open. */
+const struct larder_backend_ops *larder__backend_ops(struct larder__backend *be);
+
+/* Checks a model's backend options against the plugin's option list and the plugin's
+ * check(); opens the plugin. Errors: LARDER_BACKEND_EOPTION or the plugin's code, with a
+ * message naming the config file, line and key where known. */
+int larder__backend_check_model(struct larder__backend *be, const struct larder__config *c,
+                                const struct larder__model_conf *m, char *err, size_t errlen);
+
+/* The plugin's estimate for a model (the plugin must be open). Errors: -ENOTSUP when the
+ * plugin has no estimate, or the plugin's error. */
+int larder__backend_estimate(struct larder__backend *be, const struct larder__model_conf *m,
+                             uint64_t *ret_bytes);
+
+/* The component class of a backend; lives as long as the registry. */
+const struct larder_class *larder__backend_class(struct larder__backend *be);
+
+/* Userdata of one model for larder_define(): a deep copy of what the class needs.
+ * Free it with larder__model_ud_free (the component's ud_free). NULL on ENOMEM. */
+void *larder__model_ud_new(struct larder__backend *be, const struct larder__config *c,
+                           const struct larder__model_conf *m);
+void larder__model_ud_free(void *ud);
+
+/* Runs the plugin's infer on the model and instance of a lease. On success the caller
+ * frees res with larder__lease_result_free. Errors: the plugin's negative code, message
+ * in err. */
+int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *req,
+                        struct larder_infer_result *res, char *err, size_t errlen);
+void larder__lease_result_free(larder_lease *lease, struct larder_infer_result *res);
+
+/* The backend name of the component that served a lease. */
+const char *larder__lease_backend(const larder_lease *lease);
+
+#endif

@@ -1,0 +1,587 @@
+/* larderd routes (see routes.h and docs/http-api.md). */
+#include "routes.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+enum { GET = 1, POST = 2 };
+
+struct route {
+    const char *pattern; /* parts separated by '/', "*" matches one part (a model name) */
+    unsigned methods;
+    void (*fn)(struct larder__request *r, const char *name);
+};
+
+/* ---- tokens ------------------------------------------------------------------------------ */
+
+bool larder__require_token(struct larder__request *r, bool admin)
+{
+    struct larder__daemon *d = r->d;
+    const char *auth = larder__request_header(r, "Authorization");
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__tokens *t = admin ? d->admin : d->infer;
+    bool ok = (!admin && !t) || larder__tokens_check(t, auth);
+    bool none = admin && !t;
+    pthread_rwlock_unlock(&d->conf_lock);
+    if (ok)
+        return true;
+    if (none)
+        larder__reply_error(r, 401, "unauthorized",
+                            "admin routes are disabled: no [server] admin_tokens file");
+    else
+        larder__reply_error(r, 401, "unauthorized", "%s",
+                            auth ? "invalid token" : "missing Authorization: Bearer <token>");
+    larder__reply_header(r, "WWW-Authenticate", "Bearer realm=\"larder\"");
+    return false;
+}
+
+/* ---- snapshot-based routes ------------------------------------------------------------- */
+
+static json_t *str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+json_t *larder__component_json(const struct larder_component_info *c)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(c->name));
+    json_object_set_new(o, "backend", str_or_null(c->class_name));
+    json_object_set_new(o, "state", json_string(larder_state_name(c->state)));
+    json_object_set_new(o, "draining", json_boolean(c->draining));
+    json_object_set_new(o, "pin", json_boolean(c->pin));
+    json_object_set_new(o, "preload", json_boolean(c->preload));
+    json_object_set_new(o, "priority", json_integer(c->priority));
+    json_object_set_new(o, "ttl_ms", json_integer(c->ttl_ms));
+    json_object_set_new(o, "expires_in_ms", json_integer(c->expires_in_ms));
+    json_object_set_new(o, "fallback", str_or_null(c->fallback));
+    json_object_set_new(o, "instances",
+                        json_pack("{s:i,s:i,s:i}", "created", (int)c->instances, "busy",
+                                  (int)c->instances_busy, "max", (int)c->instances_max));
+    json_object_set_new(o, "leases", json_integer(c->leases));
+    json_object_set_new(o, "waiters", json_integer(c->waiters));
+    json_object_set_new(
+        o, "memory",
+        json_pack("{s:I,s:s,s:I,s:s,s:I,s:I,s:I,s:b}", "estimate_bytes",
+                  (json_int_t)c->estimate_bytes, "estimate_source",
+                  larder_estimate_source_name(c->estimate_source), "measured_bytes",
+                  (json_int_t)c->measured_bytes, "measure_method",
+                  larder_measure_method_name(c->measure_method), "instance_bytes",
+                  (json_int_t)c->instance_bytes, "reserved_bytes", (json_int_t)c->reserved_bytes,
+                  "last_returned_bytes", (json_int_t)c->last_returned_bytes, "leak_suspect",
+                  c->leak_suspect));
+    json_object_set_new(o, "loads", json_integer((json_int_t)c->loads));
+    json_object_set_new(o, "load_ms", json_pack("{s:f,s:f}", "last", c->load_ms_last, "avg",
+                                                c->load_ms_avg));
+    json_object_set_new(o, "hits", json_integer((json_int_t)c->hits));
+    json_object_set_new(o, "cold_starts", json_integer((json_int_t)c->cold_starts));
+    json_object_set_new(o, "evictions", json_integer((json_int_t)c->evictions));
+    json_object_set_new(o, "failures", json_integer((json_int_t)c->failures));
+    json_object_set_new(o, "fallbacks_served", json_integer((json_int_t)c->fallbacks_served));
+    json_object_set_new(o, "last_error",
+                        c->last_error ? json_pack("{s:i,s:s,s:s?}", "code", c->last_error, "name",
+                                                  larder_strerror(c->last_error), "message",
+                                                  c->last_error_message)
+                                      : json_null());
+    json_object_set_new(o, "cooldown_ms", json_integer(c->cooldown_ms));
+    json_object_set_new(o, "gpu", c->gpu < 0 ? json_null()
+                                             : json_pack("{s:i,s:I,s:I}", "index", c->gpu,
+                                                         "bytes", (json_int_t)c->gpu_bytes,
+                                                         "reserved_bytes",
+                                                         (json_int_t)c->gpu_reserved_bytes));
+    return o;
+}
+
+static struct larder_snapshot *snapshot_or_reply(struct larder__request *r)
+{
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(r->d);
+    int e = m ? larder_snapshot(m, &s) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(r->d);
+    if (e < 0) {
+        larder__reply_larder_error(r, e, "snapshot failed");
+        return NULL;
+    }
+    return s;
+}
+
+static void route_health(struct larder__request *r, const char *name)
+{
+    larder__reply_json(r, 200,
+                       json_pack("{s:s,s:f}", "status", "ok", "uptime_s",
+                                 larder__now() - r->d->started));
+}
+
+static void route_ready(struct larder__request *r, const char *name)
+{
+    larder *m = larder__mgr_get(r->d);
+    if (!m) {
+        larder__reply_larder_error(r, LARDER_ECLOSED, "the server is stopping");
+        return;
+    }
+    unsigned pending = larder_preload_pending(m);
+    larder__mgr_put(r->d);
+    if (pending == 0) {
+        larder__reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+        return;
+    }
+    struct larder_snapshot *s = snapshot_or_reply(r);
+    if (!s)
+        return;
+    json_t *names = json_array();
+    for (size_t i = 0; i < s->n; i++)
+        if (s->components[i].preload && (s->components[i].state == LARDER_STATE_LOADING ||
+                                         s->components[i].state == LARDER_STATE_UNLOADED))
+            json_array_append_new(names, json_string(s->components[i].name));
+    larder_snapshot_free(s);
+    r->error_code = "not_ready";
+    larder__reply_json(r, 503, json_pack("{s:s,s:i,s:o}", "status", "loading", "pending",
+                                         (int)pending, "models", names));
+    larder__reply_header(r, "Retry-After", "1");
+}
+
+static void route_models(struct larder__request *r, const char *name)
+{
+    struct larder_snapshot *s = snapshot_or_reply(r);
+    if (!s)
+        return;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < s->n; i++)
+        json_array_append_new(arr, larder__component_json(&s->components[i]));
+    larder_snapshot_free(s);
+    larder__reply_json(r, 200, json_pack("{s:o}", "models", arr));
+}
+
+static void route_model(struct larder__request *r, const char *name)
+{
+    struct larder_snapshot *s = snapshot_or_reply(r);
+    if (!s)
+        return;
+    json_t *o = NULL;
+    for (size_t i = 0; i < s->n && !o; i++)
+        if (strcmp(s->components[i].name, name) == 0)
+            o = larder__component_json(&s->components[i]);
+    larder_snapshot_free(s);
+    if (o)
+        larder__reply_json(r, 200, o);
+    else
+        larder__reply_error(r, 404, "model_not_found", "no model named '%s'", name);
+}
+
+static json_t *limit_or_null(uint64_t v)
+{
+    return v == UINT64_MAX ? json_null() : json_integer((json_int_t)v);
+}
+
+static json_t *cgroup_json(const struct larder_memory *mem)
+{
+    if (!mem->cgroup_version)
+        return json_null();
+    return json_pack("{s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I}}", "version", mem->cgroup_version,
+                     "current_bytes", (json_int_t)mem->cgroup_current, "max_bytes",
+                     limit_or_null(mem->cgroup_max), "high_bytes", limit_or_null(mem->cgroup_high),
+                     "events", "high", (json_int_t)mem->cgroup_high_events, "max",
+                     (json_int_t)mem->cgroup_max_events, "oom", (json_int_t)mem->cgroup_oom,
+                     "oom_kill", (json_int_t)mem->cgroup_oom_kill);
+}
+
+static json_t *psi_json(const struct larder_memory *mem)
+{
+    if (!mem->has_psi)
+        return json_null();
+    return json_pack("{s:{s:f,s:f,s:f},s:{s:f,s:f,s:f}}", "some", "avg10", mem->psi_some_avg10,
+                     "avg60", mem->psi_some_avg60, "avg300", mem->psi_some_avg300, "full",
+                     "avg10", mem->psi_full_avg10, "avg60", mem->psi_full_avg60, "avg300",
+                     mem->psi_full_avg300);
+}
+
+static json_t *history_json(const struct larder_memory *mem)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < mem->n_history; i++) {
+        const struct larder_history_entry *e = &mem->history[i];
+        json_t *o = json_pack("{s:I,s:s}", "time_ms", (json_int_t)e->time_ms, "kind",
+                              larder_history_kind_name(e->kind));
+        if (e->kind == LARDER_HISTORY_SAMPLE) {
+            json_object_set_new(o, "rss_bytes", json_integer((json_int_t)e->rss_bytes));
+            json_object_set_new(o, "reserved_bytes", json_integer((json_int_t)e->reserved_bytes));
+            json_object_set_new(o, "cgroup_bytes", json_integer((json_int_t)e->cgroup_bytes));
+            json_object_set_new(o, "psi_some_avg10", json_real(e->psi_some_avg10));
+        } else {
+            if (e->name[0])
+                json_object_set_new(o, "name", json_string(e->name));
+            json_object_set_new(o, "bytes", json_integer(e->bytes));
+        }
+        json_array_append_new(a, o);
+    }
+    return a;
+}
+
+static json_t *gpus_json(const struct larder_memory *mem)
+{
+    json_t *a = json_array();
+    for (unsigned i = 0; i < mem->n_gpus; i++)
+        json_array_append_new(a, json_pack("{s:i,s:s,s:I,s:I,s:I}", "index", (int)i, "name",
+                                           mem->gpus[i].name, "total_bytes",
+                                           (json_int_t)mem->gpus[i].total_bytes, "used_bytes",
+                                           (json_int_t)mem->gpus[i].used_bytes, "free_bytes",
+                                           (json_int_t)mem->gpus[i].free_bytes));
+    return a;
+}
+
+static json_t *memory_json(const struct larder_memory *mem)
+{
+    json_t *o = json_pack(
+        "{s:I,s:I,s:I,s:s?,s:{s:I,s:I,s:I,s:b,s:I,s:I,s:o?}}", "budget_bytes",
+        (json_int_t)mem->budget_bytes, "reserved_bytes", (json_int_t)mem->reserved_bytes,
+        "limit_bytes", (json_int_t)mem->limit_bytes, "limit_source", mem->limit_source,
+        "watermarks", "high_bytes", (json_int_t)mem->high_bytes, "low_bytes",
+        (json_int_t)mem->low_bytes, "usage_bytes", (json_int_t)mem->usage_bytes,
+        "under_pressure", mem->under_pressure, "pressure_events",
+        (json_int_t)mem->pressure_events, "pressure_evictions",
+        (json_int_t)mem->pressure_evictions, "pressure_watch_error",
+        mem->pressure_watch_error ? json_integer(mem->pressure_watch_error) : NULL);
+    json_t *proc = json_pack("{s:I,s:I,s:I,s:I}", "rss_bytes", (json_int_t)mem->rss_bytes,
+                             "peak_rss_bytes", (json_int_t)mem->peak_rss_bytes, "ram_bytes",
+                             (json_int_t)mem->ram_bytes, "available_bytes",
+                             (json_int_t)mem->available_bytes);
+    if (mem->has_rollup) {
+        json_object_set_new(proc, "pss_bytes", json_integer((json_int_t)mem->pss_bytes));
+        json_object_set_new(proc, "anon_bytes", json_integer((json_int_t)mem->anon_bytes));
+    }
+    json_object_set_new(o, "process", proc);
+    json_object_set_new(o, "cgroup", cgroup_json(mem));
+    json_object_set_new(o, "psi", psi_json(mem));
+    json_object_set_new(o, "psi_trigger", str_or_null(mem->pressure_watch));
+    json_object_set_new(o, "gpus", gpus_json(mem));
+    json_object_set_new(o, "history", history_json(mem));
+    return o;
+}
+
+static json_t *components_memory(const struct larder_snapshot *s)
+{
+    json_t *comps = json_array();
+    for (size_t i = 0; i < s->n; i++) {
+        const struct larder_component_info *c = &s->components[i];
+        if (c->state == LARDER_STATE_UNLOADED && !c->reserved_bytes)
+            continue;
+        json_array_append_new(
+            comps, json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "name", c->name, "state",
+                             larder_state_name(c->state), "reserved_bytes",
+                             (json_int_t)c->reserved_bytes, "estimate_bytes",
+                             (json_int_t)c->estimate_bytes, "measured_bytes",
+                             (json_int_t)c->measured_bytes, "last_returned_bytes",
+                             (json_int_t)c->last_returned_bytes));
+    }
+    return comps;
+}
+
+static void route_memory(struct larder__request *r, const char *name)
+{
+    const char *h = larder__request_arg(r, "history");
+    unsigned long n = h ? strtoul(h, NULL, 10) : 60;
+    struct larder_memory *mem = NULL;
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(r->d);
+    int e = m ? larder_memory(m, n > 86400 ? 86400 : n, &mem) : LARDER_ECLOSED;
+    if (e == 0)
+        e = larder_snapshot(m, &s);
+    if (m)
+        larder__mgr_put(r->d);
+    if (e < 0) {
+        larder_memory_free(mem);
+        larder__reply_larder_error(r, e, "memory report failed");
+        return;
+    }
+    json_t *o = memory_json(mem);
+    json_t *budgets = json_array();
+    for (unsigned g = 0; g < LARDER_MAX_GPUS; g++)
+        if (s->gpu_budget_bytes[g] || s->gpu_reserved_bytes[g])
+            json_array_append_new(budgets, json_pack("{s:i,s:I,s:I}", "index", (int)g,
+                                                     "budget_bytes",
+                                                     (json_int_t)s->gpu_budget_bytes[g],
+                                                     "reserved_bytes",
+                                                     (json_int_t)s->gpu_reserved_bytes[g]));
+    json_object_set_new(o, "gpu_budgets", budgets);
+    json_object_set_new(o, "policy", json_string(s->policy));
+    json_object_set_new(o, "components", components_memory(s));
+    larder_memory_free(mem);
+    larder_snapshot_free(s);
+    larder__reply_json(r, 200, o);
+}
+
+static void route_metrics(struct larder__request *r, const char *name)
+{
+    size_t len = 0;
+    char *text = larder__metrics_text(r->d, &len);
+    if (!text) {
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    larder__reply_bytes(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+static void route_events(struct larder__request *r, const char *name)
+{
+    struct MHD_Response *resp = larder__events_response(r->d->events, r->conn);
+    if (!resp)
+        larder__reply_error(r, 503, "shutting_down", "the server is stopping");
+    else
+        larder__reply_response(r, 200, resp);
+}
+
+/* ---- admin routes: the waiting happens off the HTTP threads ------------------------------ */
+
+struct admin_job {
+    struct larder__request *r;
+    char *name;
+    int64_t timeout_ms;
+};
+
+static int64_t drain_timeout(struct larder__request *r)
+{
+    const char *arg = larder__request_arg(r, "timeout");
+    int64_t ms;
+    if (arg && larder__parse_duration(arg, &ms) == 0 && ms >= 0)
+        return ms;
+    pthread_rwlock_rdlock(&r->d->conf_lock);
+    ms = r->d->conf->drain_timeout_ms;
+    pthread_rwlock_unlock(&r->d->conf_lock);
+    return ms;
+}
+
+/* Suspends r and runs fn on the admin pool; replies 503 if the pool refuses. */
+static void run_admin(struct larder__request *r, const char *name, larder__job_fn fn)
+{
+    struct admin_job *j = calloc(1, sizeof *j);
+    if (!j || (name && !(j->name = strdup(name)))) {
+        free(j);
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    j->r = r;
+    j->timeout_ms = drain_timeout(r);
+    larder__request_suspend(r);
+    if (larder__pool_submit(r->d->admin_pool, fn, j) < 0) {
+        free(j->name);
+        free(j);
+        larder__reply_error(r, 503, "shutting_down", "the server is stopping");
+        larder__request_resume(r);
+    }
+}
+
+static void admin_done(struct admin_job *j)
+{
+    struct larder__request *r = j->r;
+    free(j->name);
+    free(j);
+    larder__request_resume(r);
+}
+
+static void job_unload(void *arg)
+{
+    struct admin_job *j = arg;
+    larder *m = larder__mgr_get(j->r->d);
+    int e = m ? larder_unload(m, j->name, j->timeout_ms) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(j->r->d);
+    if (e < 0)
+        larder__reply_larder_error(j->r, e, NULL);
+    else
+        larder__reply_json(j->r, 200, json_pack("{s:s,s:s}", "name", j->name, "state", "unloaded"));
+    admin_done(j);
+}
+
+static void job_cleanup(void *arg)
+{
+    struct admin_job *j = arg;
+    struct larder_trim_result t = {.struct_size = sizeof t};
+    larder *m = larder__mgr_get(j->r->d);
+    int e = m ? larder_trim(m, &t) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(j->r->d);
+    if (e < 0)
+        larder__reply_larder_error(j->r, e, NULL);
+    else
+        larder__reply_json(j->r, 200,
+                           json_pack("{s:i,s:i,s:I,s:I}", "components", (int)t.components,
+                                     "instances", (int)t.instances, "reserved_freed_bytes",
+                                     (json_int_t)t.reserved_freed, "rss_freed_bytes",
+                                     (json_int_t)t.rss_freed));
+    admin_done(j);
+}
+
+static void job_reload(void *arg)
+{
+    struct admin_job *j = arg;
+    char err[1024] = "";
+    json_t *summary = NULL;
+    int e = larder__daemon_reload(j->r->d, &summary, err, sizeof err);
+    if (e < 0)
+        larder__reply_error(j->r, e == -EINVAL ? 400 : 500, "reload_failed", "%s", err);
+    else
+        larder__reply_json(j->r, 200, summary);
+    admin_done(j);
+}
+
+static void route_unload(struct larder__request *r, const char *name)
+{
+    if (larder__require_token(r, true))
+        run_admin(r, name, job_unload);
+}
+
+static void route_cleanup(struct larder__request *r, const char *name)
+{
+    if (larder__require_token(r, true))
+        run_admin(r, NULL, job_cleanup);
+}
+
+static void route_reload(struct larder__request *r, const char *name)
+{
+    if (larder__require_token(r, true))
+        run_admin(r, NULL, job_reload);
+}
+
+/* POST load: waits for the load through an async acquire, so no thread blocks. */
+static void on_load_lease(void *ud, int err, larder_lease *lease)
+{
+    struct admin_job *j = ud;
+    const char *served = lease ? larder_lease_served_by(lease) : NULL;
+    if (err < 0)
+        larder__reply_larder_error(j->r, err, NULL);
+    else if (strcmp(served, j->name) != 0)
+        larder__reply_error(j->r, 500, "load_failed", "'%s' failed to load (a fallback, '%s', "
+                            "would serve its requests); see GET /v1/models/%s", j->name, served,
+                            j->name);
+    else
+        larder__reply_json(j->r, 200,
+                           json_pack("{s:s,s:s,s:b,s:f}", "name", j->name, "state", "ready",
+                                     "cold_start", larder_lease_cold_start(lease), "load_ms",
+                                     larder_lease_load_ms(lease)));
+    larder_release(lease);
+    admin_done(j);
+}
+
+static void route_load(struct larder__request *r, const char *name)
+{
+    if (!larder__require_token(r, true))
+        return;
+    const char *wait_arg = larder__request_arg(r, "wait");
+    bool wait = true;
+    if (wait_arg && larder__parse_bool(wait_arg, &wait) == 0 && !wait) {
+        larder *m = larder__mgr_get(r->d);
+        int e = m ? larder_preload(m, name) : LARDER_ECLOSED;
+        if (m)
+            larder__mgr_put(r->d);
+        if (e < 0)
+            larder__reply_larder_error(r, e, NULL);
+        else
+            larder__reply_json(r, 202, json_pack("{s:s,s:s}", "name", name, "state", "loading"));
+        return;
+    }
+    struct admin_job *j = calloc(1, sizeof *j);
+    if (!j || !(j->name = strdup(name))) {
+        free(j);
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    j->r = r;
+    larder__request_suspend(r);
+    int64_t timeout = drain_timeout(r);
+    larder *m = larder__mgr_get(r->d);
+    int e = m ? larder_acquire_async(m, name, timeout, on_load_lease, j) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(r->d);
+    if (e < 0) {
+        larder__reply_larder_error(r, e, NULL);
+        admin_done(j);
+    }
+}
+
+/* ---- dispatch -------------------------------------------------------------------------- */
+
+static const struct route routes[] = {
+    {"health", GET, route_health},
+    {"ready", GET, route_ready},
+    {"metrics", GET, route_metrics},
+    {"v1/models", GET, route_models},
+    {"v1/models/*", GET, route_model},
+    {"v1/models/*/infer", POST, larder__route_infer},
+    {"v1/models/*/load", POST, route_load},
+    {"v1/models/*/unload", POST, route_unload},
+    {"v1/memory", GET, route_memory},
+    {"v1/memory/cleanup", POST, route_cleanup},
+    {"v1/events", GET, route_events},
+    {"v1/reload", POST, route_reload},
+};
+
+/* Matches path (no leading '/', no query) against pattern; the "*" part is copied to
+ * name (at most namelen bytes). */
+static bool match(const char *pattern, const char *path, char *name, size_t namelen)
+{
+    while (*pattern && *path) {
+        if (*pattern == '*') {
+            size_t n = strcspn(path, "/");
+            if (n == 0 || n >= namelen)
+                return false;
+            memcpy(name, path, n);
+            name[n] = 0;
+            pattern++;
+            path += n;
+            continue;
+        }
+        if (*pattern++ != *path++)
+            return false;
+    }
+    return !*pattern && !*path;
+}
+
+static unsigned method_bit(const char *m)
+{
+    if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
+        return GET;
+    if (strcmp(m, "POST") == 0)
+        return POST;
+    return 0;
+}
+
+void larder__route(struct larder__request *r)
+{
+    char name[256];
+    if (atomic_load(&r->d->stopping) && strcmp(r->url, "/health") != 0) {
+        larder__reply_error(r, 503, "shutting_down", "the server is stopping");
+        larder__reply_header(r, "Connection", "close");
+        return;
+    }
+    const char *path = r->url;
+    while (*path == '/')
+        path++;
+    size_t plen = strlen(path);
+    unsigned allowed = 0;
+    unsigned m = method_bit(r->method);
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (!match(routes[i].pattern, plen && path[plen - 1] == '/' ? "" : path, name,
+                   sizeof name))
+            continue;
+        allowed |= routes[i].methods;
+        if (!(routes[i].methods & m))
+            continue;
+        r->route = routes[i].pattern;
+        if (strchr(routes[i].pattern, '*'))
+            r->model = strdup(name);
+        routes[i].fn(r, name);
+        return;
+    }
+    if (allowed) {
+        larder__reply_error(r, 405, "method_not_allowed", "%s is not allowed on %s", r->method,
+                            r->url);
+        larder__reply_header(r, "Allow", allowed & POST ? "POST" : "GET, HEAD");
+        return;
+    }
+    larder__reply_error(r, 404, "not_found", "no route %s", r->url);
+}

@@ -1,0 +1,26 @@
+/* larderd routes: the HTTP API of DESIGN.md section 6 (see docs/http-api.md).
+ *
+ * Threads: route handlers run on HTTP threads; the async parts of infer, load, unload,
+ * cleanup and reload run on the daemon's pools or the manager's threads.
+ */
+#ifndef LARDER_DAEMON_ROUTES_H
+#define LARDER_DAEMON_ROUTES_H
+
+#include <jansson.h>
+
+#include "http.h"
+
+/* POST /v1/models/{name}/infer (infer.c). */
+void larder__route_infer(struct larder__request *r, const char *name);
+
+/* One component of a snapshot as the JSON object of GET /v1/models. */
+json_t *larder__component_json(const struct larder_component_info *c);
+
+/* The Prometheus text of GET /metrics (metrics.c); malloc'd, NULL on ENOMEM. */
+char *larder__metrics_text(struct larder__daemon *d, size_t *ret_len);
+
+/* True when r carries an admin token (admin) or an infer token (!admin; infer routes
+ * are open when no infer token file is configured). Otherwise sets a 401 reply. */
+bool larder__require_token(struct larder__request *r, bool admin);
+
+#endif

@@ -1,0 +1,80 @@
+/* Integration test harness: starts the built larderd on a free loopback port with a
+ * generated config in a temporary directory, talks to it over HTTP, and always stops it
+ * (SIGTERM, then SIGKILL after a grace period; the daemon also dies with the test
+ * process). The daemon's log is kept in the temporary directory and printed when a
+ * test fails.
+ */
+#ifndef LARDER_TESTS_HARNESS_H
+#define LARDER_TESTS_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "client.h"
+
+#define ADMIN_TOKEN "test-admin-token-0123456789"
+#define AUTH_HEADER "Authorization: Bearer " ADMIN_TOKEN
+
+struct daemon {
+    pid_t pid;
+    char dir[128];
+    char config[192];
+    char log[192];
+    unsigned port;
+    struct larder__url url;
+    int exit_status;         /* after daemon_stop: the exit status, or 128 + signal */
+};
+
+/* Writes `config` (the [model.*] sections and anything else; the harness adds [server]
+ * with listen and admin_tokens unless `config` has its own [server]) and starts
+ * larderd. Waits (generously) for GET /health to answer 200. Returns 0 or -1. */
+int daemon_start(struct daemon *d, const char *config);
+
+/* When set (before daemon_start), the daemon is started as `LARDER_CLI_PATH serve`
+ * instead of larderd. */
+extern bool harness_use_cli;
+
+/* Runs a shell command line with LARDER_URL pointing at the daemon; its stdout goes to
+ * out (len bytes, NUL-terminated). Returns its exit status. */
+int run_cli(struct daemon *d, const char *args, char *out, size_t len);
+
+/* Rewrites the config file (same rules as daemon_start). */
+int daemon_write_config(struct daemon *d, const char *config);
+
+/* Sends SIGTERM and waits for the exit; SIGKILL after 60 s. Removes the directory.
+ * Returns the exit status. Safe to call twice. */
+int daemon_stop(struct daemon *d);
+
+/* cmocka teardown: stops every daemon a test started and did not stop (a failed
+ * assertion leaves the test before its daemon_stop), and removes its directory. The
+ * same runs at exit. */
+int daemon_teardown(void **state);
+
+/* Prints the daemon's log to stderr (for failures). */
+void daemon_dump_log(const struct daemon *d);
+
+/* True when the daemon's log contains `needle`. */
+bool daemon_log_has(const struct daemon *d, const char *needle);
+
+/* One request. body may be NULL. Returns the HTTP status or a negative errno. The
+ * response is stored in *resp when resp is not NULL (free it with
+ * larder__http_response_clear). */
+int http(struct daemon *d, const char *method, const char *path, const char *content_type,
+         const void *body, size_t len, bool admin, struct larder__http_response *resp);
+
+/* GET path and return the status. */
+int http_get(struct daemon *d, const char *path);
+
+/* The integer at a dotted path ("instances.created") of the JSON object of GET path,
+ * or INT64_MIN. */
+long long json_field(struct daemon *d, const char *path, const char *field);
+
+/* The "error"."code" of a response body, or "" (static buffer per call site is not
+ * needed: returns a pointer into a thread-local buffer). */
+const char *error_code(const struct larder__http_response *resp);
+
+/* Reads a whole file (NUL-terminated); NULL on error. */
+char *read_file(const char *path, size_t *ret_len);
+
+#endif
