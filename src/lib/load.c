@@ -626,6 +626,18 @@ static void run_load(struct comp *c)
     pthread_mutex_lock(&m->mu);
     int r = admit(m, c, need, m->opts.admission_timeout_ms);
     pthread_mutex_unlock(&m->mu);
+    if (r == LARDER_ECANCELED) {
+        /* Nobody was waiting when admission gave up; if someone came since, start over. */
+        pthread_mutex_lock(&c->mu);
+        bool again = c->n_waiters > 0 || c->preload_pending;
+        if (again)
+            larder__submit(m, &c->load_job);
+        else
+            c->state = LARDER_STATE_UNLOADED;
+        larder__cv_broadcast(c);
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
     if (r < 0) {
         load_failed(c, r, NULL, false, 0);
         return;
