@@ -612,7 +612,10 @@ static struct comp *find_defined(struct larder *m, const char *name)
     return c && c->defined ? c : NULL;
 }
 
-int larder_unload(larder *m, const char *name, int64_t timeout_ms)
+/* Drains `name` and unloads it. Returns with c->mu held and c still draining on
+ * success (the caller decides what c becomes), or an error with draining undone. */
+static int drain_unload(struct larder *m, const char *name, int64_t timeout_ms,
+                        struct comp **ret_c)
 {
     if (!m || !name)
         return -EINVAL;
@@ -637,44 +640,36 @@ int larder_unload(larder *m, const char *name, int64_t timeout_ms)
         pthread_mutex_unlock(&c->mu);
     }
     pthread_mutex_lock(&c->mu);
-    c->draining = false;
-    if (c->state == LARDER_STATE_FAILED)
-        c->state = LARDER_STATE_UNLOADED;
-    larder__cv_broadcast(c);
-    pthread_mutex_unlock(&c->mu);
-    return r < 0 ? r : 0;
-}
-
-int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
-{
-    if (!m || !name)
-        return -EINVAL;
-    struct comp *c = larder__lookup(m, name);
-    if (!c)
-        return LARDER_ENOTFOUND;
-    pthread_mutex_lock(&c->mu);
-    if (!c->defined || c->draining) {
-        int r = c->defined ? LARDER_EDRAINING : LARDER_ENOTFOUND;
-        pthread_mutex_unlock(&c->mu);
-        return r;
-    }
-    int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
-    int r = drain(c, timeout_ms);
-    pthread_mutex_unlock(&c->mu);
-    while (r == 0 && (r = larder__unload_comp(m, c, LARDER_REASON_REQUEST)) == LARDER_EINUSE) {
-        int64_t left = deadline < 0 ? -1 : deadline - larder__now_ms();
-        pthread_mutex_lock(&c->mu);
-        r = left < 0 && deadline >= 0 ? LARDER_ETIMEDOUT : wait_quiet(c, left);
-        pthread_mutex_unlock(&c->mu);
-    }
     if (r < 0) {
-        pthread_mutex_lock(&c->mu);
         c->draining = false;
         larder__cv_broadcast(c);
         pthread_mutex_unlock(&c->mu);
         return r;
     }
-    pthread_mutex_lock(&c->mu);
+    *ret_c = c;
+    return 0;
+}
+
+int larder_unload(larder *m, const char *name, int64_t timeout_ms)
+{
+    struct comp *c = NULL;
+    int r = drain_unload(m, name, timeout_ms, &c);
+    if (r < 0)
+        return r;
+    c->draining = false;
+    if (c->state == LARDER_STATE_FAILED)
+        c->state = LARDER_STATE_UNLOADED;
+    larder__cv_broadcast(c);
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
+{
+    struct comp *c = NULL;
+    int r = drain_unload(m, name, timeout_ms, &c);
+    if (r < 0)
+        return r;
     void (*ud_free)(void *) = c->ud_free;
     void *ud = c->ud;
     c->defined = false;
