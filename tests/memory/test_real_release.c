@@ -18,6 +18,15 @@
 
 #define MODEL_DIR "/usr/share/pocketsphinx/model/en-us"
 
+/* Sanitizers keep freed memory in quarantine and map shadow memory: RSS says nothing
+ * about what an unload returned there. The cycles still run; the figures are not
+ * compared. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_MEANINGFUL 0
+#else
+#define RSS_MEANINGFUL 1
+#endif
+
 static int ps_load(void *ud, void **ret, char *err, size_t n)
 {
     (void)ud;
@@ -118,8 +127,12 @@ static void cycles(const struct larder_class *cls, const char *name)
            "first %.1f MiB, after last %.1f MiB (%.3fx)\n", name, n, measured / 1048576.0,
            returned / 1048576.0, first / 1048576.0, last / 1048576.0,
            (double)last / (double)first);
-    assert_true(measured > 1 << 20);
-    assert_true((double)last <= 1.05 * (double)first);
+    if (!RSS_MEANINGFUL) {
+        printf("%s: sanitizer build, RSS figures not compared\n", name);
+    } else {
+        assert_true(measured > 1 << 20);
+        assert_true((double)last <= 1.05 * (double)first);
+    }
     larder_close(m);
 }
 
