@@ -23,6 +23,8 @@
  */
 #include <larder/backend.h>
 
+#include "../common/plugin-util.h"
+
 #include <pocketsphinx.h>
 #include <sphinxbase/err.h>
 
@@ -30,16 +32,15 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define EXPORT __attribute__((visibility("default")))
+/* The name of this backend, in its log lines and its operations table. */
+#define BACKEND_NAME "pocketsphinx"
 
 #define MODEL_DIR "/usr/share/pocketsphinx/model/en-us"
 #define DEFAULT_HMM MODEL_DIR "/en-us"
@@ -83,74 +84,6 @@ static const char *const option_keys[] = {"path", "dict", "lm", NULL};
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
-static void say(enum larder_log_level level, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-
-    if (!g_host || !g_host->log)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    g_host->log(level, "pocketsphinx", line);
-}
-
-/* Writes a message into err (when given) and returns code. */
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static const char *opt_get(const struct larder_option *opts, size_t n, const char *key)
-{
-    const char *found = NULL;
-
-    for (size_t i = 0; i < n; i++)
-        if (opts[i].key && strcmp(opts[i].key, key) == 0)
-            found = opts[i].value; /* the last one wins, as in an INI file */
-    return found;
-}
-
-static int check_keys(const struct larder_option *opts, size_t n, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < n; i++) {
-        bool known = false;
-
-        if (!opts[i].key || !opts[i].value)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "option %zu has no key or value",
-                        i);
-        for (size_t k = 0; option_keys[k]; k++)
-            known = known || strcmp(opts[i].key, option_keys[k]) == 0;
-        if (!known)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "unknown option '%s'",
-                        opts[i].key);
-    }
-    return 0;
-}
-
-/* True when the media type of ct (parameters and case ignored) is `type`. */
-static bool media_is(const char *ct, const char *type)
-{
-    size_t len = strlen(type);
-
-    while (*ct == ' ')
-        ct++;
-    if (strncasecmp(ct, type, len) != 0)
-        return false;
-    ct += len;
-    while (*ct == ' ')
-        ct++;
-    return *ct == '\0' || *ct == ';';
-}
-
 static uint16_t le16(const unsigned char *p)
 {
     return (uint16_t)(p[0] | p[1] << 8);
@@ -178,11 +111,11 @@ static int check_path(const char *what, const char *path, bool dir, uint64_t *si
     struct stat st;
 
     if (stat(path, &st) != 0 || access(path, R_OK) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s %s: %s", what, path,
-                    strerror(errno));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "%s %s: %s", what, path,
+                              strerror(errno));
     if (dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s %s: not a %s", what, path,
-                    dir ? "directory" : "file");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "%s %s: not a %s", what, path,
+                              dir ? "directory" : "file");
     if (size)
         *size += (uint64_t)st.st_size;
     return 0;
@@ -219,8 +152,8 @@ static int check_hmm(const char *dir, uint64_t *size, char *err, size_t errlen)
         snprintf(file, sizeof(file), "%s/%s", dir, files[i][0]);
         rc = check_path("acoustic model file", file, false, size, err, errlen);
         if (rc == 0 && !starts_with(file, files[i][1], files[i][2]))
-            rc = fail(err, errlen, LARDER_BACKEND_EMODEL,
-                      "acoustic model file %s: not a Sphinx model file", file);
+            rc = larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                                "acoustic model file %s: not a Sphinx model file", file);
     }
     return rc;
 }
@@ -238,13 +171,13 @@ static int config_parse(const struct larder_option *opts, size_t n, struct confi
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
-    if ((rc = check_keys(opts, n, err, errlen)) < 0)
+    if ((rc = larder_pu_check_keys(opts, n, option_keys, err, errlen)) < 0)
         return rc;
-    cfg->hmm = dup_or(opt_get(opts, n, "path"), DEFAULT_HMM);
-    cfg->dict = dup_or(opt_get(opts, n, "dict"), DEFAULT_DICT);
-    cfg->lm = dup_or(opt_get(opts, n, "lm"), DEFAULT_LM);
+    cfg->hmm = dup_or(larder_pu_opt_get(opts, n, "path"), DEFAULT_HMM);
+    cfg->dict = dup_or(larder_pu_opt_get(opts, n, "dict"), DEFAULT_DICT);
+    cfg->lm = dup_or(larder_pu_opt_get(opts, n, "lm"), DEFAULT_LM);
     if (!cfg->hmm || !cfg->dict || !cfg->lm)
-        rc = fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        rc = larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     if (rc == 0)
         rc = check_hmm(cfg->hmm, &bytes, err, errlen);
     if (rc == 0)
@@ -283,7 +216,7 @@ static int decoder_new(const struct config *cfg, struct decoder **ret, char *err
     struct decoder *d = calloc(1, sizeof(*d));
 
     if (!d)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     pthread_once(&g_once, global_setup);
     pthread_mutex_lock(&g_create_lock);
     d->config = cmd_ln_init(NULL, ps_args(), TRUE, "-hmm", cfg->hmm, "-dict", cfg->dict,
@@ -293,9 +226,9 @@ static int decoder_new(const struct config *cfg, struct decoder **ret, char *err
     pthread_mutex_unlock(&g_create_lock);
     if (!d->ps) {
         decoder_free(d);
-        return fail(err, errlen, LARDER_BACKEND_EMODEL,
-                    "PocketSphinx could not start with model %s, dictionary %s, "
-                    "language model %s", cfg->hmm, cfg->dict, cfg->lm);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                              "PocketSphinx could not start with model %s, dictionary %s, "
+                              "language model %s", cfg->hmm, cfg->dict, cfg->lm);
     }
     *ret = d;
     return 0;
@@ -308,13 +241,13 @@ static int samples_copy(const unsigned char *p, size_t n, struct audio *a, char 
                         size_t errlen)
 {
     if (n == 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "no audio samples");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "no audio samples");
     if (n > MAX_SAMPLES)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "audio longer than %zu s",
-                    MAX_SAMPLES / SAMPLE_RATE);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "audio longer than %zu s",
+                              MAX_SAMPLES / SAMPLE_RATE);
     a->samples = malloc(n * sizeof(int16));
     if (!a->samples)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++)
         a->samples[i] = (int16)le16(p + 2 * i);
     a->n = n;
@@ -328,7 +261,7 @@ static int wav_check_fmt(const unsigned char *p, uint32_t len, char *err, size_t
     uint32_t rate;
 
     if (len < 16)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV fmt chunk too short");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV fmt chunk too short");
     format = le16(p);
     channels = le16(p + 2);
     rate = le32(p + 4);
@@ -336,11 +269,12 @@ static int wav_check_fmt(const unsigned char *p, uint32_t len, char *err, size_t
     if (format == 0xFFFE && len >= 26)
         format = le16(p + 24); /* WAVE_FORMAT_EXTENSIBLE: the sub-format's tag */
     if (format != 1)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV is not PCM (format %u)", format);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV is not PCM (format %u)",
+                              format);
     if (channels != 1 || rate != SAMPLE_RATE || bits != 16)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT,
-                    "WAV is %u channel(s), %u Hz, %u bits: need 1 channel, 16000 Hz, 16 bits",
-                    channels, (unsigned)rate, bits);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "WAV is %u channel(s), %u Hz, %u bits: need 1 channel, 16000 Hz, "
+                              "16 bits", channels, (unsigned)rate, bits);
     return 0;
 }
 
@@ -353,7 +287,7 @@ static int wav_parse(const unsigned char *b, size_t len, struct audio *a, char *
     bool have_fmt = false;
 
     if (len < 12 || memcmp(b, "RIFF", 4) != 0 || memcmp(b + 8, "WAVE", 4) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "not a RIFF/WAVE file");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "not a RIFF/WAVE file");
     while (off + 8 <= len) {
         const unsigned char *chunk = b + off + 8;
         uint32_t clen = le32(b + off + 4);
@@ -362,7 +296,8 @@ static int wav_parse(const unsigned char *b, size_t len, struct audio *a, char *
 
         if (memcmp(b + off, "data", 4) == 0) {
             if (!have_fmt)
-                return fail(err, errlen, LARDER_BACKEND_EINPUT, "WAV data before fmt chunk");
+                return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                                      "WAV data before fmt chunk");
             return samples_copy(chunk, (clen < avail ? clen : avail) / 2, a, err, errlen);
         }
         if (clen > avail)
@@ -374,14 +309,14 @@ static int wav_parse(const unsigned char *b, size_t len, struct audio *a, char *
         }
         off += 8 + (size_t)clen + (clen & 1);
     }
-    return fail(err, errlen, LARDER_BACKEND_EINPUT, have_fmt ? "WAV has no data chunk"
-                                                             : "WAV has no fmt chunk");
+    return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                          have_fmt ? "WAV has no data chunk" : "WAV has no fmt chunk");
 }
 
 static bool is_wav_type(const char *ct)
 {
-    return media_is(ct, "audio/wav") || media_is(ct, "audio/x-wav") ||
-           media_is(ct, "audio/wave") || media_is(ct, "audio/vnd.wave");
+    return larder_pu_media_is(ct, "audio/wav") || larder_pu_media_is(ct, "audio/x-wav") ||
+           larder_pu_media_is(ct, "audio/wave") || larder_pu_media_is(ct, "audio/vnd.wave");
 }
 
 /* Checks the rate and channels parameters of audio/L16 when present. */
@@ -406,19 +341,21 @@ static int audio_from_request(const struct larder_infer_request *req, struct aud
     size_t len = body ? req->body_len : 0;
     bool wav;
 
-    if (ct && !is_wav_type(ct) && !media_is(ct, "audio/l16") &&
-        !media_is(ct, "application/octet-stream"))
-        return fail(err, errlen, LARDER_BACKEND_EMEDIA,
-                    "content type '%s' not accepted: send audio/wav or audio/L16", ct);
+    if (ct && !is_wav_type(ct) && !larder_pu_media_is(ct, "audio/l16") &&
+        !larder_pu_media_is(ct, "application/octet-stream"))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMEDIA,
+                              "content type '%s' not accepted: send audio/wav or audio/L16", ct);
     if (len == 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "empty body");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "empty body");
     wav = ct ? is_wav_type(ct) : len >= 4 && memcmp(body, "RIFF", 4) == 0;
     if (wav)
         return wav_parse(body, len, a, err, errlen);
-    if (ct && media_is(ct, "audio/l16") && !raw_params_ok(ct))
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "audio/L16 must be 16000 Hz mono");
+    if (ct && larder_pu_media_is(ct, "audio/l16") && !raw_params_ok(ct))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "audio/L16 must be 16000 Hz mono");
     if (len % 2)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "raw audio has an odd byte count");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "raw audio has an odd byte count");
     return samples_copy(body, len / 2, a, err, errlen);
 }
 
@@ -454,7 +391,7 @@ static int sphinx_load(const struct larder_option *opts, size_t n, void **ret_mo
     int rc;
 
     if (!m)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     rc = config_parse(opts, n, &m->cfg, NULL, err, errlen);
     if (rc == 0)
         rc = decoder_new(&m->cfg, &m->spare, err, errlen);
@@ -464,7 +401,8 @@ static int sphinx_load(const struct larder_option *opts, size_t n, void **ret_mo
         return rc;
     }
     pthread_mutex_init(&m->lock, NULL);
-    say(LARDER_LOG_DEBUG, "loaded %s with %s and %s", m->cfg.hmm, m->cfg.lm, m->cfg.dict);
+    larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_DEBUG, "loaded %s with %s and %s", m->cfg.hmm,
+                  m->cfg.lm, m->cfg.dict);
     *ret_model = m;
     return 0;
 }
@@ -510,17 +448,17 @@ static int decode(struct decoder *d, const struct audio *a, char **ret_text, cha
     int32 score = 0;
 
     if (ps_start_utt(d->ps) < 0)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot start an utterance");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot start an utterance");
     if (ps_process_raw(d->ps, a->samples, a->n, FALSE, TRUE) < 0) {
         ps_end_utt(d->ps);
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "decoding failed");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "decoding failed");
     }
     if (ps_end_utt(d->ps) < 0)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot end the utterance");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot end the utterance");
     hyp = ps_get_hyp(d->ps, &score);
     *ret_text = strdup(hyp ? hyp : "");
     if (!*ret_text)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -533,7 +471,8 @@ static int sphinx_infer(void *model, void *instance, const struct larder_infer_r
     int rc;
 
     if (!model || !instance || !req || !res)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without model or instance");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
+                              "called without model or instance");
     if ((rc = audio_from_request(req, &a, err, errlen)) < 0)
         return rc;
     rc = decode(instance, &a, &text, err, errlen);
@@ -546,24 +485,15 @@ static int sphinx_infer(void *model, void *instance, const struct larder_infer_r
     res->json = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (!res->json)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot encode the hypothesis");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
+                              "cannot encode the hypothesis");
     return 0;
-}
-
-static void sphinx_result_free(struct larder_infer_result *res)
-{
-    if (!res)
-        return;
-    free(res->json);
-    free(res->bytes);
-    free(res->content_type);
-    memset(res, 0, sizeof(*res));
 }
 
 static const struct larder_backend_ops ops = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
-    .name = "pocketsphinx",
+    .name = BACKEND_NAME,
     .description = "PocketSphinx speech recognition: 16 kHz mono speech in, text out",
     .option_keys = option_keys,
     .check = sphinx_check,
@@ -574,16 +504,11 @@ static const struct larder_backend_ops ops = {
     .instance_free = sphinx_instance_free,
     .measure = NULL,
     .infer = sphinx_infer,
-    .result_free = sphinx_result_free,
+    .result_free = larder_pu_result_free,
 };
 
 /* The plugin's entry: returns its operations, or NULL for a host of another ABI major. */
-EXPORT const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host);
-
 const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host)
 {
-    if (host && host->abi_major != LARDER_BACKEND_ABI_MAJOR)
-        return NULL;
-    g_host = host;
-    return &ops;
+    return larder_pu_entry(host, &g_host, &ops);
 }

@@ -33,13 +33,14 @@
  */
 #include <larder/backend.h>
 
+#include "../common/plugin-util.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -55,8 +56,6 @@
 #define BACKEND_NAME "synthetic"
 #define POOLED false
 #endif
-
-#define EXPORT __attribute__((visibility("default")))
 
 #define DEFAULT_SIZE (1ULL << 20)
 #define DEFAULT_INSTANCE_SIZE (64ULL << 10)
@@ -103,75 +102,6 @@ static const char *const option_keys[] = {
     "path", NULL};
 
 /* ---- small helpers -------------------------------------------------------------------- */
-
-static void say(enum larder_log_level level, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-
-    if (!g_host || !g_host->log)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    g_host->log(level, BACKEND_NAME, line);
-}
-
-/* Writes a message into err (when given) and returns code. */
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static const char *opt_get(const struct larder_option *opts, size_t n, const char *key)
-{
-    const char *found = NULL;
-
-    for (size_t i = 0; i < n; i++)
-        if (opts[i].key && strcmp(opts[i].key, key) == 0)
-            found = opts[i].value; /* the last one wins, as in an INI file */
-    return found;
-}
-
-static int check_keys(const struct larder_option *opts, size_t n, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < n; i++) {
-        bool known = false;
-
-        if (!opts[i].key || !opts[i].value)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "option %zu has no key or value",
-                        i);
-        for (size_t k = 0; option_keys[k]; k++)
-            known = known || strcmp(opts[i].key, option_keys[k]) == 0;
-        if (!known)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "unknown option '%s'",
-                        opts[i].key);
-    }
-    return 0;
-}
-
-/* Parses a whole decimal number in [0, hi]. */
-static bool parse_ull(const char *s, unsigned long long hi, unsigned long long *ret)
-{
-    char *end;
-    unsigned long long v;
-
-    if (!s || !isdigit((unsigned char)s[0]))
-        return false;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || *end || v > hi)
-        return false;
-    *ret = v;
-    return true;
-}
 
 /* Multiplier of a size unit: "", "B", k/M/G/T (1024^n, optional "iB"), kB/MB/.. (1000^n). */
 static bool unit_multiplier(const char *u, double *ret)
@@ -240,9 +170,9 @@ static int read_weights(const char *path, unsigned char *mem, uint64_t len, char
     int rc = 0;
 
     if (!f)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: %s", path, strerror(errno));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: %s", path, strerror(errno));
     if (fread(mem, 1, (size_t)len, f) < (size_t)len && ferror(f))
-        rc = fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: read error", path);
+        rc = larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: read error", path);
     fclose(f);
     return rc;
 }
@@ -257,7 +187,7 @@ static int parse_fail(const char *s, long long *ret)
         *ret = -1;
     else if (strcmp(s, "always") == 0)
         *ret = LLONG_MAX;
-    else if (strncmp(s, "first-", 6) == 0 && parse_ull(s + 6, 1000000, &n))
+    else if (strncmp(s, "first-", 6) == 0 && larder_pu_parse_ull(s + 6, 0, 1000000, &n))
         *ret = (long long)n;
     else
         return -1;
@@ -275,11 +205,11 @@ static int parse_pooled(const char *s, char *err, size_t errlen)
     else if (strcmp(s, "no") == 0 || strcmp(s, "false") == 0 || strcmp(s, "0") == 0)
         yes = false;
     else
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "pooled '%s': expected yes or no", s);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
+                              "pooled '%s': expected yes or no", s);
     if (yes != POOLED)
-        return fail(err, errlen, LARDER_BACKEND_EOPTION,
-                    "pooled = %s needs backend = %s", s,
-                    yes ? "synthetic-pooled" : "synthetic");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "pooled = %s needs backend = %s",
+                              s, yes ? "synthetic-pooled" : "synthetic");
     return 0;
 }
 
@@ -291,11 +221,11 @@ static int parse_path(const char *path, struct config *c, char *err, size_t errl
     if (!path || !*path)
         return 0;
     if (strlen(path) >= sizeof(c->path))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "path too long");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "path too long");
     if (stat(path, &st) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: %s", path, strerror(errno));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: not a file", path);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "%s: not a file", path);
     snprintf(c->path, sizeof(c->path), "%s", path);
     c->size = (uint64_t)st.st_size;
     return 0;
@@ -304,22 +234,22 @@ static int parse_path(const char *path, struct config *c, char *err, size_t errl
 static int parse_sizes(const struct larder_option *opts, size_t n, struct config *c,
                        char *err, size_t errlen)
 {
-    const char *size = opt_get(opts, n, "size");
-    const char *isize = opt_get(opts, n, "instance_size");
+    const char *size = larder_pu_opt_get(opts, n, "size");
+    const char *isize = larder_pu_opt_get(opts, n, "instance_size");
     int rc;
 
     c->size = DEFAULT_SIZE;
-    if ((rc = parse_path(opt_get(opts, n, "path"), c, err, errlen)) < 0)
+    if ((rc = parse_path(larder_pu_opt_get(opts, n, "path"), c, err, errlen)) < 0)
         return rc;
     c->instance_size = POOLED ? DEFAULT_INSTANCE_SIZE : 0;
     if (size && !parse_size(size, &c->size))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "size '%s': not a size", size);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "size '%s': not a size", size);
     if (isize && !parse_size(isize, &c->instance_size))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "instance_size '%s': not a size",
-                    isize);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "instance_size '%s': not a size",
+                              isize);
     if (!POOLED && isize)
-        return fail(err, errlen, LARDER_BACKEND_EOPTION,
-                    "instance_size needs backend = synthetic-pooled");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
+                              "instance_size needs backend = synthetic-pooled");
     return 0;
 }
 
@@ -330,12 +260,12 @@ static int parse_times(const struct larder_option *opts, size_t n, struct config
     unsigned long long *const fields[] = {&c->load_ms, &c->instance_ms, &c->infer_ms};
 
     for (size_t i = 0; i < 3; i++) {
-        const char *v = opt_get(opts, n, keys[i]);
+        const char *v = larder_pu_opt_get(opts, n, keys[i]);
 
         *fields[i] = 0;
-        if (v && !parse_ull(v, MAX_MS, fields[i]))
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "%s '%s': expected 0-%llu",
-                        keys[i], v, MAX_MS);
+        if (v && !larder_pu_parse_ull(v, 0, MAX_MS, fields[i]))
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "%s '%s': expected 0-%llu",
+                                  keys[i], v, MAX_MS);
     }
     return 0;
 }
@@ -343,22 +273,22 @@ static int parse_times(const struct larder_option *opts, size_t n, struct config
 static int config_parse(const struct larder_option *opts, size_t n, struct config *c,
                         char *err, size_t errlen)
 {
-    const char *failv = opt_get(opts, n, "fail");
-    const char *label = opt_get(opts, n, "label");
+    const char *failv = larder_pu_opt_get(opts, n, "fail");
+    const char *label = larder_pu_opt_get(opts, n, "label");
     int rc;
 
     memset(c, 0, sizeof(*c));
-    if ((rc = check_keys(opts, n, err, errlen)) < 0 ||
+    if ((rc = larder_pu_check_keys(opts, n, option_keys, err, errlen)) < 0 ||
         (rc = parse_sizes(opts, n, c, err, errlen)) < 0 ||
         (rc = parse_times(opts, n, c, err, errlen)) < 0 ||
-        (rc = parse_pooled(opt_get(opts, n, "pooled"), err, errlen)) < 0)
+        (rc = parse_pooled(larder_pu_opt_get(opts, n, "pooled"), err, errlen)) < 0)
         return rc;
     if (parse_fail(failv, &c->fail_first) < 0)
-        return fail(err, errlen, LARDER_BACKEND_EOPTION,
-                    "fail '%s': expected never, always or first-N", failv);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
+                              "fail '%s': expected never, always or first-N", failv);
     if (label && strlen(label) >= sizeof(c->label))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "label longer than %zu bytes",
-                    sizeof(c->label) - 1);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "label longer than %zu bytes",
+                              sizeof(c->label) - 1);
     snprintf(c->label, sizeof(c->label), "%s", label ? label : DEFAULT_LABEL);
     return 0;
 }
@@ -428,13 +358,13 @@ static int syn_load(const struct larder_option *opts, size_t n, void **ret_model
         return rc;
     sleep_ms(c.load_ms);
     if (load_must_fail(&c))
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "synthetic load failure of '%s'",
-                    c.label);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "synthetic load failure of '%s'",
+                              c.label);
     m = calloc(1, sizeof(*m));
     if (!m || !(m->mem = alloc_touched(c.size))) {
         free(m);
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "cannot allocate %llu bytes",
-                    (unsigned long long)c.size);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "cannot allocate %llu bytes",
+                              (unsigned long long)c.size);
     }
     if (c.path[0] && (rc = read_weights(c.path, m->mem, c.size, err, errlen)) < 0) {
         syn_unload(m);
@@ -442,7 +372,8 @@ static int syn_load(const struct larder_option *opts, size_t n, void **ret_model
     }
     m->cfg = c;
     atomic_init(&m->next_instance, 0);
-    say(LARDER_LOG_DEBUG, "loaded '%s': %llu bytes", c.label, (unsigned long long)c.size);
+    larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_DEBUG, "loaded '%s': %llu bytes", c.label,
+                  (unsigned long long)c.size);
     *ret_model = m;
     return 0;
 }
@@ -464,7 +395,7 @@ static int syn_instance_new(void *model, void **ret_instance, char *err, size_t 
     sleep_ms(m->cfg.instance_ms);
     if (!in || !(in->mem = alloc_touched(m->cfg.instance_size))) {
         free(in);
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "cannot allocate an instance");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "cannot allocate an instance");
     }
     in->serial = atomic_fetch_add(&m->next_instance, 1);
     atomic_init(&in->busy, false);
@@ -499,10 +430,10 @@ static int requested_error(const struct larder_infer_request *req, char *err, si
     if (!e)
         return 0;
     if (strcmp(e, "input") == 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "input error requested");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "input error requested");
     if (strcmp(e, "media") == 0)
-        return fail(err, errlen, LARDER_BACKEND_EMEDIA, "media error requested");
-    return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "internal error requested");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMEDIA, "media error requested");
+    return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "internal error requested");
 }
 
 static int reply(const struct model *m, const struct instance *in, size_t body_len,
@@ -515,7 +446,7 @@ static int reply(const struct model *m, const struct instance *in, size_t body_l
     memset(res, 0, sizeof(*res));
     res->json = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
-    return res->json ? 0 : fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+    return res->json ? 0 : larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
 }
 
 static int syn_infer(void *model, void *instance, const struct larder_infer_request *req,
@@ -528,13 +459,13 @@ static int syn_infer(void *model, void *instance, const struct larder_infer_requ
     int rc;
 
     if (!m || !req || !res || (POOLED && !in))
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without %s",
-                    m ? "an instance" : "a model");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without %s",
+                              m ? "an instance" : "a model");
     if (in && atomic_exchange(&in->busy, true))
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL,
-                    "instance %u is serving another request", in->serial);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
+                              "instance %u is serving another request", in->serial);
     sleep_param = param_get(req, "sleep_ms");
-    if (!sleep_param || !parse_ull(sleep_param, MAX_MS, &ms))
+    if (!sleep_param || !larder_pu_parse_ull(sleep_param, 0, MAX_MS, &ms))
         ms = m->cfg.infer_ms;
     sleep_ms(ms);
     rc = requested_error(req, err, errlen);
@@ -543,16 +474,6 @@ static int syn_infer(void *model, void *instance, const struct larder_infer_requ
     if (in)
         atomic_store(&in->busy, false);
     return rc;
-}
-
-static void syn_result_free(struct larder_infer_result *res)
-{
-    if (!res)
-        return;
-    free(res->json);
-    free(res->bytes);
-    free(res->content_type);
-    memset(res, 0, sizeof(*res));
 }
 
 static const struct larder_backend_ops ops = {
@@ -572,16 +493,11 @@ static const struct larder_backend_ops ops = {
 #endif
     .measure = syn_measure,
     .infer = syn_infer,
-    .result_free = syn_result_free,
+    .result_free = larder_pu_result_free,
 };
 
 /* The plugin's entry: returns its operations, or NULL for a host of another ABI major. */
-EXPORT const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host);
-
 const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host)
 {
-    if (host && host->abi_major != LARDER_BACKEND_ABI_MAJOR)
-        return NULL;
-    g_host = host;
-    return &ops;
+    return larder_pu_entry(host, &g_host, &ops);
 }

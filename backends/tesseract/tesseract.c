@@ -27,6 +27,8 @@
  */
 #include <larder/backend.h>
 
+#include "../common/plugin-util.h"
+
 #include <leptonica/allheaders.h>
 #include <tesseract/capi.h>
 
@@ -36,16 +38,15 @@
 #include <limits.h>
 #include <omp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define EXPORT __attribute__((visibility("default")))
+/* The name of this backend, in its log lines and its operations table. */
+#define BACKEND_NAME "tesseract"
 
 #define SYSTEM_TESSDATA "/usr/share/tesseract-ocr/5/tessdata"
 #define DEFAULT_LANGUAGE "eng"
@@ -76,93 +77,6 @@ static pthread_mutex_t g_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool g_serial_omp; /* set once by global_setup */
 
 static const char *const option_keys[] = {"language", "psm", "path", "max_pixels", NULL};
-
-/* ---- small helpers -------------------------------------------------------------------- */
-
-static void say(enum larder_log_level level, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-
-    if (!g_host || !g_host->log)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    g_host->log(level, "tesseract", line);
-}
-
-/* Writes a message into err (when given) and returns code. */
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static const char *opt_get(const struct larder_option *opts, size_t n, const char *key)
-{
-    const char *found = NULL;
-
-    for (size_t i = 0; i < n; i++)
-        if (opts[i].key && strcmp(opts[i].key, key) == 0)
-            found = opts[i].value; /* the last one wins, as in an INI file */
-    return found;
-}
-
-static int check_keys(const struct larder_option *opts, size_t n, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < n; i++) {
-        bool known = false;
-
-        if (!opts[i].key || !opts[i].value)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "option %zu has no key or value",
-                        i);
-        for (size_t k = 0; option_keys[k]; k++)
-            known = known || strcmp(opts[i].key, option_keys[k]) == 0;
-        if (!known)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "unknown option '%s'",
-                        opts[i].key);
-    }
-    return 0;
-}
-
-/* Parses a whole decimal number in [lo, hi]. */
-static bool parse_ull(const char *s, unsigned long long lo, unsigned long long hi,
-                      unsigned long long *ret)
-{
-    char *end;
-    unsigned long long v;
-
-    if (!s || !isdigit((unsigned char)s[0]))
-        return false;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return false;
-    *ret = v;
-    return true;
-}
-
-/* True when the media type of ct (parameters and case ignored) is `type`. */
-static bool media_is(const char *ct, const char *type)
-{
-    size_t len = strlen(type);
-
-    while (*ct == ' ')
-        ct++;
-    if (strncasecmp(ct, type, len) != 0)
-        return false;
-    ct += len;
-    while (*ct == ' ')
-        ct++;
-    return *ct == '\0' || *ct == ';';
-}
 
 /* ---- configuration ---------------------------------------------------------------------- */
 
@@ -207,15 +121,15 @@ static int check_languages(const struct config *cfg, uint64_t *ret_bytes, char *
         struct stat st;
 
         if (!language_name_ok(p, len))
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "bad language '%s'",
-                        cfg->language);
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "bad language '%s'",
+                                  cfg->language);
         snprintf(file, sizeof(file), "%s/%.*s.traineddata", cfg->datapath, (int)len, p);
         if (stat(file, &st) != 0 || access(file, R_OK) != 0)
-            return fail(err, errlen, LARDER_BACKEND_EMODEL, "language file %s: %s", file,
-                        strerror(errno));
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "language file %s: %s", file,
+                                  strerror(errno));
         if (!S_ISREG(st.st_mode))
-            return fail(err, errlen, LARDER_BACKEND_EMODEL, "language file %s: not a file",
-                        file);
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                                  "language file %s: not a file", file);
         total += (uint64_t)st.st_size;
         if (p[len] == '\0')
             break;
@@ -234,9 +148,10 @@ static int parse_psm(const char *s, int *ret, char *err, size_t errlen)
         *ret = DEFAULT_PSM;
         return 0;
     }
-    if (!parse_ull(s, 1, PSM_COUNT - 1, &v) || v == PSM_AUTO_ONLY)
-        return fail(err, errlen, LARDER_BACKEND_EOPTION,
-                    "psm '%s': expected 1 or 3-%d (0 and 2 produce no text)", s, PSM_COUNT - 1);
+    if (!larder_pu_parse_ull(s, 1, PSM_COUNT - 1, &v) || v == PSM_AUTO_ONLY)
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
+                              "psm '%s': expected 1 or 3-%d (0 and 2 produce no text)", s,
+                              PSM_COUNT - 1);
     *ret = (int)v;
     return 0;
 }
@@ -245,32 +160,34 @@ static int parse_psm(const char *s, int *ret, char *err, size_t errlen)
 static int config_parse(const struct larder_option *opts, size_t n, struct config *cfg,
                         uint64_t *ret_data_bytes, char *err, size_t errlen)
 {
-    const char *path = opt_get(opts, n, "path");
-    const char *lang = opt_get(opts, n, "language");
-    const char *maxp = opt_get(opts, n, "max_pixels");
+    const char *path = larder_pu_opt_get(opts, n, "path");
+    const char *lang = larder_pu_opt_get(opts, n, "language");
+    const char *maxp = larder_pu_opt_get(opts, n, "max_pixels");
     struct stat st;
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
-    if ((rc = check_keys(opts, n, err, errlen)) < 0)
+    if ((rc = larder_pu_check_keys(opts, n, option_keys, err, errlen)) < 0)
         return rc;
-    if ((rc = parse_psm(opt_get(opts, n, "psm"), &cfg->psm, err, errlen)) < 0)
+    if ((rc = parse_psm(larder_pu_opt_get(opts, n, "psm"), &cfg->psm, err, errlen)) < 0)
         return rc;
     cfg->max_pixels = DEFAULT_MAX_PIXELS;
-    if (maxp && !parse_ull(maxp, 1, 1ULL << 40, &cfg->max_pixels))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "max_pixels '%s': not a count", maxp);
+    if (maxp && !larder_pu_parse_ull(maxp, 1, 1ULL << 40, &cfg->max_pixels))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "max_pixels '%s': not a count",
+                              maxp);
     if (!path || !*path)
         path = default_datapath();
     if (stat(path, &st) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "tessdata directory %s: %s", path,
-                    strerror(errno));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "tessdata directory %s: %s", path,
+                              strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "tessdata %s: not a directory", path);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "tessdata %s: not a directory",
+                              path);
     cfg->datapath = strdup(path);
     cfg->language = strdup(lang && *lang ? lang : DEFAULT_LANGUAGE);
     if (!cfg->datapath || !cfg->language) {
         config_clear(cfg);
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     }
     rc = check_languages(cfg, ret_data_bytes, err, errlen);
     if (rc == 0 && (cfg->psm == PSM_AUTO_OSD || cfg->psm == PSM_SPARSE_TEXT_OSD)) {
@@ -292,7 +209,7 @@ static void leptonica_message(const char *msg)
 
     while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
         len--;
-    say(LARDER_LOG_DEBUG, "leptonica: %.*s", (int)len, msg);
+    larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_DEBUG, "leptonica: %.*s", (int)len, msg);
 }
 
 /* Process-wide settings, once, before the first engine exists. */
@@ -306,7 +223,8 @@ static void global_setup(void)
          * its own thread, which is what a thread limit of 1 does. */
         setenv("OMP_THREAD_LIMIT", "1", 0);
         g_serial_omp = true;
-        say(LARDER_LOG_INFO, "OMP_THREAD_LIMIT was unset: OCR runs on 1 thread per request");
+        larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_INFO,
+                      "OMP_THREAD_LIMIT was unset: OCR runs on 1 thread per request");
     }
     setMsgSeverity(L_SEVERITY_NONE);
     leptSetStderrHandler(leptonica_message);
@@ -334,12 +252,13 @@ static int engine_new(const struct config *cfg, TessBaseAPI **ret, char *err, si
     rc = api ? TessBaseAPIInit2(api, cfg->datapath, cfg->language, OEM_LSTM_ONLY) : -1;
     pthread_mutex_unlock(&g_create_lock);
     if (!api)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "cannot create a Tesseract engine");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM,
+                              "cannot create a Tesseract engine");
     if (rc != 0) {
         TessBaseAPIDelete(api);
-        return fail(err, errlen, LARDER_BACKEND_EMODEL,
-                    "Tesseract could not load language '%s' from %s (LSTM data needed)",
-                    cfg->language, cfg->datapath);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                              "Tesseract could not load language '%s' from %s (LSTM data needed)",
+                              cfg->language, cfg->datapath);
     }
     TessBaseAPISetPageSegMode(api, (TessPageSegMode)cfg->psm);
     *ret = api;
@@ -386,7 +305,7 @@ static int tess_load(const struct larder_option *opts, size_t n, void **ret_mode
     int rc;
 
     if (!m)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     rc = config_parse(opts, n, &m->cfg, NULL, err, errlen);
     if (rc == 0)
         rc = engine_new(&m->cfg, &m->spare, err, errlen);
@@ -396,8 +315,8 @@ static int tess_load(const struct larder_option *opts, size_t n, void **ret_mode
         return rc;
     }
     pthread_mutex_init(&m->lock, NULL);
-    say(LARDER_LOG_DEBUG, "loaded language %s from %s, psm %d", m->cfg.language,
-        m->cfg.datapath, m->cfg.psm);
+    larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_DEBUG, "loaded language %s from %s, psm %d",
+                  m->cfg.language, m->cfg.datapath, m->cfg.psm);
     *ret_model = m;
     return 0;
 }
@@ -467,7 +386,7 @@ static bool content_type_accepted(const char *ct)
     if (!ct || !*ct)
         return true;
     for (size_t i = 0; types[i]; i++)
-        if (media_is(ct, types[i]))
+        if (larder_pu_media_is(ct, types[i]))
             return true;
     return false;
 }
@@ -525,30 +444,31 @@ static int decode_image(const struct model *m, const struct larder_infer_request
     PIX *pix;
 
     if (!content_type_accepted(req->content_type))
-        return fail(err, errlen, LARDER_BACKEND_EMEDIA,
-                    "content type '%s' not accepted: send PNG, JPEG, PNM or TIFF",
-                    req->content_type);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMEDIA,
+                              "content type '%s' not accepted: send PNG, JPEG, PNM or TIFF",
+                              req->content_type);
     if (!req->body || req->body_len < 12)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "body too short to be an image");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "body too short to be an image");
     memcpy(head, req->body, 12);
     if (findFileFormatBuffer(head, &format) != 0 || format == IFF_UNKNOWN)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "body is not a known image format");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "body is not a known image format");
     if (!format_accepted(format))
-        return fail(err, errlen, LARDER_BACKEND_EMEDIA,
-                    "image format %s not accepted: send PNG, JPEG, PNM or TIFF",
-                    getFormatExtension(format));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMEDIA,
+                              "image format %s not accepted: send PNG, JPEG, PNM or TIFF",
+                              getFormatExtension(format));
     if (!body_complete(format, req->body, req->body_len))
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "%s image is truncated",
-                    getFormatExtension(format));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "%s image is truncated",
+                              getFormatExtension(format));
     if (pixReadHeaderMem(req->body, req->body_len, NULL, &w, &h, NULL, NULL, NULL) != 0 ||
         w <= 0 || h <= 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "cannot read the image header");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "cannot read the image header");
     if ((unsigned long long)w * (unsigned long long)h > m->cfg.max_pixels)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "image %dx%d is over max_pixels %llu",
-                    w, h, m->cfg.max_pixels);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "image %dx%d is over max_pixels %llu", w, h, m->cfg.max_pixels);
     pix = pixReadMem(req->body, req->body_len);
     if (!pix)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "cannot decode the image");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "cannot decode the image");
     *ret_pix = pix;
     return 0;
 }
@@ -565,11 +485,12 @@ static int reply_json(const char *text, int confidence, char **ret_json, char *e
         len--;
     obj = json_pack("{s:s%,s:i}", "text", text, len, "confidence", confidence);
     if (!obj)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "recognized text is not UTF-8");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
+                              "recognized text is not UTF-8");
     out = json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
     if (!out)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     *ret_json = out;
     return 0;
 }
@@ -584,7 +505,8 @@ static int tess_infer(void *model, void *instance, const struct larder_infer_req
     int rc, confidence;
 
     if (!m || !api || !req || !res)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without model or instance");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
+                              "called without model or instance");
     if ((rc = decode_image(m, req, &pix, err, errlen)) < 0)
         return rc;
     if (g_serial_omp)
@@ -596,27 +518,18 @@ static int tess_infer(void *model, void *instance, const struct larder_infer_req
     TessBaseAPIClear(api);
     pixDestroy(&pix);
     if (!text)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "Tesseract failed to recognize");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
+                              "Tesseract failed to recognize");
     memset(res, 0, sizeof(*res));
     rc = reply_json(text, confidence, &res->json, err, errlen);
     TessDeleteText(text);
     return rc;
 }
 
-static void tess_result_free(struct larder_infer_result *res)
-{
-    if (!res)
-        return;
-    free(res->json);
-    free(res->bytes);
-    free(res->content_type);
-    memset(res, 0, sizeof(*res));
-}
-
 static const struct larder_backend_ops ops = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
-    .name = "tesseract",
+    .name = BACKEND_NAME,
     .description = "Tesseract OCR (LSTM): image in, UTF-8 text and confidence out",
     .option_keys = option_keys,
     .check = tess_check,
@@ -627,16 +540,11 @@ static const struct larder_backend_ops ops = {
     .instance_free = tess_instance_free,
     .measure = NULL,
     .infer = tess_infer,
-    .result_free = tess_result_free,
+    .result_free = larder_pu_result_free,
 };
 
 /* The plugin's entry: returns its operations, or NULL for a host of another ABI major. */
-EXPORT const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host);
-
 const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host)
 {
-    if (host && host->abi_major != LARDER_BACKEND_ABI_MAJOR)
-        return NULL;
-    g_host = host;
-    return &ops;
+    return larder_pu_entry(host, &g_host, &ops);
 }

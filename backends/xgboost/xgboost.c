@@ -17,6 +17,8 @@
  */
 #include <larder/backend.h>
 
+#include "../common/plugin-util.h"
+
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
@@ -24,17 +26,16 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xgboost/c_api.h>
 
-#define EXPORT __attribute__((visibility("default")))
+/* The name of this backend, in its log lines and its operations table. */
+#define BACKEND_NAME "xgboost"
 
 #define DEFAULT_NTHREAD 1
 #define MAX_NTHREAD 256
@@ -74,93 +75,6 @@ static const struct larder_host *g_host;
 
 static const char *const option_keys[] = {"path", "nthread", "max_rows", NULL};
 
-/* ---- small helpers -------------------------------------------------------------------- */
-
-static void say(enum larder_log_level level, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-
-    if (!g_host || !g_host->log)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    g_host->log(level, "xgboost", line);
-}
-
-/* Writes a message into err (when given) and returns code. */
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static const char *opt_get(const struct larder_option *opts, size_t n, const char *key)
-{
-    const char *found = NULL;
-
-    for (size_t i = 0; i < n; i++)
-        if (opts[i].key && strcmp(opts[i].key, key) == 0)
-            found = opts[i].value; /* the last one wins, as in an INI file */
-    return found;
-}
-
-static int check_keys(const struct larder_option *opts, size_t n, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < n; i++) {
-        bool known = false;
-
-        if (!opts[i].key || !opts[i].value)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "option %zu has no key or value",
-                        i);
-        for (size_t k = 0; option_keys[k]; k++)
-            known = known || strcmp(opts[i].key, option_keys[k]) == 0;
-        if (!known)
-            return fail(err, errlen, LARDER_BACKEND_EOPTION, "unknown option '%s'",
-                        opts[i].key);
-    }
-    return 0;
-}
-
-/* Parses a whole decimal number in [lo, hi]. */
-static bool parse_ull(const char *s, unsigned long long lo, unsigned long long hi,
-                      unsigned long long *ret)
-{
-    char *end;
-    unsigned long long v;
-
-    if (!s || s[0] < '0' || s[0] > '9')
-        return false;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return false;
-    *ret = v;
-    return true;
-}
-
-/* True when the media type of ct (parameters and case ignored) is `type`. */
-static bool media_is(const char *ct, const char *type)
-{
-    size_t len = strlen(type);
-
-    while (*ct == ' ')
-        ct++;
-    if (strncasecmp(ct, type, len) != 0)
-        return false;
-    ct += len;
-    while (*ct == ' ')
-        ct++;
-    return *ct == '\0' || *ct == ';';
-}
-
 /* ---- configuration ---------------------------------------------------------------------- */
 
 static void config_clear(struct config *c)
@@ -172,18 +86,18 @@ static void config_clear(struct config *c)
 static int parse_numbers(const struct larder_option *opts, size_t n, struct config *cfg,
                          char *err, size_t errlen)
 {
-    const char *nthread = opt_get(opts, n, "nthread");
-    const char *max_rows = opt_get(opts, n, "max_rows");
+    const char *nthread = larder_pu_opt_get(opts, n, "nthread");
+    const char *max_rows = larder_pu_opt_get(opts, n, "max_rows");
     unsigned long long v = DEFAULT_NTHREAD;
 
-    if (nthread && !parse_ull(nthread, 1, MAX_NTHREAD, &v))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "nthread '%s': expected 1-%d",
-                    nthread, MAX_NTHREAD);
+    if (nthread && !larder_pu_parse_ull(nthread, 1, MAX_NTHREAD, &v))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "nthread '%s': expected 1-%d",
+                              nthread, MAX_NTHREAD);
     cfg->nthread = (unsigned)v;
     cfg->max_rows = DEFAULT_MAX_ROWS;
-    if (max_rows && !parse_ull(max_rows, 1, 1ULL << 32, &cfg->max_rows))
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "max_rows '%s': not a count",
-                    max_rows);
+    if (max_rows && !larder_pu_parse_ull(max_rows, 1, 1ULL << 32, &cfg->max_rows))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "max_rows '%s': not a count",
+                              max_rows);
     return 0;
 }
 
@@ -191,23 +105,25 @@ static int parse_numbers(const struct larder_option *opts, size_t n, struct conf
 static int config_parse(const struct larder_option *opts, size_t n, struct config *cfg,
                         uint64_t *ret_file_bytes, char *err, size_t errlen)
 {
-    const char *path = opt_get(opts, n, "path");
+    const char *path = larder_pu_opt_get(opts, n, "path");
     struct stat st;
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
-    if ((rc = check_keys(opts, n, err, errlen)) < 0 ||
+    if ((rc = larder_pu_check_keys(opts, n, option_keys, err, errlen)) < 0 ||
         (rc = parse_numbers(opts, n, cfg, err, errlen)) < 0)
         return rc;
     if (!path || !*path)
-        return fail(err, errlen, LARDER_BACKEND_EOPTION, "option 'path' (the model file) "
-                                                         "is required");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
+                              "option 'path' (the model file) is required");
     if (stat(path, &st) != 0 || access(path, R_OK) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: %s", path, strerror(errno));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: %s", path,
+                              strerror(errno));
     if (!S_ISREG(st.st_mode) || st.st_size == 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: not a model file", path);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: not a model file",
+                              path);
     if (!(cfg->path = strdup(path)))
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     if (ret_file_bytes)
         *ret_file_bytes = (uint64_t)st.st_size;
     return 0;
@@ -262,12 +178,12 @@ static int warm_up(struct model *md, char *err, size_t errlen)
     int rc;
 
     if (!zeros)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     rc = predict(md, &one, &shape, &dim, &out);
     free(zeros);
     if (rc != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s cannot predict: %s",
-                    md->cfg.path, XGBGetLastError());
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s cannot predict: %s",
+                              md->cfg.path, XGBGetLastError());
     return 0;
 }
 
@@ -293,16 +209,17 @@ static int booster_open(struct model *md, char *err, size_t errlen)
     snprintf(nthread, sizeof(nthread), "%u", md->cfg.nthread);
     if (XGBoosterCreate(NULL, 0, &md->booster) != 0 ||
         XGBoosterSetParam(md->booster, "nthread", nthread) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "XGBoost: %s", XGBGetLastError());
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "XGBoost: %s",
+                              XGBGetLastError());
     if (load_file(md) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "cannot load %s: %s", md->cfg.path,
-                    XGBGetLastError());
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "cannot load %s: %s",
+                              md->cfg.path, XGBGetLastError());
     if (XGBoosterGetNumFeature(md->booster, &md->n_features) != 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: %s", md->cfg.path,
-                    XGBGetLastError());
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: %s", md->cfg.path,
+                              XGBGetLastError());
     if (md->n_features == 0)
-        return fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s has no features",
-                    md->cfg.path);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s has no features",
+                              md->cfg.path);
     md->serialize = !is_tree_booster(md->booster);
     return warm_up(md, err, errlen);
 }
@@ -319,11 +236,11 @@ static json_t *rows_of(json_t *doc)
 static int row_copy(json_t *row, size_t r, size_t cols, float *out, char *err, size_t errlen)
 {
     if (!json_is_array(row))
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "row %zu is not an array", r);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "row %zu is not an array", r);
     if (json_array_size(row) != cols)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT,
-                    "row %zu has %zu values, the model expects %zu features", r,
-                    json_array_size(row), cols);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "row %zu has %zu values, the model expects %zu features", r,
+                              json_array_size(row), cols);
     for (size_t c = 0; c < cols; c++) {
         json_t *v = json_array_get(row, c);
 
@@ -332,11 +249,11 @@ static int row_copy(json_t *row, size_t r, size_t cols, float *out, char *err, s
         if (json_is_null(v))
             out[c] = NAN;
         else if (!json_is_number(v))
-            return fail(err, errlen, LARDER_BACKEND_EINPUT,
-                        "row %zu, value %zu is not a number", r, c);
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                                  "row %zu, value %zu is not a number", r, c);
         else if (fabs(d) > FLT_MAX)
-            return fail(err, errlen, LARDER_BACKEND_EINPUT,
-                        "row %zu, value %zu is out of the float range", r, c);
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                                  "row %zu, value %zu is out of the float range", r, c);
         else
             out[c] = (float)d;
     }
@@ -350,18 +267,18 @@ static int matrix_from_json(json_t *rows, const struct model *md, struct matrix 
     int rc = 0;
 
     if (!json_is_array(rows))
-        return fail(err, errlen, LARDER_BACKEND_EINPUT,
-                    "expected {\"rows\": [[...], ...]} or an array of rows");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "expected {\"rows\": [[...], ...]} or an array of rows");
     if (n == 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "no rows");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "no rows");
     if (n > md->cfg.max_rows)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "%zu rows: more than max_rows %llu", n,
-                    md->cfg.max_rows);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "%zu rows: more than max_rows %llu", n, md->cfg.max_rows);
     m->rows = n;
     m->cols = md->n_features;
     m->data = malloc(n * m->cols * sizeof(float));
     if (!m->data)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     for (size_t r = 0; rc == 0 && r < n; r++)
         rc = row_copy(json_array_get(rows, r), r, m->cols, m->data + r * m->cols, err, errlen);
     if (rc < 0) {
@@ -380,15 +297,17 @@ static int parse_request(const struct larder_infer_request *req, const struct mo
     json_t *doc;
     int rc;
 
-    if (ct && *ct && !media_is(ct, "application/json") && !media_is(ct, "text/json"))
-        return fail(err, errlen, LARDER_BACKEND_EMEDIA,
-                    "content type '%s' not accepted: send application/json", ct);
+    if (ct && *ct && !larder_pu_media_is(ct, "application/json") &&
+        !larder_pu_media_is(ct, "text/json"))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMEDIA,
+                              "content type '%s' not accepted: send application/json", ct);
     if (!req->body || req->body_len == 0)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "empty body");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "empty body");
     doc = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, &jerr);
     if (!doc)
-        return fail(err, errlen, LARDER_BACKEND_EINPUT, "bad JSON at line %d, column %d: %s",
-                    jerr.line, jerr.column, jerr.text);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
+                              "bad JSON at line %d, column %d: %s", jerr.line, jerr.column,
+                              jerr.text);
     rc = matrix_from_json(rows_of(doc), md, m, err, errlen);
     json_decref(doc);
     return rc;
@@ -432,11 +351,12 @@ static int predict_reply(struct model *md, const struct matrix *m, char **ret_js
         pthread_mutex_lock(&md->lock);
     rc = predict(md, m, &shape, &dim, &values);
     if (rc != 0)
-        rc = fail(err, errlen, LARDER_BACKEND_EINTERNAL, "XGBoost: %s", XGBGetLastError());
+        rc = larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "XGBoost: %s",
+                            XGBGetLastError());
     else if (dim < 1 || shape[0] != m->rows)
-        rc = fail(err, errlen, LARDER_BACKEND_EINTERNAL, "unexpected prediction shape");
+        rc = larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "unexpected prediction shape");
     else if ((rc = reply_json(shape, dim, values, m->rows, ret_json)) < 0)
-        fail(err, errlen, rc, "out of memory");
+        larder_pu_fail(err, errlen, rc, "out of memory");
     if (md->serialize)
         pthread_mutex_unlock(&md->lock);
     return rc;
@@ -486,7 +406,7 @@ static int xgb_load(const struct larder_option *opts, size_t n, void **ret_model
     int rc;
 
     if (!md)
-        return fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
     pthread_mutex_init(&md->lock, NULL);
     rc = config_parse(opts, n, &md->cfg, NULL, err, errlen);
     if (rc == 0)
@@ -495,8 +415,9 @@ static int xgb_load(const struct larder_option *opts, size_t n, void **ret_model
         xgb_unload(md);
         return rc;
     }
-    say(LARDER_LOG_DEBUG, "loaded %s: %" PRIu64 " features, %s", md->cfg.path,
-        (uint64_t)md->n_features, md->serialize ? "serialized" : "concurrent predictions");
+    larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_DEBUG, "loaded %s: %" PRIu64 " features, %s",
+                  md->cfg.path, (uint64_t)md->n_features,
+                  md->serialize ? "serialized" : "concurrent predictions");
     *ret_model = md;
     return 0;
 }
@@ -510,7 +431,7 @@ static int xgb_infer(void *model, void *instance, const struct larder_infer_requ
     int rc;
 
     if (!md || !req || !res)
-        return fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without a model");
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without a model");
     if ((rc = parse_request(req, md, &m, err, errlen)) < 0)
         return rc;
     rc = predict_reply(md, &m, &json, err, errlen);
@@ -522,20 +443,10 @@ static int xgb_infer(void *model, void *instance, const struct larder_infer_requ
     return 0;
 }
 
-static void xgb_result_free(struct larder_infer_result *res)
-{
-    if (!res)
-        return;
-    free(res->json);
-    free(res->bytes);
-    free(res->content_type);
-    memset(res, 0, sizeof(*res));
-}
-
 static const struct larder_backend_ops ops = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
-    .name = "xgboost",
+    .name = BACKEND_NAME,
     .description = "XGBoost prediction: JSON rows of features in, predictions out",
     .option_keys = option_keys,
     .check = xgb_check,
@@ -546,16 +457,11 @@ static const struct larder_backend_ops ops = {
     .instance_free = NULL,
     .measure = NULL,
     .infer = xgb_infer,
-    .result_free = xgb_result_free,
+    .result_free = larder_pu_result_free,
 };
 
 /* The plugin's entry: returns its operations, or NULL for a host of another ABI major. */
-EXPORT const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host);
-
 const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host)
 {
-    if (host && host->abi_major != LARDER_BACKEND_ABI_MAJOR)
-        return NULL;
-    g_host = host;
-    return &ops;
+    return larder_pu_entry(host, &g_host, &ops);
 }
