@@ -226,6 +226,7 @@ void larder__memory_record(struct larder *m, struct comp *c, double load_ms);
 int64_t larder__memory_tick(struct larder *m, int64_t now_ms); /* next tick time */
 struct larder__pressure;
 void larder__memory_pressure(struct larder *m, const struct larder__pressure *p);
+void larder__memory_make_room(struct larder *m, struct comp *c, uint64_t need);
 
 /* lease.c */
 int larder__acquire_comp(struct larder *m, struct waiter *w);

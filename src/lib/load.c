@@ -623,6 +623,7 @@ static void run_load(struct comp *c)
     struct larder *m = c->m;
     larder__emit_simple(m, LARDER_EVENT_LOAD_START, c, LARDER_REASON_NONE, 0);
     uint64_t need = estimate(c);
+    larder__memory_make_room(m, c, need);
     pthread_mutex_lock(&m->mu);
     int r = admit(m, c, need, m->opts.admission_timeout_ms);
     pthread_mutex_unlock(&m->mu);

@@ -205,6 +205,33 @@ void larder__memory_pressure(struct larder *m, const struct larder__pressure *p)
     pthread_mutex_unlock(&m->pressure_mu);
 }
 
+/* Before a load of `need` bytes: if it would take usage over the high watermark (a
+ * cgroup near its memory.max: the kernel would reclaim hard, then kill), idle components
+ * are evicted first, by policy, so the load lands under the limit. Runs on the loader
+ * thread with no lock held; c (the component loading) is never a victim. */
+void larder__memory_make_room(struct larder *m, struct comp *c, uint64_t need)
+{
+    struct usage u;
+    read_usage(m, NULL, &u);
+    uint64_t high = mark(u.limit, m->opts.high_watermark);
+    unsigned evicted = 0;
+    while (u.limit && u.usage + need > high) {
+        pthread_mutex_lock(&m->mu);
+        int k = larder__evict_one(m, c, LARDER_REASON_PRESSURE);
+        pthread_mutex_unlock(&m->mu);
+        if (k == 0)
+            break;
+        if (k == 3)
+            continue;
+        evicted++;
+        read_usage(m, NULL, &u);
+    }
+    if (evicted) {
+        atomic_fetch_add(&m->pressure_evictions, evicted);
+        malloc_trim(0);
+    }
+}
+
 /* The reaper's once-a-second work: a history sample and the watermark check. */
 int64_t larder__memory_tick(struct larder *m, int64_t now_ms)
 {
