@@ -803,7 +803,8 @@ static void info_fill(struct larder_component_info *i, struct comp *c, int64_t n
     i->waiters = c->n_waiters;
     i->estimate_bytes = c->estimate;
     i->estimate_source = c->est_src;
-    i->measured_bytes = c->measured;
+    /* a size learned from an earlier run is an estimate until this run measures */
+    i->measured_bytes = c->method == LARDER_MEASURE_NONE ? 0 : c->measured;
     i->measure_method = c->method;
     i->instance_bytes = c->inst_bytes;
     i->reserved_bytes = c->reserved;
