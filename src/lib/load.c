@@ -301,6 +301,11 @@ static void pick_one(struct comp *c, void *arg)
         ok = larder__comp_idle(c) && !c->pin && !c->draining && c->defined;
     if (ok) {
         c->ps.bytes = c->reserved;
+        /* Shared leases come back without the lock: their release time is idle_since
+         * (same clock as now_s, in ms). A long lease just returned is recent use. */
+        double back = (double)atomic_load(&c->idle_since_ms) / 1000.0;
+        if (back > c->ps.last_use)
+            c->ps.last_use = back;
         double s = p->m->policy->score(p->m->policy_state, &c->ps, p->now);
         if (!p->best || s < p->best_score) {
             p->best = c;
