@@ -101,7 +101,11 @@ struct comp {
     struct inst *free_inst;
     unsigned n_inst;
     unsigned n_busy;
-    atomic_uint leases;       /* taken under c->mu; shared-class releases drop it lock-free */
+    /* Live leases (low 32 bits) and warm grants made without c->mu (high 32 bits,
+     * wrapping), folded into the statistics by larder__sync_hits(). */
+    _Atomic uint64_t lh;
+    atomic_bool open;         /* warm grants of a shared class may skip c->mu (lease.c) */
+    uint32_t hits_seen;       /* high half of lh already folded */
     unsigned orphans;         /* leases counted at close that still hold the manager */
     atomic_uint cv_waiters;   /* threads waiting on c->cv: releases broadcast only then */
     _Atomic(larder_lease *) spare; /* free lease structs: pushed lock-free, popped under c->mu */
@@ -237,6 +241,19 @@ void larder__expire_async(struct comp *c, int64_t now, struct waiter **ret_done,
                           int64_t *next_deadline);
 bool larder__comp_idle(const struct comp *c);
 void larder__mark_idle(struct comp *c);
+#define LARDER__LH_HIT (UINT64_C(1) << 32)
+static inline unsigned larder__leases(const struct comp *c)
+{
+    return (unsigned)(uint32_t)atomic_load(&((struct comp *)c)->lh);
+}
+/* c->mu held: opens the lock-free warm path when c can serve shared leases, else closes
+ * it. Call after any change of state, draining, definition or closing. */
+void larder__gate(struct comp *c);
+/* c->mu held: closes the warm path, then tells whether c is idle. When it is not, the
+ * path is reopened as it was. A true answer keeps it closed: no lease can appear. */
+bool larder__seal_idle(struct comp *c);
+/* c->mu held: folds the warm grants made without the lock into hits and the policy. */
+void larder__sync_hits(struct comp *c);
 /* idle, loaded, unpinned with a ttl: when its ttl runs out; else 0. c->mu held. */
 int64_t larder__expiry(const struct comp *c);
 void larder__cv_broadcast(struct comp *c);

@@ -57,6 +57,58 @@ static void complete(struct waiter *w, int err, struct waiter **ret_done)
     }
 }
 
+/* ---- the lock-free warm path -------------------------------------------------------
+ *
+ * A loaded shared-class component serves warm leases without taking c->mu: an acquire
+ * checks c->open, adds one lease and one hit to c->lh in a single atomic add, and checks
+ * c->open again. Whoever wants to stop new leases (eviction, drain, close) clears c->open
+ * under c->mu and then reads the lease count. Both sides use sequentially consistent
+ * operations, so at least one sees the other: either the acquirer sees the gate closed
+ * (and gives its lease back) or the closer sees the lease (and does not evict).
+ * Hits taken this way are handed to the policy later, spread over the time since the
+ * last fold, by larder__sync_hits(). */
+
+void larder__gate(struct comp *c)
+{
+    bool ok = !c->pooled && c->state == LARDER_STATE_READY && c->defined && !c->draining &&
+              !atomic_load(&c->m->closing);
+    atomic_store(&c->open, ok);
+}
+
+bool larder__seal_idle(struct comp *c)
+{
+    atomic_store(&c->open, false);
+    if (larder__comp_idle(c))
+        return true;
+    larder__gate(c);
+    return false;
+}
+
+void larder__sync_hits(struct comp *c)
+{
+    uint32_t hi = (uint32_t)(atomic_load(&c->lh) >> 32);
+    uint32_t pending = hi - c->hits_seen;
+    if (!pending)
+        return;
+    c->hits_seen = hi;
+    c->hits += pending;
+    struct larder *m = c->m;
+    double last = larder__leases(c) ? larder__now_s()
+                                    : (double)atomic_load(&c->idle_since_ms) / 1000.0;
+    double prev = c->ps.last_use < last ? c->ps.last_use : last;
+    /* The policy sees at most 16 of them, evenly spaced: the rate is right, the cost of
+     * a fold is bounded. */
+    unsigned k = pending > 16 ? 16 : pending;
+    c->ps.hits += pending - k;
+    for (unsigned i = 1; i <= k; i++) {
+        double t = prev + (last - prev) * (double)i / (double)k;
+        c->ps.hits++;
+        c->ps.last_use = t;
+        if (m->policy->on_hit)
+            m->policy->on_hit(m->policy_state, &c->ps, t);
+    }
+}
+
 /* ---- granting (c->mu held) ------------------------------------------------------ */
 
 /* Hands a lease to w if c can serve now. Returns false when it cannot. */
@@ -64,9 +116,10 @@ static bool try_grant(struct comp *c, struct waiter *w, bool cold)
 {
     if (c->state != LARDER_STATE_READY || (c->pooled && !c->free_inst))
         return false;
+    larder__sync_hits(c);
     if (!c->pooled && !cold && !w->cold && w->requested == c) {
         /* Warm and direct: every such lease of c looks the same, so they share one. */
-        atomic_fetch_add_explicit(&c->leases, 1, memory_order_relaxed);
+        atomic_fetch_add(&c->lh, 1);
         c->hits++;
         c->ps.hits++;
         c->ps.last_use = larder__now_s();
@@ -104,7 +157,7 @@ static bool try_grant(struct comp *c, struct waiter *w, bool cold)
         l->wait_ms = larder__now_ms_precise() - w->start_precise_ms;
         c->cold_starts++;
     }
-    atomic_fetch_add_explicit(&c->leases, 1, memory_order_relaxed);
+    atomic_fetch_add(&c->lh, 1);
     c->hits++;
     if (w->requested != c)
         c->fallbacks_served++;
@@ -156,7 +209,7 @@ void larder__expire_async(struct comp *c, int64_t now, struct waiter **ret_done,
 
 bool larder__comp_idle(const struct comp *c)
 {
-    return c->state == LARDER_STATE_READY && atomic_load(&c->leases) == 0 && !c->growing &&
+    return c->state == LARDER_STATE_READY && larder__leases(c) == 0 && !c->growing &&
            !c->freeing &&
            c->n_waiters == 0;
 }
@@ -184,7 +237,7 @@ void larder__mark_idle(struct comp *c)
 int64_t larder__expiry(const struct comp *c)
 {
     if (c->state != LARDER_STATE_READY || c->ttl_ms < 0 || c->pin ||
-        atomic_load(&c->leases) != 0)
+        larder__leases(c) != 0)
         return 0;
     return atomic_load_explicit(&c->idle_since_ms, memory_order_relaxed) + c->ttl_ms;
 }
@@ -401,7 +454,17 @@ int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease
     struct comp *c = larder__lookup(m, name);
     if (!c)
         return LARDER_ENOTFOUND;
-    /* Warm path: one component lock, no waiter set-up. */
+    if (atomic_load_explicit(&c->open, memory_order_relaxed)) {
+        atomic_fetch_add(&c->lh, LARDER__LH_HIT | 1);
+        if (atomic_load(&c->open)) {
+            *ret_lease = &c->warm;
+            return 0;
+        }
+        /* Closed meanwhile: this grant never happened. */
+        atomic_fetch_sub(&c->lh, LARDER__LH_HIT);
+        larder_release(&c->warm);
+    }
+    /* Warm path of pooled classes: one component lock, no waiter set-up. */
     pthread_mutex_lock(&c->mu);
     if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
         !atomic_load_explicit(&m->closing, memory_order_relaxed)) {
@@ -569,7 +632,8 @@ static void release_locked(struct larder *m, struct comp *c, struct inst *inst, 
 {
     struct waiter *done = NULL;
     pthread_mutex_lock(&c->mu);
-    unsigned left = dec ? atomic_fetch_sub(&c->leases, 1) - 1 : atomic_load(&c->leases);
+    unsigned left = dec ? (unsigned)(uint32_t)(atomic_fetch_sub(&c->lh, 1) - 1)
+                        : larder__leases(c);
     if (inst) {
         c->n_busy--;
         inst->next = c->free_inst;
@@ -577,7 +641,7 @@ static void release_locked(struct larder *m, struct comp *c, struct inst *inst, 
         c->ps.last_use = larder__now_s();
         if (c->wq_head)
             larder__dispatch(c, false, &done);
-        left = atomic_load(&c->leases);
+        left = larder__leases(c);
     }
     if (c->orphans > left) {
         c->orphans--;
@@ -604,7 +668,7 @@ larder_lease *larder_release(larder_lease *l)
         release_locked(m, c, inst, true, &idle, &drop);
     } else {
         /* Shared model: no instance to hand back, so no lock unless someone waits. */
-        idle = atomic_fetch_sub(&c->leases, 1) == 1;
+        idle = (uint32_t)atomic_fetch_sub(&c->lh, 1) == 1;
         if (idle)
             went_idle(c, larder__now_ms_coarse());
         if (atomic_load(&m->closing) || (idle && atomic_load(&c->cv_waiters)))

@@ -130,6 +130,7 @@ static void cancel_job(struct job *j)
     pthread_mutex_lock(&c->mu);
     if (j->kind == JOB_LOAD) {
         c->state = LARDER_STATE_UNLOADED;
+        larder__gate(c);
         clear_preload(c);
         larder__fail_waiters(c, LARDER_ECLOSED, &done);
     } else {
@@ -303,6 +304,7 @@ static void pick_one(struct comp *c, void *arg)
         c->ps.bytes = c->reserved;
         /* Shared leases come back without the lock: their release time is idle_since
          * (same clock as now_s, in ms). A long lease just returned is recent use. */
+        larder__sync_hits(c);
         double back = (double)atomic_load(&c->idle_since_ms) / 1000.0;
         if (back > c->ps.last_use)
             c->ps.last_use = back;
@@ -352,6 +354,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     struct inst *insts = c->free_inst;
     uint64_t bytes = c->reserved;
     c->state = LARDER_STATE_UNLOADING;
+    larder__gate(c);
     c->free_inst = NULL;
     c->n_inst = 0;
     if (why != LARDER_REASON_CLOSE)
@@ -421,12 +424,22 @@ int larder__evict_one_gpu(struct larder *m, struct comp *except, enum larder_evi
     if (!p.best)
         return 0;
     pthread_mutex_lock(&p.best->mu);
-    if (!larder__comp_idle(p.best) || p.best->pin) {
+    if (p.best->pin || !larder__seal_idle(p.best)) {
         pthread_mutex_unlock(&p.best->mu);
         return 3; /* changed meanwhile: tell the caller to look again */
     }
     evict_taken(m, p.best, why);
     return 1;
+}
+
+/* At close, waiters do not keep a component loaded (they are being failed). */
+static bool seal_idle_closing(struct comp *c)
+{
+    atomic_store(&c->open, false);
+    bool idle = larder__leases(c) == 0 && !c->growing && !c->freeing;
+    if (!idle)
+        larder__gate(c);
+    return idle;
 }
 
 int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why)
@@ -436,8 +449,7 @@ int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reas
     int r = 0;
     if (c->state != LARDER_STATE_READY) {
         pthread_mutex_unlock(&c->mu);
-    } else if (atomic_load(&c->leases) || c->growing || c->freeing ||
-               (c->n_waiters && why != LARDER_REASON_CLOSE)) {
+    } else if (!(why == LARDER_REASON_CLOSE ? seal_idle_closing(c) : larder__seal_idle(c))) {
         pthread_mutex_unlock(&c->mu);
         r = LARDER_EINUSE;
     } else {
@@ -479,6 +491,7 @@ static void load_failed(struct comp *c, int err, const char *msg, bool cooldown,
     } else {
         c->state = LARDER_STATE_UNLOADED;
     }
+    larder__gate(c);
     clear_preload(c);
     larder__fail_waiters(c, err, &done);
     larder__cv_broadcast(c);
@@ -595,6 +608,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
         c->measured = ld->measured;
     c->method = ld->method;
     c->state = LARDER_STATE_READY;
+    larder__gate(c);
     c->loads++;
     c->load_ms_last = ld->ms;
     c->load_ms_sum += ld->ms;
@@ -613,7 +627,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
         c->growing = true;
         larder__submit(m, &c->grow_job);
     }
-    if (atomic_load(&c->leases) == 0)
+    if (larder__leases(c) == 0)
         larder__mark_idle(c);
     larder__cv_broadcast(c);
     struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_LOAD_DONE,
@@ -696,7 +710,7 @@ static void grow_done(struct comp *c, struct inst *i, uint64_t learned, const ch
             c->growing = true;
             larder__submit(m, &c->grow_job);
         }
-        if (atomic_load(&c->leases) == 0)
+        if (larder__leases(c) == 0)
             larder__mark_idle(c);
     } else if (err) {
         snprintf(c->last_msg, sizeof c->last_msg, "instance: %s", err);
@@ -798,8 +812,9 @@ static void reap_one(struct comp *c, void *arg)
         return;
     pthread_mutex_lock(&m->mu);
     pthread_mutex_lock(&c->mu);
+    larder__sync_hits(c);
     int64_t again = larder__expiry(c);
-    if (again && again <= a->now && larder__comp_idle(c))
+    if (again && again <= a->now && larder__seal_idle(c))
         evict_taken(m, c, LARDER_REASON_TTL);
     else
         pthread_mutex_unlock(&c->mu);

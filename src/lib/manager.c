@@ -255,6 +255,7 @@ static void close_waiters(struct comp *c, void *arg)
 {
     struct waiter *done = NULL;
     pthread_mutex_lock(&c->mu);
+    larder__gate(c);
     larder__fail_waiters(c, LARDER_ECLOSED, &done);
     larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
@@ -270,7 +271,7 @@ static void close_unload(struct comp *c, void *arg)
 static void close_count(struct comp *c, void *arg)
 {
     pthread_mutex_lock(&c->mu);
-    c->orphans = atomic_load(&c->leases);
+    c->orphans = larder__leases(c);
     atomic_fetch_add(&c->m->refs, (int)c->orphans);
     pthread_mutex_unlock(&c->mu);
 }
@@ -561,7 +562,7 @@ static int wait_quiet(struct comp *c, int64_t timeout_ms)
     int r = 0;
     /* Counted before looking: a release that empties c after the look will see it. */
     atomic_fetch_add(&c->cv_waiters, 1);
-    while (atomic_load(&c->leases) > 0 || c->state == LARDER_STATE_LOADING ||
+    while (larder__leases(c) > 0 || c->state == LARDER_STATE_LOADING ||
            c->state == LARDER_STATE_UNLOADING || c->growing || c->freeing) {
         if (deadline < 0) {
             pthread_cond_wait(&c->cv, &c->mu);
@@ -592,6 +593,7 @@ static int drain(struct comp *c, int64_t timeout_ms)
 {
     struct waiter *done = NULL;
     c->draining = true;
+    larder__gate(c);
     if (c->preload_pending) { /* an unload cancels a preload that has not finished */
         c->preload_pending = false;
         atomic_fetch_sub(&c->m->preload_pending, 1);
@@ -603,8 +605,10 @@ static int drain(struct comp *c, int64_t timeout_ms)
         pthread_mutex_lock(&c->mu);
     }
     int r = wait_quiet(c, timeout_ms);
-    if (r < 0)
+    if (r < 0) {
         c->draining = false;
+        larder__gate(c);
+    }
     return r;
 }
 
@@ -646,6 +650,7 @@ static int drain_unload(struct larder *m, const char *name, int64_t timeout_ms,
     pthread_mutex_lock(&c->mu);
     if (r < 0) {
         c->draining = false;
+        larder__gate(c);
         larder__cv_broadcast(c);
         pthread_mutex_unlock(&c->mu);
         return r;
@@ -663,6 +668,7 @@ int larder_unload(larder *m, const char *name, int64_t timeout_ms)
     c->draining = false;
     if (c->state == LARDER_STATE_FAILED)
         c->state = LARDER_STATE_UNLOADED;
+    larder__gate(c);
     larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
     return 0;
@@ -679,6 +685,7 @@ int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
     c->defined = false;
     c->draining = false;
     c->state = LARDER_STATE_UNLOADED;
+    larder__gate(c);
     c->ud_free = NULL;
     c->ud = NULL;
     larder__cv_broadcast(c);
@@ -785,6 +792,7 @@ static char *dup_or_null(const char *s)
 
 static void info_fill(struct larder_component_info *i, struct comp *c, int64_t now)
 {
+    larder__sync_hits(c);
     i->name = strdup(c->name);
     i->class_name = dup_or_null(c->cls ? c->cls->name : NULL);
     i->fallback = dup_or_null(c->fallback);
@@ -799,7 +807,7 @@ static void info_fill(struct larder_component_info *i, struct comp *c, int64_t n
     i->instances = c->n_inst;
     i->instances_busy = c->n_busy;
     i->instances_max = c->max_inst;
-    i->leases = atomic_load(&c->leases);
+    i->leases = larder__leases(c);
     i->waiters = c->n_waiters;
     i->estimate_bytes = c->estimate;
     i->estimate_source = c->est_src;
