@@ -800,6 +800,8 @@ static void reap_one(struct comp *c, void *arg)
     struct larder *m = a->m;
     struct waiter *done = NULL;
     pthread_mutex_lock(&c->mu);
+    /* At least once a second (the memory tick): the lock-free hit counter is 32 bits */
+    larder__sync_hits(c);
     if (c->n_async)
         larder__expire_async(c, a->now, &done, &a->next);
     int64_t exp = larder__expiry(c);
