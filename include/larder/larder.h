@@ -54,6 +54,12 @@ enum {
     LARDER_ECYCLE = -20014,    /* a fallback chain loops back on itself */
 };
 
+/* instance_new may return this (without setting *ret_instance) when the model turns
+ * out to need no instances: the component then shares its model between all leases,
+ * as if its class had no instance_new. For classes that learn it only at load time
+ * (a plugin host, say). */
+#define LARDER_INSTANCE_SHARED 1
+
 /* Special ttl values (milliseconds). */
 #define LARDER_TTL_DEFAULT INT64_MIN /* use the manager's default (5 minutes) */
 #define LARDER_TTL_NEVER (-1)        /* stay loaded until evicted or unloaded */

@@ -55,7 +55,6 @@ struct loaded {
     void *model;
 };
 
-static char shared_instance; /* the instance of plugins that share their model */
 
 /* ---- host services -------------------------------------------------------------------- */
 
@@ -355,10 +354,8 @@ static int cls_instance_new(void *ud, void *model, void **ret_instance, char *er
 {
     struct loaded *l = model;
     char msg[PLUGIN_ERRLEN] = "";
-    if (!l->ops->instance_new) {
-        *ret_instance = &shared_instance;
-        return 0;
-    }
+    if (!l->ops->instance_new)
+        return LARDER_INSTANCE_SHARED; /* thread-safe model: leases share it */
     void *inst = NULL;
     int r = l->ops->instance_new(l->model, &inst, msg, sizeof msg);
     if (r < 0) {
@@ -372,7 +369,7 @@ static int cls_instance_new(void *ud, void *model, void **ret_instance, char *er
 static void cls_instance_free(void *ud, void *model, void *instance)
 {
     struct loaded *l = model;
-    if (l->ops->instance_new && instance != &shared_instance)
+    if (l->ops->instance_new)
         l->ops->instance_free(l->model, instance);
 }
 

@@ -519,6 +519,8 @@ static void release_reservation(struct comp *c)
 struct loaded {
     void *model;
     void *inst;
+    bool has_inst;    /* inst is an instance (which may be a NULL pointer) */
+    bool shared;      /* instance_new said the model is shared after all */
     double ms;
     uint64_t measured;
     enum larder_measure_method method;
@@ -532,18 +534,20 @@ static int call_load(struct comp *c, struct loaded *out)
     bool alone = atomic_fetch_add(&m->loads_running, 1) == 0 &&
                  atomic_load(&m->unloads_running) == 0;
     uint64_t rss0 = larder__rss_bytes();
-    int64_t t0 = larder__now_ms();
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     out->err[0] = '\0';
     int r = c->cls->load(c->ud, &out->model, out->err, sizeof out->err);
     if (r >= 0 && c->pooled) {
         r = c->cls->instance_new(c->ud, out->model, &out->inst, out->err, sizeof out->err);
+        out->shared = r == LARDER_INSTANCE_SHARED;
+        out->has_inst = r >= 0 && !out->shared;
+        if (out->shared)
+            out->inst = NULL;
         if (r < 0)
             c->cls->unload(c->ud, out->model);
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
-    (void)t0;
     out->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
     uint64_t rss1 = larder__rss_bytes();
     alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone &&
@@ -565,7 +569,7 @@ static int call_load(struct comp *c, struct loaded *out)
 
 static void undo_load(struct comp *c, struct loaded *ld)
 {
-    if (ld->inst)
+    if (ld->has_inst)
         c->cls->instance_free(c->ud, ld->model, ld->inst);
     c->cls->unload(c->ud, ld->model);
     if (c->m->opts.trim_after_unload)
@@ -589,7 +593,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
     struct larder *m = c->m;
     struct waiter *done = NULL;
     struct inst *i = NULL;
-    if (ld->inst && !(i = malloc(sizeof *i))) {
+    if (ld->has_inst && !(i = malloc(sizeof *i))) {
         undo_load(c, ld);
         release_reservation(c);
         load_failed(c, -ENOMEM, NULL, false, ld->ms);
@@ -598,6 +602,11 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
     pthread_mutex_lock(&m->mu);
     pthread_mutex_lock(&c->mu);
     c->model = ld->model;
+    if (ld->shared) {
+        /* Known only now (a plugin opened by this load): every lease shares the model. */
+        c->pooled = false;
+        c->max_inst = 0;
+    }
     if (i) {
         i->ptr = ld->inst;
         i->next = NULL;
