@@ -101,6 +101,9 @@ static void print_model(json_t *m)
              (long long)json_integer_value(json_object_get(in, "created")));
     if (max)
         snprintf(inst + strlen(inst), sizeof inst - strlen(inst), " (max %lld)", (long long)max);
+    else if (!json_integer_value(json_object_get(in, "created")))
+        snprintf(inst, sizeof inst, "shared (%lld)", (long long)json_integer_value(
+                                                         json_object_get(m, "leases")));
     fmt_expires(m, exp, sizeof exp);
     printf("%-24s %-10s %-14s %-12s %s\n", json_string_value(json_object_get(m, "name")),
            json_string_value(json_object_get(m, "state")), inst, mem, exp);
