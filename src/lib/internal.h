@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #define LARDER__ERRLEN 256
 #define LARDER__MAX_HOPS 8
@@ -212,6 +213,9 @@ int64_t larder__now_ms(void);
 int64_t larder__now_ms_coarse(void);
 double larder__now_s(void);
 double larder__now_ms_precise(void);
+/* Absolute CLOCK_MONOTONIC time left_ms from now (clamped to [0, 1 day]), for the
+ * condition variables, which all use that clock. */
+void larder__abstime(int64_t left_ms, struct timespec *ts);
 struct comp *larder__lookup(struct larder *m, const char *name);
 void larder__emit(struct larder *m, const struct larder_event *ev);
 void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,

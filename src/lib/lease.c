@@ -294,20 +294,6 @@ static int submit_waiter(struct comp *c, struct waiter *w)
     return 0;
 }
 
-static void timespec_at(struct timespec *ts, int64_t at_ms)
-{
-    int64_t left = at_ms - larder__now_ms();
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    if (left < 0)
-        left = 0;
-    ts->tv_sec += left / 1000;
-    ts->tv_nsec += (left % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000;
-    }
-}
-
 /* Blocking: waits on w->cv until answered or the deadline. c->mu held. */
 static void wait_answer(struct comp *c, struct waiter *w)
 {
@@ -323,7 +309,7 @@ static void wait_answer(struct comp *c, struct waiter *w)
             break;
         }
         struct timespec ts;
-        timespec_at(&ts, w->deadline_ms);
+        larder__abstime(w->deadline_ms - larder__now_ms(), &ts);
         pthread_cond_timedwait(&w->cv, &c->mu, &ts);
     }
 }

@@ -219,18 +219,8 @@ static void charge(struct larder *m, struct comp *c, int64_t bytes)
 static void wait_budget(struct larder *m, int64_t deadline)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t left = deadline - larder__now_ms();
-    if (left > 1000)
-        left = 1000;
-    if (left < 0)
-        left = 0;
-    ts.tv_sec += left / 1000;
-    ts.tv_nsec += (left % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    larder__abstime(left > 1000 ? 1000 : left, &ts);
     pthread_cond_timedwait(&m->budget_cv, &m->mu, &ts);
 }
 
@@ -840,14 +830,7 @@ static void *reaper_main(void *arg)
         int64_t now = larder__now_ms();
         if (!m->reaper_kick && now < atomic_load(&m->reaper_wake_ms)) {
             struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            int64_t left = atomic_load(&m->reaper_wake_ms) - now;
-            ts.tv_sec += left / 1000;
-            ts.tv_nsec += (left % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            larder__abstime(atomic_load(&m->reaper_wake_ms) - now, &ts);
             pthread_cond_timedwait(&m->reaper_cv, &m->reaper_mu, &ts);
             continue;
         }

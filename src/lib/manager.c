@@ -25,6 +25,21 @@ int64_t larder__now_ms_coarse(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void larder__abstime(int64_t left_ms, struct timespec *ts)
+{
+    if (left_ms < 0)
+        left_ms = 0;
+    if (left_ms > 86400000)
+        left_ms = 86400000; /* callers re-check their deadline after a wake-up */
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += left_ms / 1000;
+    ts->tv_nsec += (left_ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
 double larder__now_ms_precise(void)
 {
     struct timespec ts;
@@ -574,13 +589,7 @@ static int wait_quiet(struct comp *c, int64_t timeout_ms)
             break;
         }
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        larder__abstime(left, &ts);
         pthread_cond_timedwait(&c->cv, &c->mu, &ts);
     }
     atomic_fetch_sub(&c->cv_waiters, 1);
