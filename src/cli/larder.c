@@ -349,17 +349,17 @@ static int find_daemon(struct cli *c)
 
 struct command {
     const char *name;
-    int min_args, max_args; /* NAMEs or files after the command */
-    unsigned opts;          /* OPT_* it takes */
-    bool daemon;            /* talks to a daemon */
+    const char *operand; /* what follows the command, exactly one; NULL: nothing */
+    unsigned opts;       /* OPT_* it takes */
+    bool daemon;         /* talks to a daemon; else --config FILE may be the operand */
     int (*run)(struct cli *c, char **args);
 };
 
 static const struct command commands[] = {
-    {"ps", 0, 0, OPT_URL | OPT_CONFIG | OPT_ALL | OPT_TOKEN, true, cmd_ps},
-    {"load", 1, 1, OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_load},
-    {"unload", 1, 1, OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_unload},
-    {"check", 0, 1, OPT_CONFIG, false, cmd_check}, /* CONFIG, or --config CONFIG */
+    {"ps", NULL, OPT_URL | OPT_CONFIG | OPT_ALL | OPT_TOKEN, true, cmd_ps},
+    {"load", "model NAME", OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_load},
+    {"unload", "model NAME", OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_unload},
+    {"check", "CONFIG file", OPT_CONFIG, false, cmd_check},
 };
 
 static const char *opt_name(unsigned bit)
@@ -369,6 +369,17 @@ static const char *opt_name(unsigned bit)
 }
 
 enum parsed { PARSED, SHOW_HELP, SHOW_VERSION };
+
+/* The option getopt stopped at, as given: a long one whole, a short one alone ("-x" of
+ * "-ax"). */
+static const char *spelling(const char *arg)
+{
+    static char one[3] = "-?";
+    if (strncmp(arg, "--", 2) == 0)
+        return arg;
+    one[1] = (char)optopt;
+    return one;
+}
 
 /* Parses options anywhere on the line; the other arguments are moved to argv[*first..].
  * Returns a `enum parsed` or, after a message, -2. */
@@ -391,11 +402,8 @@ static int parse_options(int argc, char **argv, struct cli *c, int *first)
         case 'a': c->all = true; c->given |= OPT_ALL; break;
         case 'h': r = SHOW_HELP; break;
         case 'V': if (r == PARSED) r = SHOW_VERSION; break;
-        case ':': return -bad_usage("option '%s' needs a value", argv[optind - 1]);
-        default:
-            if (optopt)
-                return -bad_usage("unknown option '-%c'", optopt);
-            return -bad_usage("unknown option '%s'", argv[optind - 1]);
+        case ':': return -bad_usage("option '%s' needs a value", spelling(argv[optind - 1]));
+        default: return -bad_usage("unknown option '%s'", spelling(argv[optind - 1]));
         }
     }
     *first = optind;
@@ -436,12 +444,10 @@ int main(int argc, char **argv)
     for (unsigned bit = 1; bit <= OPT_CONFIG; bit <<= 1)
         if ((c.given & bit) && !(cmd->opts & bit))
             return bad_usage("%s does not take %s", name, opt_name(bit));
-    if (cmd->max_args == 0 && nargs > 0)
+    if (!cmd->operand && nargs > 0)
         return bad_usage("%s: unexpected argument '%s'", name, args[0]);
-    if (cmd->run == cmd_check && nargs + (c.config != NULL) != 1)
-        return bad_usage("check needs one CONFIG file");
-    if (cmd->min_args == 1 && nargs != 1)
-        return bad_usage("%s needs one model NAME", name);
+    if (cmd->operand && nargs + (!cmd->daemon && c.config) != 1)
+        return bad_usage("%s needs one %s", name, cmd->operand);
     if (!c.token) {
         const char *env = getenv("LARDER_TOKEN");
         c.token = env && *env ? env : NULL;

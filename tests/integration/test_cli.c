@@ -90,6 +90,7 @@ static void test_usage_errors(void **state)
         {"--frobnicate", "unknown option '--frobnicate'", 2},
         {"ps -x", "unknown option '-x'", 2},
         {"ps --url", "option '--url' needs a value", 2},
+        {"ps -au", "option '-u' needs a value", 2},
         {"ps extra", "ps: unexpected argument 'extra'", 2},
         {"load", "load needs one model NAME", 2},
         {"unload a b", "unload needs one model NAME", 2},
