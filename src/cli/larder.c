@@ -1,21 +1,28 @@
 /* larder: the command-line front end of larderd.
  *
  *   larder serve --config FILE [--listen HOST:PORT] ...   run the daemon (as larderd)
- *   larder ps [--all] [--url URL]                          models loaded (or all)
- *   larder load NAME [--url URL] [--token TOKEN]           load a model now
- *   larder unload NAME [--url URL] [--token TOKEN]         drain and unload a model
+ *   larder ps [--all] [--url URL | --config FILE]         models loaded (or all)
+ *   larder load NAME [--url URL | --config FILE] [--token TOKEN]     load a model now
+ *   larder unload NAME [--url URL | --config FILE] [--token TOKEN]   drain and unload it
  *   larder check CONFIG                                    validate a config, load nothing
+ *   larder --version | --help
  *
- * The admin token comes from --token or $LARDER_TOKEN; the URL from --url or $LARDER_URL,
- * default http://127.0.0.1:8377.
+ * The daemon is at --url URL, else the [server] listen address of --config FILE (a
+ * wildcard address taken as loopback), else $LARDER_URL, else http://127.0.0.1:8377. The
+ * admin token comes from --token or $LARDER_TOKEN. Exit status: 0 done, 1 failed, 2 the
+ * command line is wrong; each error is one line on stderr.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "client.h"
@@ -23,33 +30,59 @@
 #include "daemon.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8377"
-#define TIMEOUT_MS 600000
+#define CONNECT_TIMEOUT_MS 10000
+#define TIMEOUT_MS 600000 /* a load may take minutes */
+
+/* The options a command may take. */
+enum { OPT_URL = 1, OPT_TOKEN = 2, OPT_ALL = 4, OPT_CONFIG = 8 };
 
 struct cli {
-    const char *url;
-    const char *token;
+    const char *url_opt;  /* --url */
+    const char *config;   /* --config */
+    const char *token;    /* --token, else $LARDER_TOKEN */
     bool all;
+    unsigned given;       /* OPT_* on the command line */
+    char url[300];        /* the daemon's URL, as messages name it */
     struct larder__url u;
 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: larder serve --config FILE [--listen HOST:PORT] [--log-format text|json]\n"
-               "       larder ps [--all] [--url URL]\n"
-               "       larder load NAME [--url URL] [--token TOKEN]\n"
-               "       larder unload NAME [--url URL] [--token TOKEN]\n"
-               "       larder check CONFIG\n"
-               "The admin token may also come from $LARDER_TOKEN, the URL from $LARDER_URL\n"
-               "(default " DEFAULT_URL ").\n");
+    fprintf(f,
+            "usage: larder serve --config FILE [--listen HOST:PORT] [--log-format text|json]\n"
+            "                    [--log-level error|warn|info|debug]\n"
+            "       larder ps [--all] [--url URL | --config FILE]\n"
+            "       larder load NAME [--url URL | --config FILE] [--token TOKEN]\n"
+            "       larder unload NAME [--url URL | --config FILE] [--token TOKEN]\n"
+            "       larder check CONFIG\n"
+            "       larder --version | --help\n"
+            "\n"
+            "  serve   run the daemon in the foreground, as larderd does\n"
+            "  ps      the models loaded now (--all: every model of the config)\n"
+            "  load    load a model now (admin)\n"
+            "  unload  drain a model and unload it (admin)\n"
+            "  check   validate a config as start-up does, loading nothing (exit 1 on errors)\n"
+            "\n"
+            "The daemon is at --url URL, else [server] listen of --config FILE, else $LARDER_URL,\n"
+            "else " DEFAULT_URL "; a wildcard listen address (0.0.0.0, ::) means\n"
+            "loopback. The admin token is --token TOKEN, else $LARDER_TOKEN.\n");
 }
 
-/* Prints the daemon's error reply, or the transport error. Returns 1. */
-static int report(const char *what, int r, const struct larder__http_response *resp)
+/* A command-line error: one line, exit status 2. */
+__attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
 {
-    if (r < 0) {
-        fprintf(stderr, "larder: %s: %s\n", what, strerror(-r));
-        return 1;
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("larder: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("; try 'larder --help'\n", stderr);
+    va_end(ap);
+    return 2;
+}
+
+/* Prints the daemon's error reply. Returns 1. */
+static int report(const char *what, const struct larder__http_response *resp)
+{
     json_t *o = json_loads(resp->body, 0, NULL);
     const char *msg = json_string_value(json_object_get(json_object_get(o, "error"), "message"));
     fprintf(stderr, "larder: %s: HTTP %d: %s\n", what, resp->status, msg ? msg : resp->body);
@@ -57,6 +90,8 @@ static int report(const char *what, int r, const struct larder__http_response *r
     return 1;
 }
 
+/* One request to the daemon. Returns 0 with *resp filled in (any HTTP status), or a
+ * negative errno after saying which URL could not be reached. */
 static int call(struct cli *c, const char *method, const char *path,
                 struct larder__http_response *resp)
 {
@@ -66,7 +101,18 @@ static int call(struct cli *c, const char *method, const char *path,
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->token);
         headers[0] = auth;
     }
-    return larder__http_request(&c->u, method, path, headers, NULL, NULL, 0, TIMEOUT_MS, resp);
+    int fd = larder__http_connect(&c->u, CONNECT_TIMEOUT_MS);
+    if (fd < 0) {
+        fprintf(stderr, "larder: cannot reach larderd at %s: %s\n", c->url, strerror(-fd));
+        return fd;
+    }
+    int r = larder__http_send(fd, &c->u, method, path, headers, NULL, NULL, 0);
+    if (r == 0)
+        r = larder__http_read(fd, TIMEOUT_MS, resp);
+    close(fd);
+    if (r < 0)
+        fprintf(stderr, "larder: no answer from larderd at %s: %s\n", c->url, strerror(-r));
+    return r;
 }
 
 /* ---- ps ---------------------------------------------------------------------------------- */
@@ -109,18 +155,25 @@ static void print_model(json_t *m)
            json_string_value(json_object_get(m, "state")), inst, mem, exp);
 }
 
-static int cmd_ps(struct cli *c)
+static int cmd_ps(struct cli *c, char **args)
 {
     struct larder__http_response resp = {0};
-    int r = call(c, "GET", "/v1/models", &resp);
-    if (r < 0 || resp.status != 200) {
-        r = report("ps", r, &resp);
+    if (call(c, "GET", "/v1/models", &resp) < 0)
+        return 1;
+    if (resp.status != 200) {
+        report("ps", &resp);
         larder__http_response_clear(&resp);
-        return r;
+        return 1;
     }
     json_t *o = json_loads(resp.body, 0, NULL);
     json_t *models = json_object_get(o, "models"), *m;
     size_t i;
+    if (!json_is_array(models)) {
+        fprintf(stderr, "larder: ps: %s answered with no model list\n", c->url);
+        json_decref(o);
+        larder__http_response_clear(&resp);
+        return 1;
+    }
     printf("%-24s %-10s %-14s %-12s %s\n", "NAME", "STATE", "INSTANCES", "MEMORY", "EXPIRES");
     json_array_foreach(models, i, m) {
         const char *state = json_string_value(json_object_get(m, "state"));
@@ -129,105 +182,280 @@ static int cmd_ps(struct cli *c)
     }
     json_decref(o);
     larder__http_response_clear(&resp);
-    return o ? 0 : 1;
+    return 0;
 }
 
 /* ---- load / unload ------------------------------------------------------------------------ */
 
+/* Appends s to buf percent-encoded as one path segment. */
+static void append_segment(char *buf, size_t len, const char *s)
+{
+    size_t n = strlen(buf);
+    for (; *s && n + 4 < len; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            strchr("-._~", ch))
+            buf[n++] = (char)ch;
+        else
+            n += (size_t)snprintf(buf + n, len - n, "%%%02X", ch);
+    }
+    buf[n] = 0;
+}
+
 static int cmd_admin(struct cli *c, const char *verb, const char *name)
 {
-    char path[512];
+    char path[1024] = "/v1/models/";
     struct larder__http_response resp = {0};
     if (!c->token) {
         fprintf(stderr, "larder: %s needs an admin token (--token or $LARDER_TOKEN)\n", verb);
         return 1;
     }
-    snprintf(path, sizeof path, "/v1/models/%s/%s", name, verb);
-    int r = call(c, "POST", path, &resp);
-    if (r < 0 || resp.status / 100 != 2) {
+    append_segment(path, sizeof path - 16, name);
+    snprintf(path + strlen(path), sizeof path - strlen(path), "/%s", verb);
+    if (call(c, "POST", path, &resp) < 0)
+        return 1;
+    if (resp.status / 100 != 2) {
         char what[300];
         snprintf(what, sizeof what, "%s %s", verb, name);
-        r = report(what, r, &resp);
+        report(what, &resp);
         larder__http_response_clear(&resp);
-        return r;
+        return 1;
     }
     json_t *o = json_loads(resp.body, 0, NULL);
+    const char *state = json_string_value(json_object_get(o, "state"));
     json_t *ms = json_object_get(o, "load_ms");
     if (ms)
-        printf("%s: %s (%s, %.0f ms)\n", name, json_string_value(json_object_get(o, "state")),
+        printf("%s: %s (%s, %.0f ms)\n", name, state ? state : "?",
                json_is_true(json_object_get(o, "cold_start")) ? "loaded now" : "already loaded",
                json_number_value(ms));
     else
-        printf("%s: %s\n", name, json_string_value(json_object_get(o, "state")));
+        printf("%s: %s\n", name, state ? state : "?");
     json_decref(o);
     larder__http_response_clear(&resp);
     return 0;
 }
 
+static int cmd_load(struct cli *c, char **args)
+{
+    return cmd_admin(c, "load", args[0]);
+}
+
+static int cmd_unload(struct cli *c, char **args)
+{
+    return cmd_admin(c, "unload", args[0]);
+}
+
+/* ---- check ---------------------------------------------------------------------------------- */
+
+/* check's findings go to stdout through this, which notes whether an error was among
+ * them: a file check could not read is reported by check itself, and only once. */
+static ssize_t tee_write(void *cookie, const char *buf, size_t size)
+{
+    if (memmem(buf, size, "error: ", 7))
+        *(bool *)cookie = true;
+    return (ssize_t)fwrite(buf, 1, size, stdout);
+}
+
+static int cmd_check(struct cli *c, char **args)
+{
+    const char *file = args[0] ? args[0] : c->config;
+    bool reported = false;
+    FILE *out = fopencookie(&reported, "w", (cookie_io_functions_t){.write = tee_write});
+    if (out)
+        setvbuf(out, NULL, _IOLBF, 0);
+    int errors = larder__check_config(file, out ? out : stdout);
+    if (out)
+        fclose(out);
+    if (errors < 0 && !reported)
+        fprintf(stderr, "larder: check %s: %s\n", file, strerror(-errors));
+    return errors == 0 ? 0 : 1;
+}
+
+/* ---- finding the daemon --------------------------------------------------------------------- */
+
+/* The URL that messages name: http://HOST:PORT, IPv6 hosts in brackets. */
+static void format_url(struct cli *c)
+{
+    bool v6 = strchr(c->u.host, ':') != NULL;
+    snprintf(c->url, sizeof c->url, "http://%s%s%s:%s", v6 ? "[" : "", c->u.host,
+             v6 ? "]" : "", c->u.port);
+}
+
+/* The address to connect to for a daemon that listens on host: loopback for a wildcard. */
+static const char *connect_host(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1 && a4.s_addr == htonl(INADDR_ANY))
+        return "127.0.0.1";
+    if (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_UNSPECIFIED(&a6))
+        return "::1";
+    return host;
+}
+
+/* The daemon of config file `file`. Returns 0 or an exit status. */
+static int url_from_config(struct cli *c, const char *file)
+{
+    char err[1024];
+    struct larder__config *conf = NULL;
+    if (larder__config_load(file, &conf, err, sizeof err) < 0) {
+        fprintf(stderr, "larder: %s\n", err);
+        return 1;
+    }
+    const char *host = connect_host(conf->listen_host);
+    int r = 0;
+    if (conf->listen_port == 0) {
+        fprintf(stderr, "larder: %s listens on any free port (:0); give --url\n", file);
+        r = 1;
+    } else if (strlen(host) >= sizeof c->u.host) {
+        fprintf(stderr, "larder: %s: listen host too long\n", file);
+        r = 1;
+    } else {
+        strcpy(c->u.host, host);
+        snprintf(c->u.port, sizeof c->u.port, "%u", conf->listen_port);
+    }
+    larder__config_free(conf);
+    return r;
+}
+
+/* Fills in c->u and c->url: --url, else --config, else $LARDER_URL, else the default.
+ * Returns 0 or an exit status. */
+static int find_daemon(struct cli *c)
+{
+    const char *url = c->url_opt, *from = "--url";
+    if (!url && c->config) {
+        int r = url_from_config(c, c->config);
+        if (r == 0)
+            format_url(c);
+        return r;
+    }
+    if (!url) {
+        url = getenv("LARDER_URL");
+        from = "$LARDER_URL";
+    }
+    if (!url || !*url) {
+        url = DEFAULT_URL;
+        from = "the default";
+    }
+    if (larder__url_parse(url, &c->u) < 0) {
+        fprintf(stderr, "larder: bad URL '%s' (%s; expected http://HOST:PORT)\n", url, from);
+        return 2;
+    }
+    format_url(c);
+    return 0;
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
-static int parse_common(int argc, char **argv, struct cli *c)
+struct command {
+    const char *name;
+    const char *operand; /* what follows the command, exactly one; NULL: nothing */
+    unsigned opts;       /* OPT_* it takes */
+    bool daemon;         /* talks to a daemon; else --config FILE may be the operand */
+    int (*run)(struct cli *c, char **args);
+};
+
+static const struct command commands[] = {
+    {"ps", NULL, OPT_URL | OPT_CONFIG | OPT_ALL | OPT_TOKEN, true, cmd_ps},
+    {"load", "model NAME", OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_load},
+    {"unload", "model NAME", OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_unload},
+    {"check", "CONFIG file", OPT_CONFIG, false, cmd_check},
+};
+
+static const char *opt_name(unsigned bit)
+{
+    return bit == OPT_URL ? "--url" : bit == OPT_TOKEN ? "--token" : bit == OPT_ALL ? "--all"
+                                                                                : "--config";
+}
+
+enum parsed { PARSED, SHOW_HELP, SHOW_VERSION };
+
+/* The option getopt stopped at, as given: a long one whole, a short one alone ("-x" of
+ * "-ax"). */
+static const char *spelling(const char *arg)
+{
+    static char one[3] = "-?";
+    if (strncmp(arg, "--", 2) == 0)
+        return arg;
+    one[1] = (char)optopt;
+    return one;
+}
+
+/* Parses options anywhere on the line; the other arguments are moved to argv[*first..].
+ * Returns a `enum parsed` or, after a message, -2. */
+static int parse_options(int argc, char **argv, struct cli *c, int *first)
 {
     static const struct option opts[] = {
-        {"url", required_argument, NULL, 'u'}, {"token", required_argument, NULL, 't'},
-        {"all", no_argument, NULL, 'a'},       {"help", no_argument, NULL, 'h'},
+        {"url", required_argument, NULL, 'u'},    {"token", required_argument, NULL, 't'},
+        {"config", required_argument, NULL, 'c'}, {"all", no_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    int ch;
+    int ch, r = PARSED;
+    opterr = 0;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "u:t:ah", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":u:t:c:ahV", opts, NULL)) != -1) {
         switch (ch) {
-        case 'u': c->url = optarg; break;
-        case 't': c->token = optarg; break;
-        case 'a': c->all = true; break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'u': c->url_opt = optarg; c->given |= OPT_URL; break;
+        case 't': c->token = optarg; c->given |= OPT_TOKEN; break;
+        case 'c': c->config = optarg; c->given |= OPT_CONFIG; break;
+        case 'a': c->all = true; c->given |= OPT_ALL; break;
+        case 'h': r = SHOW_HELP; break;
+        case 'V': if (r == PARSED) r = SHOW_VERSION; break;
+        case ':': return -bad_usage("option '%s' needs a value", spelling(argv[optind - 1]));
+        default: return -bad_usage("unknown option '%s'", spelling(argv[optind - 1]));
         }
     }
-    if (larder__url_parse(c->url, &c->u) < 0) {
-        fprintf(stderr, "larder: bad URL '%s' (http://HOST:PORT)\n", c->url);
-        return -1;
-    }
-    return optind;
+    *first = optind;
+    return r;
 }
 
 int main(int argc, char **argv)
 {
-    struct cli c = {.url = getenv("LARDER_URL"), .token = getenv("LARDER_TOKEN")};
-    if (!c.url || !*c.url)
-        c.url = DEFAULT_URL;
-    if (c.token && !*c.token)
-        c.token = NULL;
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0)
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0)
         return larder__daemon_main("larder serve", argc - 1, argv + 1);
-    if (strcmp(cmd, "check") == 0) {
-        if (argc != 3) {
-            usage(stderr);
-            return 2;
-        }
-        int errors = larder__check_config(argv[2], stdout);
-        if (errors < 0)
-            fprintf(stderr, "larder: %s: %s\n", argv[2], strerror(-errors));
-        return errors == 0 ? 0 : 1;
-    }
-    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+    struct cli c = {0};
+    int first = argc, p = parse_options(argc, argv, &c, &first);
+    if (p < 0)
+        return -p;
+    if (p == SHOW_HELP || (first < argc && strcmp(argv[first], "help") == 0)) {
         usage(stdout);
         return 0;
     }
-    int first = parse_common(argc - 1, argv + 1, &c);
-    if (first < 0)
+    if (p == SHOW_VERSION) {
+        printf("larder %s\n", LARDER_VERSION);
+        return 0;
+    }
+    if (first == argc) {
+        usage(stderr);
         return 2;
-    int rest = argc - 1 - first;
-    char **args = argv + 1 + first;
-    if (strcmp(cmd, "ps") == 0 && rest == 0)
-        return cmd_ps(&c);
-    if ((strcmp(cmd, "load") == 0 || strcmp(cmd, "unload") == 0) && rest == 1)
-        return cmd_admin(&c, cmd, args[0]);
-    usage(stderr);
-    return 2;
+    }
+    const char *name = argv[first];
+    char **args = argv + first + 1;
+    int nargs = argc - first - 1;
+    if (strcmp(name, "serve") == 0)
+        return bad_usage("'serve' comes first, its options after it");
+    const struct command *cmd = NULL;
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            cmd = &commands[i];
+    if (!cmd)
+        return bad_usage("unknown command '%s'", name);
+    for (unsigned bit = 1; bit <= OPT_CONFIG; bit <<= 1)
+        if ((c.given & bit) && !(cmd->opts & bit))
+            return bad_usage("%s does not take %s", name, opt_name(bit));
+    if (!cmd->operand && nargs > 0)
+        return bad_usage("%s: unexpected argument '%s'", name, args[0]);
+    if (cmd->operand && nargs + (!cmd->daemon && c.config) != 1)
+        return bad_usage("%s needs one %s", name, cmd->operand);
+    if (!c.token) {
+        const char *env = getenv("LARDER_TOKEN");
+        c.token = env && *env ? env : NULL;
+    }
+    if (cmd->daemon) {
+        int r = find_daemon(&c);
+        if (r)
+            return r;
+    }
+    return cmd->run(&c, args);
 }
