@@ -12,13 +12,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "selfpath.h"
 
-#ifndef LARDER_INSTALL_BACKEND_DIR
-#define LARDER_INSTALL_BACKEND_DIR "/usr/local/lib/larder/backends"
-#endif
-#ifndef LARDER_BUILD_BACKEND_DIR
-#define LARDER_BUILD_BACKEND_DIR LARDER_INSTALL_BACKEND_DIR
-#endif
 
 #define PLUGIN_ERRLEN 512
 
@@ -93,13 +88,10 @@ const char *larder__backend_dir(const struct larder__config *c)
     const char *env = getenv("LARDER_BACKEND_DIR");
     if (c && c->backend_dir)
         return c->backend_dir;
-    struct stat st;
     if (env && *env)
         return env;
-    /* The build tree's plugins while it exists, else the installed ones. */
-    if (stat(LARDER_BUILD_BACKEND_DIR, &st) == 0 && S_ISDIR(st.st_mode))
-        return LARDER_BUILD_BACKEND_DIR;
-    return LARDER_INSTALL_BACKEND_DIR;
+    /* The build tree's plugins for a program of the build tree, else the installed ones. */
+    return larder__default_backend_dir();
 }
 
 int larder__backends_new(const char *dir, struct larder__backends **ret_backends)

@@ -22,7 +22,8 @@ struct larder__backends;
 struct larder__backend;
 
 /* The backend directory to use: the config's, else $LARDER_BACKEND_DIR, else the build
- * tree's backends/ while it exists, else the installed one. Never NULL. */
+ * tree's backends/ for a program of the build tree, else the installed one (see
+ * larder__default_backend_dir in selfpath.h). Never NULL. */
 const char *larder__backend_dir(const struct larder__config *c);
 
 /* Creates a registry for `dir` (copied). Errors: -ENOMEM. */
