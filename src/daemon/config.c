@@ -887,9 +887,16 @@ static bool check_line(struct parser *p, const char *s, size_t len)
     return true;
 }
 
-/* inih's reader: one line per call, so the parser's line count is inih's. Leading
- * blanks are cut (larderd has no multi-line values: an indented line is a line like any
- * other), and lines inih would misread are reported here and handed over blank. */
+/* inih's reader: one line per call, so the parser's line count is inih's.
+ *
+ * Debian 12's libinih (55) is built with its defaults: it does not stop at the first
+ * error but only returns that error's line number when done; it reads an indented line
+ * after a key as a continuation of that key's value; a header without its ']' leaves
+ * the section as it was, so the keys after it would be filed under the section before;
+ * inline comments start at a ';' after a blank; lines have 200 bytes. So the reader
+ * checks each line itself, the same way, and reports every one that inih would refuse,
+ * misread or cut; such lines are handed over blank. Leading blanks are cut: larderd has
+ * no multi-line values, and an indented line is a line like any other. */
 static char *read_line(char *str, int num, void *stream)
 {
     struct parser *p = stream;
