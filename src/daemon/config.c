@@ -22,6 +22,7 @@
 #define INI_NAME_MAX 49
 #define MAX_NAME (INI_NAME_MAX - 6) /* after "model." */
 #define MAX_LINE 196                /* characters of a line, without its newline */
+#define LINE_BUF 512                /* bytes of a line read, before it is known too long */
 #define MAX_ERRORS 100              /* then reading stops */
 #define MAX_KEYS 16                 /* of any one of larderd's sections */
 
@@ -46,8 +47,7 @@ struct error_rec {
 struct parser {
     struct larder__config *c;
     FILE *f;
-    char *buf;                    /* the raw line */
-    size_t cap;
+    char buf[LINE_BUF];           /* the raw line */
     unsigned line;                /* the line inih is handling */
     bool stop;                    /* read no further: fatal error or too many errors */
     bool oom;
@@ -897,27 +897,51 @@ static bool check_line(struct parser *p, const char *s, size_t len)
  * checks each line itself, the same way, and reports every one that inih would refuse,
  * misread or cut; such lines are handed over blank. Leading blanks are cut: larderd has
  * no multi-line values, and an indented line is a line like any other. */
+/* Reads the next line into p->buf, keeping at most LINE_BUF - 1 bytes of it (the rest
+ * of a longer one is skipped, *cut says so), so that no file makes it allocate: not
+ * one of a single enormous line, nor /dev/zero (it stops at a NUL byte, *nul).
+ * Returns the length kept, newline included, or -1 at the end of the file or on error. */
+static ssize_t next_line(struct parser *p, bool *cut, bool *nul)
+{
+    size_t n = 0;
+    int ch;
+    *cut = *nul = false;
+    while ((ch = getc_unlocked(p->f)) != EOF) {
+        if (ch == 0) {
+            *nul = true;
+            return (ssize_t)n;
+        }
+        if (n < LINE_BUF - 1)
+            p->buf[n++] = (char)ch;
+        else
+            *cut = true;
+        if (ch == '\n')
+            break;
+    }
+    p->buf[n] = 0;
+    return n || *cut ? (ssize_t)n : -1;
+}
+
 static char *read_line(char *str, int num, void *stream)
 {
     struct parser *p = stream;
     /* Lines that fit inih's buffer with their newline; Debian's libinih has 200 bytes. */
     size_t max = num > 2 && (size_t)num - 2 < MAX_LINE ? (size_t)num - 2 : MAX_LINE;
+    bool cut, nul;
     if (p->stop || num < 2)
         return NULL;
     errno = 0;
-    ssize_t n = getline(&p->buf, &p->cap, p->f);
-    if (n < 0) {
+    ssize_t n = next_line(p, &cut, &nul);
+    if (n < 0 || ferror(p->f)) {
         if (ferror(p->f))
             fail_file(p, errno ? -errno : -EIO, "read error after line %u: %s", p->line,
                       strerror(errno ? errno : EIO));
-        else if (errno == ENOMEM)
-            out_of_memory(p);
         return NULL;
     }
     p->line++;
     char *s = p->buf;
     size_t len = (size_t)n;
-    if (memchr(s, 0, len)) {
+    if (nul) {
         fail(p, NULL, "NUL byte: not a text file (stopped reading here)");
         p->stop = true;
         return strcpy(str, "\n");
@@ -928,7 +952,7 @@ static char *read_line(char *str, int num, void *stream)
     }
     while (len && (s[len - 1] == '\n' || s[len - 1] == '\r'))
         len--;
-    if (len > max) {
+    if (cut || len > max) {
         fail(p, NULL, "line longer than %zu characters", max);
         return strcpy(str, "\n");
     }
@@ -1260,7 +1284,6 @@ int larder__config_load_all(const char *file, struct larder__config **ret_config
     }
     if (p.f)
         fclose(p.f);
-    free(p.buf);
     if (!p.stop)
         check_models(&p);
     int r = p.rc;

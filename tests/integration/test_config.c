@@ -710,6 +710,22 @@ static void test_unreadable_files(void **state)
     assert_int_equal(larder__config_load_all(p, &c, collect, &s), -EINVAL);
     assert_int_equal(s.n, 1);
     assert_text(&s, 0, "nul.ini:3: NUL byte");
+    /* not a file of lines: it stops at once rather than reading all of it */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(larder__config_load_all("/dev/zero", &c, collect, &s), -EINVAL);
+    assert_int_equal(s.n, 1);
+    assert_text(&s, 0, "/dev/zero:1: NUL byte");
+    size_t huge = 8u << 20;
+    char *line = malloc(huge + 32);
+    assert_non_null(line);
+    strcpy(line, "[server]\nbogus = ");
+    memset(line + strlen(line), 'x', huge);
+    strcpy(line + huge, "\nthreads = 2\n");
+    memset(&s, 0, sizeof s);
+    assert_int_equal(load_all(line, &s, NULL), -EINVAL);
+    free(line);
+    assert_int_equal(s.n, 1);
+    assert_text(&s, 0, "t.ini:2: line longer than 196 characters");
     /* an empty config is loaded, and says so */
     static const char *const empty[] = {"", "\n\n   \n\t\n", "; nothing\n# here\n",
                                         "[server]\n[memory]\n"};
