@@ -694,25 +694,24 @@ static void close_section(struct parser *p)
     p->ks = NULL;
 }
 
+/* An unknown section (reported with its name as the error's section). */
 static void unknown_section(struct parser *p, const char *s)
 {
     static const char *const fixed[] = {"server", "memory", NULL};
     static const char *const model[] = {"model", NULL};
-    const char *dot = strchr(s, '.'), *near;
-    char prefix[INI_NAME_MAX + 1];
-    if (!*s) {
-        fail(p, NULL, "empty section name []");
-        return;
-    }
+    const char *dot = strchr(s, '.'), *near = NULL;
+    char prefix[INI_NAME_MAX + 1], hint[INI_NAME_MAX + 48] = "";
     snprintf(prefix, sizeof prefix, "%.*s", (int)(dot ? dot - s : (ptrdiff_t)strlen(s)), s);
     if (dot && larder__config_suggest(prefix, model))
-        fail(p, NULL, "unknown section [%s] (did you mean [model.%s]?)", s, dot + 1);
+        snprintf(hint, sizeof hint, " (did you mean [model.%s]?)", dot + 1);
     else if (!dot && (near = larder__config_suggest(s, fixed)))
-        fail(p, NULL, "unknown section [%s] (did you mean [%s]?)", s, near);
+        snprintf(hint, sizeof hint, " (did you mean [%s]?)", near);
     else if (!dot && larder__config_suggest(s, model))
-        fail(p, NULL, "unknown section [%s] (a model's section is [model.NAME])", s);
+        snprintf(hint, sizeof hint, " (a model's section is [model.NAME])");
+    if (!*s)
+        fail_at(p, p->line, s, NULL, "empty section name []");
     else
-        fail(p, NULL, "unknown section [%s]", s);
+        fail_at(p, p->line, s, NULL, "unknown section [%s]%s", s, hint);
 }
 
 /* A "[section]" header at the current line. */
@@ -1278,7 +1277,8 @@ int larder__config_load_all(const char *file, struct larder__config **ret_config
         if (ir == -2)
             out_of_memory(&p);
         else if (ir > 0 && !p.rc)
-            fail_at(&p, (unsigned)ir, NULL, NULL, "syntax error (expected [section] or key = value)");
+            fail_at(&p, (unsigned)ir, NULL, NULL,
+                    "syntax error (expected [section] or key = value)");
         if (!p.stop)
             close_section(&p);
     }

@@ -518,20 +518,34 @@ static void test_suggest(void **state)
 
 static void test_unknown_keys_did_you_mean(void **state)
 {
-    expect_fail("[server]\nlisen = 80\n", "t.ini:2: [server] lisen: unknown key (did you mean 'listen'?)");
-    expect_fail("[server]\nmax_bdy = 1MiB\n", "[server] max_bdy: unknown key (did you mean 'max_body'?)");
-    expect_fail("[memory]\nbudgte = 1GiB\n", "t.ini:2: [memory] budgte: unknown key (did you mean 'budget'?)");
+    expect_fail("[server]\nlisen = 80\n",
+                "t.ini:2: [server] lisen: unknown key (did you mean 'listen'?)");
+    expect_fail("[server]\nmax_bdy = 1MiB\n",
+                "[server] max_bdy: unknown key (did you mean 'max_body'?)");
+    expect_fail("[memory]\nbudgte = 1GiB\n",
+                "t.ini:2: [memory] budgte: unknown key (did you mean 'budget'?)");
     expect_fail("[memory]\nlow_watermrak = 50%\n", "(did you mean 'low_watermark'?)");
-    expect_fail("[server]\nbudget = 1GiB\n", "t.ini:2: [server] budget: unknown key (it belongs in [memory])");
-    expect_fail("[memory]\nthreads = 2\n", "[memory] threads: unknown key (it belongs in [server])");
-    expect_fail("[memory]\nbackend = x\n", "[memory] backend: unknown key (it belongs in a [model.NAME] section)");
+    expect_fail("[server]\nbudget = 1GiB\n",
+                "t.ini:2: [server] budget: unknown key (it belongs in [memory])");
+    expect_fail("[memory]\nthreads = 2\n",
+                "[memory] threads: unknown key (it belongs in [server])");
+    expect_fail("[memory]\nbackend = x\n",
+                "[memory] backend: unknown key (it belongs in a [model.NAME] section)");
     expect_fail("[server]\nzzzz = 1\n", "t.ini:2: [server] zzzz: unknown key");
+    struct seen s;
+    load_all("[sever]\nlisten = 80\n", &s, NULL);
+    assert_int_equal(s.n, 1); /* its keys are skipped */
+    assert_string_equal(s.section[0], "sever");
+    assert_string_equal(s.key[0], "");
     const char *e = load("[server]\nzzzz = 1\n", NULL);
     assert_null(strstr(e, "did you mean"));
-    expect_fail("[sever]\nlisten = 80\n", "t.ini:1: unknown section [sever] (did you mean [server]?)");
+    expect_fail("[sever]\nlisten = 80\n",
+                "t.ini:1: unknown section [sever] (did you mean [server]?)");
     expect_fail("[Memory]\n", "t.ini:1: unknown section [Memory] (did you mean [memory]?)");
-    expect_fail("[modle.ocr]\nbackend = x\n", "t.ini:1: unknown section [modle.ocr] (did you mean [model.ocr]?)");
-    expect_fail("[model]\nbackend = x\n", "t.ini:1: unknown section [model] (a model's section is [model.NAME])");
+    expect_fail("[modle.ocr]\nbackend = x\n",
+                "t.ini:1: unknown section [modle.ocr] (did you mean [model.ocr]?)");
+    expect_fail("[model]\nbackend = x\n",
+                "t.ini:1: unknown section [model] (a model's section is [model.NAME])");
     expect_fail("[model.abc]\nbackend = x\n[model.b]\nbackend = x\nfallback = acb\n",
                 "t.ini:5: [model.b] fallback: names no [model.*] section (did you mean 'abc'?)");
     expect_fail("[model.ocr-eng]\nbackend = x\n[model.b]\nbackend = x\nfallback = ocr-en\n",
@@ -665,7 +679,8 @@ static void test_budget_forms(void **state)
     expect_fail("[memory]\nbudget = 0B\n", "t.ini:2: [memory] budget: value out of range");
     expect_fail("[memory]\nbudget = lots\n", "t.ini:2: [memory] budget: bad value 'lots'");
     /* the last budget given wins its form: a size after a fraction clears the fraction */
-    expect_fail("[memory]\nbudget = 50%\nbudget = 1GiB\n", "t.ini:3: [memory] budget: key given twice");
+    expect_fail("[memory]\nbudget = 50%\nbudget = 1GiB\n",
+                "t.ini:3: [memory] budget: key given twice");
 }
 
 /* ---- unreadable and empty files ---------------------------------------------------- */
