@@ -119,11 +119,11 @@ void larder__config_report_print(void *ud, const struct larder__config_error *e)
  *
  * Returns 0 and *ret_config (free it with larder__config_free) when there is no error;
  * ret_config may be NULL to check a file only. Otherwise sets *ret_config (when not
- * NULL) to NULL and returns a negative errno: -EINVAL for errors in
- * the text, the open or read error for a file that cannot be read (-ENOENT, -EACCES,
- * -EISDIR for a directory, -EIO, ...; reported with line 0 and no key), -ENOMEM. A file
- * that is empty or holds only blank lines and comments is not an error: it loads with
- * n_models == 0 and n_settings == 0. */
+ * NULL) to NULL and returns a negative errno: -EINVAL for errors in the text; the open
+ * or read error for a file that cannot be read (-ENOENT, -EACCES, -EISDIR for a
+ * directory, -EIO, ...; reported with line 0 and no key), also when errors in the lines
+ * before a read error were reported; -ENOMEM. A file that is empty or holds only blank
+ * lines and comments is not an error: it loads with n_models == 0 and n_settings == 0. */
 int larder__config_load_all(const char *file, struct larder__config **ret_config,
                             larder__config_report_fn report, void *ud);
 
@@ -145,8 +145,9 @@ const char *const *larder__config_model_keys(void);
  * in backend_keys is reported through report (may be NULL), in config order, as an
  * error with file c->file, the option's line, section "model.NAME", the key, and
  *   message  "unknown key for backend 'B'" or "unknown key for backend 'B' (did you
- *            mean 'K'?)", K found by larder__config_suggest among larderd's model keys
- *            first, then backend_keys (so `instnaces` suggests `instances`);
+ *            mean 'K'?)", K the nearest of larderd's model keys and backend_keys by the
+ *            rule of larder__config_suggest, larderd's winning a tie (so `instnaces`
+ *            suggests `instances`, and `langauge` a backend's `language`);
  *   text     "FILE:LINE: [model.NAME] KEY: unknown key for backend 'B' (did you mean 'K'?)".
  * Returns the number of unknown keys (0: all known). Any thread; c is not changed. */
 size_t larder__config_check_model_keys(const struct larder__config *c,
