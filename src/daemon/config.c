@@ -23,7 +23,7 @@
 #define MAX_NAME (INI_NAME_MAX - 6) /* after "model." */
 #define MAX_LINE 196                /* characters of a line, without its newline */
 #define LINE_BUF 512                /* bytes of a line read, before it is known too long */
-#define MAX_ERRORS 100              /* then reading stops */
+#define MAX_ERRORS 100              /* then reading and checking stop */
 #define MAX_KEYS 16                 /* of any one of larderd's sections */
 
 enum section_kind {
@@ -99,7 +99,7 @@ static void add_error_v(struct parser *p, int rc, unsigned line, const char *sec
     char *msg = NULL;
     bool failed = false;
     if (p->n_errs == MAX_ERRORS) {
-        msg = strdup("too many errors: stopped reading here");
+        msg = strdup("too many errors: stopped here");
         section = key = NULL;
         p->stop = true;
     } else if (vasprintf(&msg, fmt, ap) < 0) {
@@ -1041,7 +1041,9 @@ static bool check_duplicates(struct parser *p)
 static void missing_fallback(struct parser *p, const struct larder__model_conf *m,
                              const char **names)
 {
-    const char *near = names ? larder__config_suggest(m->fallback, names) : NULL;
+    /* A search of every name each: not once past the errors that will be shown. */
+    bool shown = p->n_errs < MAX_ERRORS;
+    const char *near = names && shown ? larder__config_suggest(m->fallback, names) : NULL;
     if (near)
         model_error(p, m, m->fallback_line, "fallback",
                     "names no [model.*] section (did you mean '%s'?)", near);

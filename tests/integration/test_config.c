@@ -481,7 +481,7 @@ static void test_error_cap(void **state)
     free(text);
     assert_int_equal(s.n, 101);
     assert_text(&s, 99, "t.ini:101: [server] bogus99: unknown key");
-    assert_text(&s, 100, "t.ini:102: too many errors: stopped reading here");
+    assert_text(&s, 100, "t.ini:102: too many errors: stopped here");
 }
 
 /* ---- did you mean ------------------------------------------------------------------- */
@@ -804,6 +804,32 @@ static void test_many_models(void **state)
     assert_text(&seen, 0, want);
 }
 
+/* Every fallback naming no model: the errors stop at 100, and so do the searches for
+ * a name to suggest (each reads every model's name). */
+static void test_many_bad_fallbacks(void **state)
+{
+    enum { N = 20000 };
+    char path[128];
+    snprintf(path, sizeof path, "%s/bad.ini", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < N; i++)
+        fprintf(f, "[model.m%05d]\nbackend = x\nfallback = n%05d\n", i, i);
+    fclose(f);
+    struct seen s = {0};
+    struct timespec t0, t1;
+    struct larder__config *c = NULL;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(larder__config_load_all(path, &c, collect, &s), -EINVAL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_int_equal(s.n, 101);
+    assert_text(&s, 0, "bad.ini:3: [model.m00000] fallback: names no [model.*] section "
+                       "(did you mean 'm00000'?)");
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (secs > 5)
+        fail_msg("%d bad fallbacks took %.1f s", N, secs);
+}
+
 static void test_fallback_loops(void **state)
 {
     struct seen s;
@@ -858,6 +884,7 @@ int main(void)
         cmocka_unit_test(test_budget_forms),
         cmocka_unit_test(test_unreadable_files),
         cmocka_unit_test(test_many_models),
+        cmocka_unit_test(test_many_bad_fallbacks),
         cmocka_unit_test(test_fallback_loops),
         cmocka_unit_test(test_report_print),
     };
