@@ -62,6 +62,7 @@ struct parser {
     struct keyset memory_ks;
     struct keyset model_ks;
     size_t cap_models;
+    size_t cap_opts;              /* of the current model's options */
     const char *hint;             /* set by a value parser: explains its error */
 };
 
@@ -615,23 +616,22 @@ static int model_value(struct parser *p, struct larder__model_conf *m, int k, co
     return -EINVAL;
 }
 
+/* A backend option, in config order. Keys given twice are found when the section ends. */
 static int model_option(struct parser *p, struct larder__model_conf *m, const char *key,
                         const char *v)
 {
-    for (size_t i = 0; i < m->n_opts; i++) {
-        if (strcmp(m->opts[i].key, key) == 0) {
-            fail(p, key, "key given twice (first at line %u)", m->opt_lines[i]);
-            return 0;
-        }
+    if (m->n_opts == p->cap_opts) {
+        size_t cap = p->cap_opts ? p->cap_opts * 2 : 4;
+        struct larder_option *o = realloc(m->opts, cap * sizeof *o);
+        if (!o)
+            return -ENOMEM;
+        m->opts = o;
+        unsigned *lines = realloc(m->opt_lines, cap * sizeof *lines);
+        if (!lines)
+            return -ENOMEM;
+        m->opt_lines = lines;
+        p->cap_opts = cap;
     }
-    struct larder_option *o = realloc(m->opts, (m->n_opts + 1) * sizeof *o);
-    if (!o)
-        return -ENOMEM;
-    m->opts = o;
-    unsigned *lines = realloc(m->opt_lines, (m->n_opts + 1) * sizeof *lines);
-    if (!lines)
-        return -ENOMEM;
-    m->opt_lines = lines;
     char *kc = strdup(key), *vc = strdup(v);
     if (!kc || !vc) {
         free(kc);
@@ -641,6 +641,54 @@ static int model_option(struct parser *p, struct larder__model_conf *m, const ch
     m->opts[m->n_opts] = (struct larder_option){kc, vc};
     m->opt_lines[m->n_opts++] = p->line;
     return 0;
+}
+
+struct key_line {
+    const char *key;
+    unsigned line;
+};
+
+static int cmp_key_line(const void *a, const void *b)
+{
+    const struct key_line *x = a, *y = b;
+    int d = strcmp(x->key, y->key);
+    return d ? d : x->line < y->line ? -1 : x->line > y->line;
+}
+
+/* Options are in line order: the later of two with the same key is the error. A few
+ * are compared pairwise; many are sorted (by key, then line), so that neighbours
+ * compare: not quadratic in any section. */
+static void check_option_keys(struct parser *p, const struct larder__model_conf *m)
+{
+    size_t n = m->n_opts;
+    if (n <= 16) {
+        for (size_t j = 1; j < n; j++) {
+            for (size_t i = 0; i < j; i++) {
+                if (strcmp(m->opts[i].key, m->opts[j].key) != 0)
+                    continue;
+                fail_at(p, m->opt_lines[j], p->section, m->opts[j].key,
+                        "key given twice (first at line %u)", m->opt_lines[i]);
+                break;
+            }
+        }
+        return;
+    }
+    struct key_line *v = malloc(n * sizeof *v);
+    if (!v) {
+        out_of_memory(p);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        v[i] = (struct key_line){m->opts[i].key, m->opt_lines[i]};
+    qsort(v, n, sizeof *v, cmp_key_line);
+    for (size_t k = 1, first = 0; k < n; k++) {
+        if (strcmp(v[first].key, v[k].key) != 0)
+            first = k;
+        else
+            fail_at(p, v[k].line, p->section, v[k].key, "key given twice (first at line %u)",
+                    v[first].line);
+    }
+    free(v);
 }
 
 /* Duplicate names are found once the models are sorted, not here: one pass, not n. */
@@ -683,6 +731,7 @@ static void close_model(struct parser *p)
     if ((ks->ok & (1ul << MD_GPU_MEMORY)) && m->gpu_bytes && !ks->line[MD_GPU])
         fail_at(p, ks->line[MD_GPU_MEMORY], p->section, "gpu_memory",
                 "needs a gpu key naming the GPU");
+    check_option_keys(p, m);
 }
 
 static void close_section(struct parser *p)
@@ -728,6 +777,7 @@ static int enter_section(struct parser *p, const char *section)
     } else if (strncmp(section, MODEL_PREFIX, strlen(MODEL_PREFIX)) == 0) {
         p->kind = SEC_MODEL;
         p->model_ks = (struct keyset){0};
+        p->cap_opts = 0;
         p->ks = &p->model_ks;
         return new_model(p, section + strlen(MODEL_PREFIX));
     } else {

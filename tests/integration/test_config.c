@@ -830,6 +830,48 @@ static void test_many_bad_fallbacks(void **state)
         fail_msg("%d bad fallbacks took %.1f s", N, secs);
 }
 
+/* One model with 60,000 backend options: keys given twice are still found, by sorting. */
+static void test_many_options(void **state)
+{
+    enum { N = 60000 };
+    char path[128];
+    snprintf(path, sizeof path, "%s/opts.ini", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("[model.m]\nbackend = synthetic\n", f);
+    for (int i = 0; i < N; i++)
+        fprintf(f, "k%05d = %d\n", i, i);
+    fclose(f);
+    struct timespec t0, t1;
+    struct larder__config *c = NULL;
+    char err[256];
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(larder__config_load(path, &c, err, sizeof err), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_int_equal(c->models[0].n_opts, N);
+    assert_string_equal(c->models[0].opts[N - 1].key, "k59999");
+    assert_int_equal(c->models[0].opt_lines[N - 1], N + 2);
+    larder__config_free(c);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (secs > 3)
+        fail_msg("%d options took %.1f s", N, secs);
+    f = fopen(path, "a");
+    fputs("k00005 = again\nk31337 = again\nk00005 = thrice\n", f);
+    fclose(f);
+    struct seen s = {0};
+    assert_int_equal(larder__config_load_all(path, &c, collect, &s), -EINVAL);
+    assert_int_equal(s.n, 3);
+    char want[128];
+    snprintf(want, sizeof want, "opts.ini:%d: [model.m] k00005: key given twice (first at line 8)",
+             N + 3);
+    assert_text(&s, 0, want);
+    snprintf(want, sizeof want, "opts.ini:%d: [model.m] k31337: key given twice", N + 4);
+    assert_text(&s, 1, want);
+    snprintf(want, sizeof want, "opts.ini:%d: [model.m] k00005: key given twice (first at line 8)",
+             N + 5);
+    assert_text(&s, 2, want);
+}
+
 static void test_fallback_loops(void **state)
 {
     struct seen s;
@@ -885,6 +927,7 @@ int main(void)
         cmocka_unit_test(test_unreadable_files),
         cmocka_unit_test(test_many_models),
         cmocka_unit_test(test_many_bad_fallbacks),
+        cmocka_unit_test(test_many_options),
         cmocka_unit_test(test_fallback_loops),
         cmocka_unit_test(test_report_print),
     };
