@@ -160,8 +160,10 @@ static void fail_file(struct parser *p, int rc, const char *fmt, ...)
 
 #define SUGGEST_MAX 64
 
-/* Optimal string alignment distance, letters compared case-insensitively. */
-static unsigned edit_distance(const char *a, size_t la, const char *b, size_t lb)
+/* Optimal string alignment distance, letters compared case-insensitively; any value
+ * above limit once it is sure to be above it (a row's least value never decreases). */
+static unsigned edit_distance(const char *a, size_t la, const char *b, size_t lb,
+                              unsigned limit)
 {
     unsigned rows[3][SUGGEST_MAX + 1];
     unsigned *prev2 = rows[0], *prev = rows[1], *cur = rows[2];
@@ -169,6 +171,7 @@ static unsigned edit_distance(const char *a, size_t la, const char *b, size_t lb
         prev[j] = (unsigned)j;
     for (size_t i = 1; i <= la; i++) {
         cur[0] = (unsigned)i;
+        unsigned least = cur[0];
         int ca = tolower((unsigned char)a[i - 1]);
         for (size_t j = 1; j <= lb; j++) {
             int cb = tolower((unsigned char)b[j - 1]);
@@ -181,7 +184,11 @@ static unsigned edit_distance(const char *a, size_t la, const char *b, size_t lb
                 tolower((unsigned char)a[i - 2]) == cb && prev2[j - 2] + 1 < d)
                 d = prev2[j - 2] + 1;
             cur[j] = d;
+            if (d < least)
+                least = d;
         }
+        if (least > limit)
+            return limit + 1;
         unsigned *t = prev2;
         prev2 = prev;
         prev = cur;
@@ -190,29 +197,31 @@ static unsigned edit_distance(const char *a, size_t la, const char *b, size_t lb
     return prev[lb];
 }
 
-/* The nearest candidate of several NULL-terminated lists (see larder__config_suggest). */
+/* The nearest candidate of several NULL-terminated lists (see larder__config_suggest):
+ * at most 2 edits, and fewer than half the key's length. */
 static const char *suggest_in(const char *key, const char *const *const *lists, size_t n)
 {
     if (!key)
         return NULL;
     size_t la = strlen(key);
-    if (la > SUGGEST_MAX)
-        return NULL;
+    if (la > SUGGEST_MAX || la < 2)
+        return NULL; /* la < 2: not even one edit is fewer than half of it */
+    unsigned most = la < 5 ? (unsigned)(la - 1) / 2 : 2; /* 2 * d < la, d <= 2 */
     const char *best = NULL;
-    unsigned best_d = UINT_MAX;
-    for (size_t l = 0; l < n; l++) {
-        for (const char *const *c = lists[l]; c && *c; c++) {
+    unsigned best_d = most + 1;
+    for (size_t l = 0; l < n && best_d; l++) {
+        for (const char *const *c = lists[l]; c && *c && best_d; c++) {
             size_t lb = strlen(*c);
-            if (lb > SUGGEST_MAX || (la > lb ? la - lb : lb - la) > 2)
+            if (lb > SUGGEST_MAX || (la > lb ? la - lb : lb - la) >= best_d)
                 continue;
-            unsigned d = edit_distance(key, la, *c, lb);
+            unsigned d = edit_distance(key, la, *c, lb, best_d - 1);
             if (d < best_d) {
                 best_d = d;
                 best = *c;
             }
         }
     }
-    return best && best_d <= 2 && 2 * best_d < la ? best : NULL;
+    return best;
 }
 
 const char *larder__config_suggest(const char *key, const char *const *candidates)
