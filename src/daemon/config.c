@@ -204,8 +204,8 @@ static const char *suggest_in(const char *key, const char *const *const *lists, 
     if (!key)
         return NULL;
     size_t la = strlen(key);
-    if (la > SUGGEST_MAX || la < 2)
-        return NULL; /* la < 2: not even one edit is fewer than half of it */
+    if (la > SUGGEST_MAX || la == 0)
+        return NULL;
     unsigned most = la < 5 ? (unsigned)(la - 1) / 2 : 2; /* 2 * d < la, d <= 2 */
     const char *best = NULL;
     unsigned best_d = most + 1;
