@@ -1083,13 +1083,12 @@ static bool check_duplicates(struct parser *p)
 {
     struct larder__config *c = p->c;
     bool dup = false;
-    for (size_t i = 1; i < c->n_models; i++) {
-        const struct larder__model_conf *a = &c->models[i - 1], *b = &c->models[i];
-        if (strcmp(a->name, b->name) != 0)
+    for (size_t i = 1, first = 0; i < c->n_models; i++) {
+        const struct larder__model_conf *b = &c->models[i];
+        if (strcmp(c->models[first].name, b->name) != 0) {
+            first = i;
             continue;
-        size_t first = i - 1;
-        while (first && strcmp(c->models[first - 1].name, b->name) == 0)
-            first--;
+        }
         fail_at(p, b->line, NULL, NULL, "section [model.%s] given twice (first at line %u)",
                 b->name, c->models[first].line);
         dup = true;

@@ -872,6 +872,31 @@ static void test_many_options(void **state)
     assert_text(&s, 2, want);
 }
 
+/* 100,000 sections of one model: each later one is an error naming the first. */
+static void test_many_duplicates(void **state)
+{
+    enum { N = 100000 };
+    char path[128];
+    snprintf(path, sizeof path, "%s/dups.ini", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < N; i++)
+        fputs("[model.same]\nbackend = x\n", f);
+    fclose(f);
+    struct seen s = {0};
+    struct timespec t0, t1;
+    struct larder__config *c = NULL;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    assert_int_equal(larder__config_load_all(path, &c, collect, &s), -EINVAL);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+    assert_int_equal(s.n, 101);
+    assert_text(&s, 0, "dups.ini:3: section [model.same] given twice (first at line 1)");
+    assert_text(&s, 99, "dups.ini:201: section [model.same] given twice (first at line 1)");
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (secs > 3)
+        fail_msg("%d duplicate sections took %.1f s", N, secs);
+}
+
 static void test_fallback_loops(void **state)
 {
     struct seen s;
@@ -928,6 +953,7 @@ int main(void)
         cmocka_unit_test(test_many_models),
         cmocka_unit_test(test_many_bad_fallbacks),
         cmocka_unit_test(test_many_options),
+        cmocka_unit_test(test_many_duplicates),
         cmocka_unit_test(test_fallback_loops),
         cmocka_unit_test(test_report_print),
     };
