@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "events.h"
@@ -20,44 +21,212 @@
  * refused rather than silently cut. */
 #define INI_NAME_MAX 49
 #define MAX_NAME (INI_NAME_MAX - 6) /* after "model." */
+#define MAX_LINE 196                /* characters of a line, without its newline */
+#define LINE_BUF 512                /* bytes of a line read, before it is known too long */
+#define MAX_ERRORS 100              /* then reading and checking stop */
+#define MAX_KEYS 16                 /* of any one of larderd's sections */
 
-enum section_kind { SEC_NONE, SEC_SERVER, SEC_MEMORY, SEC_MODEL };
+enum section_kind {
+    SEC_NONE,   /* before the first section header */
+    SEC_SKIP,   /* a section already reported as bad: its keys are ignored */
+    SEC_SERVER, SEC_MEMORY, SEC_MODEL
+};
+
+/* larderd's keys of one section: where each was given (0 = not given) and which parsed. */
+struct keyset {
+    unsigned line[MAX_KEYS];
+    unsigned long ok;
+};
+
+struct error_rec {
+    unsigned line;
+    size_t seq;                   /* order found, among errors of the same line */
+    char *section, *key, *message;
+};
 
 struct parser {
     struct larder__config *c;
     FILE *f;
-    unsigned line;
-    unsigned header_line;         /* line of the last [section] header read */
-    bool line_too_long;
-    unsigned long_name_line;      /* first line with a section name or key inih would cut */
-    char *err;
-    size_t errlen;
-    int rc;                       /* first error */
-    char section[MAX_NAME + 16];  /* the section the handler saw last */
+    char buf[LINE_BUF];           /* the raw line */
+    unsigned line;                /* the line inih is handling */
+    bool stop;                    /* read no further: fatal error or too many errors */
+    bool oom;
+    int rc;                       /* first error code: -EINVAL, a read errno, -ENOMEM */
+    struct error_rec *errs;
+    size_t n_errs, cap_errs;
+    char section[INI_NAME_MAX + 1]; /* the current section's name */
     enum section_kind kind;
     struct larder__model_conf *model; /* SEC_MODEL: the model being filled */
-    unsigned long seen;           /* bit per known key of the current section */
-    unsigned long server_seen;    /* [server] and [memory] may repeat; their keys may not */
-    unsigned long memory_seen;
+    struct keyset *ks;            /* the current section's keys */
+    struct keyset server_ks;      /* [server] and [memory] may repeat; their keys may not */
+    struct keyset memory_ks;
+    struct keyset model_ks;
+    size_t cap_models;
+    size_t cap_opts;              /* of the current model's options */
+    const char *hint;             /* set by a value parser: explains its error */
 };
 
+static void out_of_memory(struct parser *p)
+{
+    p->oom = p->stop = true;
+    p->rc = -ENOMEM;
+}
+
+static char *dup_or_null(const char *s, bool *failed)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d)
+        *failed = true;
+    return d;
+}
+
+static void add_error_v(struct parser *p, int rc, unsigned line, const char *section,
+                        const char *key, const char *fmt, va_list ap)
+{
+    if (p->oom || p->n_errs > MAX_ERRORS)
+        return;
+    if (!p->rc)
+        p->rc = rc;
+    if (p->n_errs == p->cap_errs) {
+        size_t cap = p->cap_errs ? p->cap_errs * 2 : 8;
+        struct error_rec *e = realloc(p->errs, cap * sizeof *e);
+        if (!e) {
+            out_of_memory(p);
+            return;
+        }
+        p->errs = e;
+        p->cap_errs = cap;
+    }
+    char *msg = NULL;
+    bool failed = false;
+    if (p->n_errs == MAX_ERRORS) {
+        msg = strdup("too many errors: stopped here");
+        section = key = NULL;
+        p->stop = true;
+    } else if (vasprintf(&msg, fmt, ap) < 0) {
+        msg = NULL;
+    }
+    struct error_rec *e = &p->errs[p->n_errs];
+    *e = (struct error_rec){.line = line, .seq = p->n_errs, .message = msg,
+                            .section = dup_or_null(section, &failed),
+                            .key = dup_or_null(key, &failed)};
+    p->n_errs++;
+    if (!msg || failed)
+        out_of_memory(p);
+}
+
+/* An error about key (NULL: about the line) of the current section, at line. */
+static void fail_at(struct parser *p, unsigned line, const char *section, const char *key,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void fail_at(struct parser *p, unsigned line, const char *section, const char *key,
+                    const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    add_error_v(p, -EINVAL, line, section, key, fmt, ap);
+    va_end(ap);
+}
+
+/* An error about key (NULL: about the line) of the current section at the current line. */
 static void fail(struct parser *p, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void fail(struct parser *p, const char *key, const char *fmt, ...)
 {
-    if (p->rc)
-        return;
-    p->rc = -EINVAL;
-    int n = snprintf(p->err, p->errlen, "%s:%u: ", p->c->file, p->line);
-    if (key && n >= 0 && (size_t)n < p->errlen)
-        n += snprintf(p->err + n, p->errlen - (size_t)n, "[%s] %s: ", p->section, key);
-    if (n >= 0 && (size_t)n < p->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
+    va_list ap;
+    va_start(ap, fmt);
+    const char *section = p->kind >= SEC_SERVER ? p->section : NULL;
+    add_error_v(p, -EINVAL, p->line, section, key, fmt, ap);
+    va_end(ap);
+}
+
+/* An error about the whole file (cannot open or read it): line 0, code rc. */
+static void fail_file(struct parser *p, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail_file(struct parser *p, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    add_error_v(p, rc, 0, NULL, NULL, fmt, ap);
+    va_end(ap);
+    if (!p->oom)
+        p->rc = rc; /* it, more than errors in the lines before it */
+    p->stop = true;
+}
+
+/* ---- did you mean --------------------------------------------------------------------- */
+
+#define SUGGEST_MAX 64
+
+/* Optimal string alignment distance, letters compared case-insensitively; any value
+ * above limit once it is sure to be above it (a row's least value never decreases). */
+static unsigned edit_distance(const char *a, size_t la, const char *b, size_t lb,
+                              unsigned limit)
+{
+    unsigned rows[3][SUGGEST_MAX + 1];
+    unsigned *prev2 = rows[0], *prev = rows[1], *cur = rows[2];
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = (unsigned)j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = (unsigned)i;
+        unsigned least = cur[0];
+        int ca = tolower((unsigned char)a[i - 1]);
+        for (size_t j = 1; j <= lb; j++) {
+            int cb = tolower((unsigned char)b[j - 1]);
+            unsigned d = prev[j - 1] + (ca != cb);
+            if (prev[j] + 1 < d)
+                d = prev[j] + 1;
+            if (cur[j - 1] + 1 < d)
+                d = cur[j - 1] + 1;
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
+                tolower((unsigned char)a[i - 2]) == cb && prev2[j - 2] + 1 < d)
+                d = prev2[j - 2] + 1;
+            cur[j] = d;
+            if (d < least)
+                least = d;
+        }
+        if (least > limit)
+            return limit + 1;
+        unsigned *t = prev2;
+        prev2 = prev;
+        prev = cur;
+        cur = t;
     }
+    return prev[lb];
+}
+
+/* The nearest candidate of several NULL-terminated lists (see larder__config_suggest):
+ * at most 2 edits, and fewer than half the key's length. */
+static const char *suggest_in(const char *key, const char *const *const *lists, size_t n)
+{
+    if (!key)
+        return NULL;
+    size_t la = strlen(key);
+    if (la > SUGGEST_MAX || la == 0)
+        return NULL;
+    unsigned most = la < 5 ? (unsigned)(la - 1) / 2 : 2; /* 2 * d < la, d <= 2 */
+    const char *best = NULL;
+    unsigned best_d = most + 1;
+    for (size_t l = 0; l < n && best_d; l++) {
+        for (const char *const *c = lists[l]; c && *c && best_d; c++) {
+            size_t lb = strlen(*c);
+            if (lb > SUGGEST_MAX || (la > lb ? la - lb : lb - la) >= best_d)
+                continue;
+            unsigned d = edit_distance(key, la, *c, lb, best_d - 1);
+            if (d < best_d) {
+                best_d = d;
+                best = *c;
+            }
+        }
+    }
+    return best;
+}
+
+const char *larder__config_suggest(const char *key, const char *const *candidates)
+{
+    return suggest_in(key, &candidates, 1);
 }
 
 /* ---- value parsers ------------------------------------------------------------------ */
@@ -194,11 +363,15 @@ static bool valid_name(const char *s)
 
 static char *resolve_path(const struct larder__config *c, const char *v)
 {
-    char *out;
     if (v[0] == '/' || !c->dir)
         return strdup(v);
-    if (asprintf(&out, "%s/%s", c->dir, v) < 0)
+    size_t nd = strlen(c->dir), nv = strlen(v);
+    char *out = malloc(nd + nv + 2);
+    if (!out)
         return NULL;
+    memcpy(out, c->dir, nd);
+    out[nd] = '/';
+    memcpy(out + nd + 1, v, nv + 1);
     return out;
 }
 
@@ -209,7 +382,7 @@ enum server_key {
     SK_REQUEST_TIMEOUT, SK_THREADS, SK_HTTP_THREADS, SK_DRAIN_TIMEOUT, SK_LOG_FORMAT,
     SK_LOG_LEVEL, SK_STATE_DIR, SK_EVENTS_QUEUE, SK_N
 };
-static const char *const server_keys[SK_N] = {
+static const char *const server_keys[SK_N + 1] = {
     "listen", "admin_tokens", "infer_tokens", "backend_dir", "max_body", "request_timeout",
     "threads", "http_threads", "drain_timeout", "log_format", "log_level", "state_dir",
     "events_queue",
@@ -220,7 +393,7 @@ enum memory_key {
     MK_HIGH_WATERMARK, MK_LOW_WATERMARK, MK_PSI_TRIGGER, MK_WATCH_PRESSURE, MK_HISTORY,
     MK_GPU_BUDGET, MK_N
 };
-static const char *const memory_keys[MK_N] = {
+static const char *const memory_keys[MK_N + 1] = {
     "budget", "policy", "ttl", "loader_threads", "admission_timeout",
     "high_watermark", "low_watermark", "psi_trigger", "watch_pressure", "history",
     "gpu_budget",
@@ -325,18 +498,48 @@ static int parse_gpu_budgets(const char *v, uint64_t *budgets)
     return r;
 }
 
+/* "75%", a fraction "0.75" (a plain number with a decimal point), or a size: "150MiB",
+ * "123" (bytes). */
+static int parse_budget(struct parser *p, const char *v)
+{
+    struct larder__config *c = p->c;
+    bool number = v[strspn(v, "+-0123456789.")] == 0;
+    if (strchr(v, '%') || (number && strchr(v, '.'))) {
+        double f;
+        int r = parse_fraction(v, &f);
+        if (r == -ERANGE)
+            p->hint = "a fraction of the memory limit is above 0 and at most 1, or 100%";
+        if (r < 0)
+            return r;
+        c->budget_bytes = 0;
+        c->budget_fraction = f;
+        return 0;
+    }
+    if (number && strcmp(v, "1") == 0) {
+        p->hint = "write 100% for the whole memory limit, or a size with a unit such as 1GiB";
+        return -EINVAL;
+    }
+    if (number && strchr(v, '-')) {
+        p->hint = "the budget must be above 0";
+        return -ERANGE;
+    }
+    uint64_t bytes;
+    if (larder_parse_size(v, &bytes) < 0)
+        return -EINVAL;
+    if (bytes == 0) {
+        p->hint = "the budget must be above 0";
+        return -ERANGE;
+    }
+    c->budget_bytes = bytes;
+    c->budget_fraction = 0;
+    return 0;
+}
+
 static int memory_value(struct parser *p, int k, const char *v)
 {
     struct larder__config *c = p->c;
     switch (k) {
-    case MK_BUDGET:
-        if (strchr(v, '%')) {
-            c->budget_bytes = 0;
-            return parse_fraction(v, &c->budget_fraction);
-        }
-        return larder_parse_size(v, &c->budget_bytes) < 0 ? -EINVAL
-               : c->budget_bytes == 0                     ? -ERANGE
-                                                          : 0;
+    case MK_BUDGET: return parse_budget(p, v);
     case MK_POLICY:
         if (strcmp(v, "cost") != 0 && strcmp(v, "lru") != 0)
             return -EINVAL;
@@ -374,10 +577,11 @@ enum model_key {
     MD_BACKEND, MD_PATH, MD_INSTANCES, MD_TTL, MD_PRELOAD, MD_PIN, MD_PRIORITY,
     MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_N
 };
-static const char *const model_keys[MD_N] = {
+static const char *const model_keys[MD_N + 1] = {
     "backend", "path", "instances", "ttl", "preload", "pin", "priority",
     "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory",
 };
+_Static_assert(SK_N <= MAX_KEYS && MK_N <= MAX_KEYS && MD_N <= MAX_KEYS, "struct keyset");
 
 static int dup_str(char **slot, const char *v)
 {
@@ -421,23 +625,22 @@ static int model_value(struct parser *p, struct larder__model_conf *m, int k, co
     return -EINVAL;
 }
 
+/* A backend option, in config order. Keys given twice are found when the section ends. */
 static int model_option(struct parser *p, struct larder__model_conf *m, const char *key,
                         const char *v)
 {
-    for (size_t i = 0; i < m->n_opts; i++) {
-        if (strcmp(m->opts[i].key, key) == 0) {
-            fail(p, key, "key given twice");
-            return 0;
-        }
+    if (m->n_opts == p->cap_opts) {
+        size_t cap = p->cap_opts ? p->cap_opts * 2 : 4;
+        struct larder_option *o = realloc(m->opts, cap * sizeof *o);
+        if (!o)
+            return -ENOMEM;
+        m->opts = o;
+        unsigned *lines = realloc(m->opt_lines, cap * sizeof *lines);
+        if (!lines)
+            return -ENOMEM;
+        m->opt_lines = lines;
+        p->cap_opts = cap;
     }
-    struct larder_option *o = realloc(m->opts, (m->n_opts + 1) * sizeof *o);
-    if (!o)
-        return -ENOMEM;
-    m->opts = o;
-    unsigned *lines = realloc(m->opt_lines, (m->n_opts + 1) * sizeof *lines);
-    if (!lines)
-        return -ENOMEM;
-    m->opt_lines = lines;
     char *kc = strdup(key), *vc = strdup(v);
     if (!kc || !vc) {
         free(kc);
@@ -449,27 +652,75 @@ static int model_option(struct parser *p, struct larder__model_conf *m, const ch
     return 0;
 }
 
+struct key_line {
+    const char *key;
+    unsigned line;
+};
+
+static int cmp_key_line(const void *a, const void *b)
+{
+    const struct key_line *x = a, *y = b;
+    int d = strcmp(x->key, y->key);
+    return d ? d : x->line < y->line ? -1 : x->line > y->line;
+}
+
+/* Options are in line order: the later of two with the same key is the error. A few
+ * are compared pairwise; many are sorted (by key, then line), so that neighbours
+ * compare: not quadratic in any section. */
+static void check_option_keys(struct parser *p, const struct larder__model_conf *m)
+{
+    size_t n = m->n_opts;
+    if (n <= 16) {
+        for (size_t j = 1; j < n; j++) {
+            for (size_t i = 0; i < j; i++) {
+                if (strcmp(m->opts[i].key, m->opts[j].key) != 0)
+                    continue;
+                fail_at(p, m->opt_lines[j], p->section, m->opts[j].key,
+                        "key given twice (first at line %u)", m->opt_lines[i]);
+                break;
+            }
+        }
+        return;
+    }
+    struct key_line *v = malloc(n * sizeof *v);
+    if (!v) {
+        out_of_memory(p);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        v[i] = (struct key_line){m->opts[i].key, m->opt_lines[i]};
+    qsort(v, n, sizeof *v, cmp_key_line);
+    for (size_t k = 1, first = 0; k < n; k++) {
+        if (strcmp(v[first].key, v[k].key) != 0)
+            first = k;
+        else
+            fail_at(p, v[k].line, p->section, v[k].key, "key given twice (first at line %u)",
+                    v[first].line);
+    }
+    free(v);
+}
+
+/* Duplicate names are found once the models are sorted, not here: one pass, not n. */
 static int new_model(struct parser *p, const char *name)
 {
     struct larder__config *c = p->c;
     if (!valid_name(name)) {
         fail(p, NULL, "bad model name '%s' (letters, digits, '.', '-', '_'; at most %d)",
              name, MAX_NAME);
+        p->kind = SEC_SKIP;
         return 0;
     }
-    for (size_t i = 0; i < c->n_models; i++) {
-        if (strcmp(c->models[i].name, name) == 0) {
-            fail(p, NULL, "section [model.%s] given twice", name);
-            return 0;
-        }
+    if (c->n_models == p->cap_models) {
+        size_t cap = p->cap_models ? p->cap_models * 2 : 16;
+        struct larder__model_conf *ms = realloc(c->models, cap * sizeof *ms);
+        if (!ms)
+            return -ENOMEM;
+        c->models = ms;
+        p->cap_models = cap;
     }
-    struct larder__model_conf *ms = realloc(c->models, (c->n_models + 1) * sizeof *ms);
-    if (!ms)
-        return -ENOMEM;
-    c->models = ms;
-    struct larder__model_conf *m = &ms[c->n_models];
+    struct larder__model_conf *m = &c->models[c->n_models];
     *m = (struct larder__model_conf){.instances = 1, .ttl_ms = LARDER_TTL_DEFAULT, .gpu = -1,
-                                     .line = p->header_line ? p->header_line : p->line};
+                                     .line = p->line};
     if (!(m->name = strdup(name)))
         return -ENOMEM;
     c->n_models++;
@@ -477,73 +728,135 @@ static int new_model(struct parser *p, const char *name)
     return 0;
 }
 
-/* ---- the inih callbacks ------------------------------------------------------------------ */
+/* ---- sections and keys ------------------------------------------------------------------ */
 
+/* Checks of one [model.NAME] section that need all its keys. */
+static void close_model(struct parser *p)
+{
+    struct larder__model_conf *m = p->model;
+    const struct keyset *ks = &p->model_ks;
+    if (!ks->line[MD_BACKEND])
+        fail_at(p, m->line, p->section, "backend", "missing (required)");
+    if ((ks->ok & (1ul << MD_GPU_MEMORY)) && m->gpu_bytes && !ks->line[MD_GPU])
+        fail_at(p, ks->line[MD_GPU_MEMORY], p->section, "gpu_memory",
+                "needs a gpu key naming the GPU");
+    check_option_keys(p, m);
+}
+
+static void close_section(struct parser *p)
+{
+    if (p->kind == SEC_MODEL && p->model)
+        close_model(p);
+    p->kind = SEC_NONE;
+    p->model = NULL;
+    p->ks = NULL;
+}
+
+/* An unknown section (reported with its name as the error's section). */
+static void unknown_section(struct parser *p, const char *s)
+{
+    static const char *const fixed[] = {"server", "memory", NULL};
+    static const char *const model[] = {"model", NULL};
+    const char *dot = strchr(s, '.'), *near = NULL;
+    char prefix[INI_NAME_MAX + 1], hint[INI_NAME_MAX + 48] = "";
+    snprintf(prefix, sizeof prefix, "%.*s", (int)(dot ? dot - s : (ptrdiff_t)strlen(s)), s);
+    if (dot && larder__config_suggest(prefix, model))
+        snprintf(hint, sizeof hint, " (did you mean [model.%s]?)", dot + 1);
+    else if (!dot && (near = larder__config_suggest(s, fixed)))
+        snprintf(hint, sizeof hint, " (did you mean [%s]?)", near);
+    else if (!dot && larder__config_suggest(s, model))
+        snprintf(hint, sizeof hint, " (a model's section is [model.NAME])");
+    if (!*s)
+        fail_at(p, p->line, s, NULL, "empty section name []");
+    else
+        fail_at(p, p->line, s, NULL, "unknown section [%s]%s", s, hint);
+}
+
+/* A "[section]" header at the current line. */
 static int enter_section(struct parser *p, const char *section)
 {
-    if (p->kind == SEC_SERVER)
-        p->server_seen = p->seen;
-    else if (p->kind == SEC_MEMORY)
-        p->memory_seen = p->seen;
+    close_section(p);
     snprintf(p->section, sizeof p->section, "%s", section);
-    p->seen = 0;
-    p->model = NULL;
     if (strcmp(section, "server") == 0) {
         p->kind = SEC_SERVER;
-        p->seen = p->server_seen;
+        p->ks = &p->server_ks;
     } else if (strcmp(section, "memory") == 0) {
         p->kind = SEC_MEMORY;
-        p->seen = p->memory_seen;
-    }
-    else if (strncmp(section, MODEL_PREFIX, strlen(MODEL_PREFIX)) == 0) {
+        p->ks = &p->memory_ks;
+    } else if (strncmp(section, MODEL_PREFIX, strlen(MODEL_PREFIX)) == 0) {
         p->kind = SEC_MODEL;
+        p->model_ks = (struct keyset){0};
+        p->cap_opts = 0;
+        p->ks = &p->model_ks;
         return new_model(p, section + strlen(MODEL_PREFIX));
     } else {
-        p->kind = SEC_NONE;
-        if (*section)
-            fail(p, NULL, "unknown section [%s]", section);
-        else
-            fail(p, NULL, "key outside of any section");
+        unknown_section(p, section);
+        p->kind = SEC_SKIP;
     }
     return 0;
 }
 
 static bool mark_seen(struct parser *p, int k, const char *key)
 {
-    if (p->seen & (1ul << k)) {
-        fail(p, key, "key given twice");
+    if (p->ks->line[k]) {
+        fail(p, key, "key given twice (first at line %u)", p->ks->line[k]);
         return false;
     }
-    p->seen |= 1ul << k;
+    p->ks->line[k] = p->line;
     return true;
+}
+
+static void unknown_key(struct parser *p, const char *key, const char *const *own)
+{
+    const char *where = NULL, *near;
+    if (p->kind == SEC_SERVER && key_index(memory_keys, MK_N, key) >= 0)
+        where = "[memory]";
+    else if (p->kind == SEC_MEMORY && key_index(server_keys, SK_N, key) >= 0)
+        where = "[server]";
+    else if (key_index(model_keys, MD_N, key) >= 0)
+        where = "a [model.NAME] section";
+    if (where)
+        fail(p, key, "unknown key (it belongs in %s)", where);
+    else if ((near = larder__config_suggest(key, own)))
+        fail(p, key, "unknown key (did you mean '%s'?)", near);
+    else
+        fail(p, key, "unknown key");
 }
 
 static int handle_known(struct parser *p, const char *key, const char *value)
 {
-    int k, r;
+    int k = -1, r;
     const char *what = "bad value";
-    if (!*value && !(p->kind == SEC_MODEL && key_index(model_keys, MD_N, key) < 0))
-        return fail(p, key, "empty value"), 0;
-    if (p->kind == SEC_SERVER) {
-        if ((k = key_index(server_keys, SK_N, key)) < 0)
-            return fail(p, key, "unknown key"), 0;
-        r = mark_seen(p, k, key) ? server_value(p, k, value) : 0;
-    } else if (p->kind == SEC_MEMORY) {
-        if ((k = key_index(memory_keys, MK_N, key)) < 0)
-            return fail(p, key, "unknown key"), 0;
-        r = mark_seen(p, k, key) ? memory_value(p, k, value) : 0;
-    } else if (p->kind == SEC_MODEL && p->model) {
-        if ((k = key_index(model_keys, MD_N, key)) < 0)
-            return model_option(p, p->model, key, value);
-        r = mark_seen(p, k, key) ? model_value(p, p->model, k, value) : 0;
-    } else {
+    if (p->kind == SEC_MODEL && key_index(model_keys, MD_N, key) < 0)
+        return model_option(p, p->model, key, value);
+    if (p->kind == SEC_SERVER && (k = key_index(server_keys, SK_N, key)) < 0)
+        return unknown_key(p, key, server_keys), 0;
+    if (p->kind == SEC_MEMORY && (k = key_index(memory_keys, MK_N, key)) < 0)
+        return unknown_key(p, key, memory_keys), 0;
+    if (p->kind == SEC_MODEL)
+        k = key_index(model_keys, MD_N, key);
+    if (k < 0 || !mark_seen(p, k, key))
         return 0;
-    }
+    if (!*value)
+        return fail(p, key, "empty value"), 0;
+    p->hint = NULL;
+    if (p->kind == SEC_SERVER)
+        r = server_value(p, k, value);
+    else if (p->kind == SEC_MEMORY)
+        r = memory_value(p, k, value);
+    else
+        r = model_value(p, p->model, k, value);
     if (r == -ENOMEM)
         return r;
+    if (r == 0) {
+        p->ks->ok |= 1ul << k;
+        return 0;
+    }
     if (r == -ERANGE)
         what = "value out of range";
-    if (r < 0)
+    if (p->hint)
+        fail(p, key, "%s '%s' (%s)", what, value, p->hint);
+    else
         fail(p, key, "%s '%s'", what, value);
     return 0;
 }
@@ -551,67 +864,168 @@ static int handle_known(struct parser *p, const char *key, const char *value)
 static int on_pair(void *user, const char *section, const char *key, const char *value)
 {
     struct parser *p = user;
+    (void)section; /* the reader tracks sections itself, with their lines */
+    if (p->stop || !key || !value)
+        return 1;
+    p->c->n_settings++;
     int r = 0;
-    if (p->rc)
-        return 1;
-    if (p->line_too_long) {
-        fail(p, NULL, "line longer than %d characters", 196);
-        return 1;
-    }
-    if (p->long_name_line) {
-        p->line = p->long_name_line;
-        fail(p, NULL, "section name or key longer than %d characters (model names: %d)",
-             INI_NAME_MAX, MAX_NAME);
-        return 1;
-    }
-    if (strcmp(section, p->section) != 0 || p->kind == SEC_NONE)
-        r = enter_section(p, section);
-    if (r == 0 && !p->rc)
+    if (p->kind == SEC_NONE) {
+        fail(p, NULL, "key outside of any section");
+        p->kind = SEC_SKIP; /* once, not for every key before the first header */
+    } else if (p->kind != SEC_SKIP) {
         r = handle_known(p, key, value);
-    if (r == -ENOMEM) {
-        fail(p, key, "out of memory");
-        p->rc = -ENOMEM;
     }
+    if (r == -ENOMEM)
+        out_of_memory(p);
     return 1;
 }
 
-/* True when the section name or key of a raw line is longer than inih keeps. */
-static bool name_too_long(const char *s)
+/* ---- the reader ------------------------------------------------------------------------ */
+
+/* Like inih: an inline comment is ';' after whitespace. The first of c1, c2 or of such
+ * a comment in s, or its end. */
+static const char *find_or_comment(const char *s, char c1, char c2)
 {
-    size_t n;
-    if (*s == ';' || *s == '#' || !*s)
-        return false;
-    if (*s == '[')
-        n = strcspn(s + 1, "]");
-    else
-        n = strcspn(s, "=:");
-    return n > INI_NAME_MAX;
+    bool was_space = false;
+    for (; *s && *s != c1 && *s != c2; s++) {
+        if (was_space && *s == ';')
+            break;
+        was_space = isspace((unsigned char)*s);
+    }
+    return s;
 }
 
-/* Reads one line per call, so the parser's line count is the current line. */
-static char *read_line(char *str, int num, void *stream)
+/* Checks one line (leading and trailing blanks cut, len characters at s) the way inih
+ * will read it, reports what inih would refuse or cut, and enters sections. Returns
+ * whether inih may have the line (else it gets a blank one). */
+static bool check_line(struct parser *p, const char *s, size_t len)
 {
-    struct parser *p = stream;
-    int ch, n = 0;
-    if (p->rc)
-        return NULL;
-    while ((ch = fgetc(p->f)) != EOF) {
-        if (n < num - 2)
-            str[n++] = (char)ch;
-        else if (ch != '\n' && ch != '\r')
-            p->line_too_long = true;
+    if (len == 0 || *s == ';' || *s == '#')
+        return true;
+    if (*s == '[') {
+        const char *end = find_or_comment(s + 1, ']', ']');
+        const char *rest = *end == ']' ? end + 1 + strspn(end + 1, " \t") : end;
+        size_t n = (size_t)(end - s - 1);
+        if (*end == ']' && (!*rest || *rest == ';' || *rest == '#') && n <= INI_NAME_MAX) {
+            char name[INI_NAME_MAX + 1];
+            memcpy(name, s + 1, n);
+            name[n] = 0;
+            if (enter_section(p, name) < 0)
+                out_of_memory(p);
+            return true;
+        }
+        close_section(p);
+        p->kind = SEC_SKIP; /* its keys would land in the section before */
+        if (*end != ']')
+            fail(p, NULL, "syntax error: section header without its closing ']'");
+        else if (n <= INI_NAME_MAX)
+            fail(p, NULL, "syntax error: text after the section header's ']'");
+        else
+            fail(p, NULL, "section name or key longer than %d characters (model names: %d)",
+                 INI_NAME_MAX, MAX_NAME);
+        return false;
+    }
+    const char *sep = find_or_comment(s, '=', ':');
+    if (*sep != '=' && *sep != ':') {
+        fail(p, NULL, "syntax error (expected [section] or key = value)");
+        return false;
+    }
+    size_t n = (size_t)(sep - s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        n--;
+    if (n == 0) {
+        fail(p, NULL, "syntax error: no key before '%c'", *sep);
+        return false;
+    }
+    if (n > INI_NAME_MAX) {
+        fail(p, NULL, "section name or key longer than %d characters (model names: %d)",
+             INI_NAME_MAX, MAX_NAME);
+        return false;
+    }
+    return true;
+}
+
+/* inih's reader: one line per call, so the parser's line count is inih's.
+ *
+ * Debian 12's libinih (55) is built with its defaults: it does not stop at the first
+ * error but only returns that error's line number when done; it reads an indented line
+ * after a key as a continuation of that key's value; a header without its ']' leaves
+ * the section as it was, so the keys after it would be filed under the section before;
+ * inline comments start at a ';' after a blank; lines have 200 bytes. So the reader
+ * checks each line itself, the same way, and reports every one that inih would refuse,
+ * misread or cut; such lines are handed over blank. Leading blanks are cut: larderd has
+ * no multi-line values, and an indented line is a line like any other. */
+/* Reads the next line into p->buf, keeping at most LINE_BUF - 1 bytes of it (the rest
+ * of a longer one is skipped, *cut says so), so that no file makes it allocate: not
+ * one of a single enormous line, nor /dev/zero (it stops at a NUL byte, *nul).
+ * Returns the length kept, newline included, or -1 at the end of the file or on error. */
+static ssize_t next_line(struct parser *p, bool *cut, bool *nul)
+{
+    size_t n = 0;
+    int ch;
+    *cut = *nul = false;
+    while ((ch = getc_unlocked(p->f)) != EOF) {
+        if (ch == 0) {
+            *nul = true;
+            return (ssize_t)n;
+        }
+        if (n < LINE_BUF - 1)
+            p->buf[n++] = (char)ch;
+        else
+            *cut = true;
         if (ch == '\n')
             break;
     }
-    if (n == 0 && ch == EOF)
+    p->buf[n] = 0;
+    return n || *cut ? (ssize_t)n : -1;
+}
+
+static char *read_line(char *str, int num, void *stream)
+{
+    struct parser *p = stream;
+    /* Lines that fit inih's buffer with their newline; Debian's libinih has 200 bytes. */
+    size_t max = num > 2 && (size_t)num - 2 < MAX_LINE ? (size_t)num - 2 : MAX_LINE;
+    bool cut, nul;
+    if (p->stop || num < 2)
         return NULL;
-    str[n] = 0;
+    errno = 0;
+    ssize_t n = next_line(p, &cut, &nul);
+    if (n < 0 || ferror(p->f)) {
+        if (ferror(p->f))
+            fail_file(p, errno ? -errno : -EIO, "read error after line %u: %s", p->line,
+                      strerror(errno ? errno : EIO));
+        return NULL;
+    }
     p->line++;
-    size_t lead = strspn(str, " \t");
-    if (str[lead] == '[')
-        p->header_line = p->line;
-    if (!p->long_name_line && name_too_long(str + lead))
-        p->long_name_line = p->line;
+    char *s = p->buf;
+    size_t len = (size_t)n;
+    if (nul) {
+        fail(p, NULL, "NUL byte: not a text file (stopped reading here)");
+        p->stop = true;
+        return strcpy(str, "\n");
+    }
+    if (p->line == 1 && len >= 3 && memcmp(s, "\xef\xbb\xbf", 3) == 0) {
+        s += 3;
+        len -= 3;
+    }
+    while (len && (s[len - 1] == '\n' || s[len - 1] == '\r'))
+        len--;
+    if (cut || len > max) {
+        fail(p, NULL, "line longer than %zu characters", max);
+        return strcpy(str, "\n");
+    }
+    while (len && isspace((unsigned char)s[len - 1]))
+        len--;
+    while (len && isspace((unsigned char)*s)) {
+        s++;
+        len--;
+    }
+    s[len] = 0;
+    if (!check_line(p, s, len))
+        len = 0;
+    memcpy(str, s, len); /* len <= max: it fits with the newline */
+    str[len] = '\n';
+    str[len + 1] = 0;
     return str;
 }
 
@@ -619,16 +1033,24 @@ static char *read_line(char *str, int num, void *stream)
 
 static int cmp_model(const void *a, const void *b)
 {
-    return strcmp(((const struct larder__model_conf *)a)->name,
-                  ((const struct larder__model_conf *)b)->name);
+    const struct larder__model_conf *x = a, *y = b;
+    int d = strcmp(x->name, y->name);
+    return d ? d : x->line < y->line ? -1 : x->line > y->line;
 }
 
-static void model_error(struct parser *p, const struct larder__model_conf *m, const char *key,
-                        const char *msg)
+static void model_error(struct parser *p, const struct larder__model_conf *m, unsigned line,
+                        const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void model_error(struct parser *p, const struct larder__model_conf *m, unsigned line,
+                        const char *key, const char *fmt, ...)
 {
-    p->line = strcmp(key, "fallback") == 0 ? m->fallback_line : m->line;
-    snprintf(p->section, sizeof p->section, "model.%s", m->name);
-    fail(p, key, "%s", msg);
+    char section[INI_NAME_MAX + 1];
+    snprintf(section, sizeof section, "model.%s", m->name);
+    va_list ap;
+    va_start(ap, fmt);
+    add_error_v(p, -EINVAL, line, section, key, fmt, ap);
+    va_end(ap);
 }
 
 /* Puts "path" first among the backend options, so backends read it like any option. */
@@ -656,41 +1078,139 @@ static int path_option(struct larder__model_conf *m)
     return 0;
 }
 
-static bool fallback_loops(const struct larder__config *c, const struct larder__model_conf *m)
+/* Sorted models with the same name are neighbours: the later sections are errors. */
+static bool check_duplicates(struct parser *p)
 {
-    const struct larder__model_conf *at = m;
-    for (size_t steps = 0; at && at->fallback; steps++) {
-        if (steps > c->n_models)
-            return true;
-        at = larder__config_model(c, at->fallback);
+    struct larder__config *c = p->c;
+    bool dup = false;
+    for (size_t i = 1, first = 0; i < c->n_models; i++) {
+        const struct larder__model_conf *b = &c->models[i];
+        if (strcmp(c->models[first].name, b->name) != 0) {
+            first = i;
+            continue;
+        }
+        fail_at(p, b->line, NULL, NULL, "section [model.%s] given twice (first at line %u)",
+                b->name, c->models[first].line);
+        dup = true;
     }
-    return false;
+    return dup;
+}
+
+static void missing_fallback(struct parser *p, const struct larder__model_conf *m,
+                             const char **names)
+{
+    /* A search of every name each: not once past the errors that will be shown. */
+    bool shown = p->n_errs < MAX_ERRORS;
+    const char *near = names && shown ? larder__config_suggest(m->fallback, names) : NULL;
+    if (near)
+        model_error(p, m, m->fallback_line, "fallback",
+                    "names no [model.*] section (did you mean '%s'?)", near);
+    else
+        model_error(p, m, m->fallback_line, "fallback", "names no [model.*] section");
+}
+
+/* Fallbacks name a model, not themselves, and chains end: each model is walked once
+ * (O(n log n) in all), stamped with the walk that reached it first. */
+static void check_fallbacks(struct parser *p)
+{
+    struct larder__config *c = p->c;
+    size_t n = c->n_models, none = SIZE_MAX;
+    size_t *next = malloc((n + 1) * sizeof *next), *stamp = calloc(n + 1, sizeof *stamp);
+    const char **names = NULL;
+    if (!next || !stamp) {
+        free(next);
+        free(stamp);
+        out_of_memory(p);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct larder__model_conf *m = &c->models[i], *fb;
+        next[i] = none;
+        if (!m->fallback)
+            continue;
+        if (strcmp(m->fallback, m->name) == 0) {
+            model_error(p, m, m->fallback_line, "fallback",
+                        "a model cannot be its own fallback");
+        } else if ((fb = larder__config_model(c, m->fallback))) {
+            next[i] = (size_t)(fb - c->models);
+        } else {
+            if (!names && (names = calloc(n + 1, sizeof *names)))
+                for (size_t j = 0; j < n; j++)
+                    names[j] = c->models[j].name;
+            missing_fallback(p, m, names);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t j = i;
+        while (j != none && !stamp[j]) {
+            stamp[j] = i + 1;
+            j = next[j];
+        }
+        if (j == none || stamp[j] != i + 1)
+            continue;
+        size_t k = j; /* j is on a loop that this walk found: report each of its models */
+        do {
+            const struct larder__model_conf *m = &c->models[k];
+            model_error(p, m, m->fallback_line, "fallback",
+                        "the fallback chain loops back on itself (%s -> %s -> ... -> %s)",
+                        m->name, m->fallback, m->name);
+            k = next[k];
+        } while (k != j);
+    }
+    free(names);
+    free(next);
+    free(stamp);
+}
+
+static void format_fraction(double v, char *buf, size_t len)
+{
+    snprintf(buf, len, "%g%%", v * 100);
+}
+
+/* What larder_open() refuses, found here with the line and key: a low watermark that is
+ * not below the high one, with the library's default standing in for a key not given. */
+static void check_watermarks(struct parser *p)
+{
+    const struct larder__config *c = p->c;
+    const struct keyset *ks = &p->memory_ks;
+    struct larder_opts d;
+    larder_opts_init(&d);
+    bool low_set = ks->ok & (1ul << MK_LOW_WATERMARK);
+    bool high_set = ks->ok & (1ul << MK_HIGH_WATERMARK);
+    if ((ks->line[MK_LOW_WATERMARK] && !low_set) || (ks->line[MK_HIGH_WATERMARK] && !high_set))
+        return; /* a bad value, already reported */
+    double low = low_set ? c->low_watermark : d.low_watermark;
+    double high = high_set ? c->high_watermark : d.high_watermark;
+    char other[64];
+    if (low < high)
+        return;
+    if (low_set) {
+        format_fraction(high, other, sizeof other);
+        if (high_set)
+            fail_at(p, ks->line[MK_LOW_WATERMARK], "memory", "low_watermark",
+                    "must be below high_watermark (%s, line %u)", other,
+                    ks->line[MK_HIGH_WATERMARK]);
+        else
+            fail_at(p, ks->line[MK_LOW_WATERMARK], "memory", "low_watermark",
+                    "must be below high_watermark (%s when not set)", other);
+    } else {
+        format_fraction(low, other, sizeof other);
+        fail_at(p, ks->line[MK_HIGH_WATERMARK], "memory", "high_watermark",
+                "must be above low_watermark (%s when not set)", other);
+    }
 }
 
 static void check_models(struct parser *p)
 {
     struct larder__config *c = p->c;
-    for (size_t i = 0; i < c->n_models && !p->rc; i++) {
-        struct larder__model_conf *m = &c->models[i];
-        if (!m->backend)
-            model_error(p, m, "backend", "missing (required)");
-        else if (m->fallback && strcmp(m->fallback, m->name) == 0)
-            model_error(p, m, "fallback", "a model cannot be its own fallback");
-        else if (m->fallback && !larder__config_model(c, m->fallback))
-            model_error(p, m, "fallback", "names no [model.*] section");
-        else if (fallback_loops(c, m))
-            model_error(p, m, "fallback", "the fallback chain loops back on itself");
-        else if (m->gpu_bytes && m->gpu < 0)
-            model_error(p, m, "gpu_memory", "needs a gpu key naming the GPU");
-        else if (m->path && path_option(m) < 0)
-            p->rc = -ENOMEM;
-    }
-    if (!p->rc && c->low_watermark > 0 && c->high_watermark > 0 &&
-        c->low_watermark >= c->high_watermark) {
-        p->line = 0;
-        snprintf(p->section, sizeof p->section, "memory");
-        fail(p, "low_watermark", "must be below high_watermark");
-    }
+    if (c->n_models)
+        qsort(c->models, c->n_models, sizeof *c->models, cmp_model);
+    if (!check_duplicates(p))
+        check_fallbacks(p);
+    check_watermarks(p);
+    for (size_t i = 0; i < c->n_models && !p->rc; i++)
+        if (c->models[i].path && path_option(&c->models[i]) < 0)
+            out_of_memory(p);
 }
 
 static int set_defaults(struct larder__config *c, const char *file)
@@ -707,6 +1227,12 @@ static int set_defaults(struct larder__config *c, const char *file)
     c->history_s = -1;
     if (!(c->file = strdup(file)) || !(c->listen_host = strdup("127.0.0.1")))
         return -ENOMEM;
+    return 0;
+}
+
+/* The absolute directory of the file, which relative paths resolve against. */
+static int set_dir(struct larder__config *c, const char *file)
+{
     char *abs = realpath(file, NULL);
     if (!abs)
         return -errno;
@@ -719,37 +1245,178 @@ static int set_defaults(struct larder__config *c, const char *file)
     return 0;
 }
 
-int larder__config_load(const char *file, struct larder__config **ret_config, char *err,
-                        size_t errlen)
+/* Opens the file and checks that it is one, before any line is read. */
+static void open_file(struct parser *p, const char *file)
+{
+    struct stat st;
+    int r = set_dir(p->c, file);
+    if (r == 0 && !(p->f = fopen(file, "r")))
+        r = -errno;
+    if (r == 0 && fstat(fileno(p->f), &st) < 0)
+        r = -errno;
+    if (r == 0 && S_ISDIR(st.st_mode)) {
+        fail_file(p, -EISDIR, "is a directory, not a config file");
+        return;
+    }
+    if (r == -ENOMEM)
+        out_of_memory(p);
+    else if (r < 0)
+        fail_file(p, r, "%s", strerror(-r));
+}
+
+static int cmp_error(const void *a, const void *b)
+{
+    const struct error_rec *x = a, *y = b;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static void report_one(const char *file, const struct error_rec *e,
+                       larder__config_report_fn report, void *ud)
+{
+    char *text = NULL;
+    int n;
+    if (e->line && e->key)
+        n = asprintf(&text, "%s:%u: [%s] %s: %s", file, e->line, e->section ? e->section : "",
+                     e->key, e->message);
+    else if (e->line)
+        n = asprintf(&text, "%s:%u: %s", file, e->line, e->message);
+    else
+        n = asprintf(&text, "%s: %s", file, e->message);
+    struct larder__config_error out = {.file = file, .line = e->line, .section = e->section,
+                                       .key = e->key, .message = e->message,
+                                       .text = n < 0 ? e->message : text};
+    report(ud, &out);
+    if (n >= 0)
+        free(text);
+}
+
+/* Sorts the errors by line, hands them to report, frees them. */
+static void report_errors(struct parser *p, const char *file, larder__config_report_fn report,
+                          void *ud)
+{
+    if (p->n_errs > 1)
+        qsort(p->errs, p->n_errs, sizeof *p->errs, cmp_error);
+    for (size_t i = 0; i < p->n_errs; i++) {
+        struct error_rec *e = &p->errs[i];
+        if (report && e->message)
+            report_one(file, e, report, ud);
+        free(e->section);
+        free(e->key);
+        free(e->message);
+    }
+    if (p->oom && report) {
+        struct error_rec e = {.message = (char *)"out of memory"};
+        report_one(file, &e, report, ud);
+    }
+    free(p->errs);
+    p->errs = NULL;
+    p->n_errs = 0;
+}
+
+void larder__config_report_print(void *ud, const struct larder__config_error *e)
+{
+    fprintf(ud, "%s\n", e->text);
+}
+
+int larder__config_load_all(const char *file, struct larder__config **ret_config,
+                            larder__config_report_fn report, void *ud)
 {
     struct larder__config *c = calloc(1, sizeof *c);
-    struct parser p = {.c = c, .err = err, .errlen = errlen};
-    if (!c)
-        return -ENOMEM;
-    int r = set_defaults(c, file);
-    if (r == 0 && !(p.f = fopen(file, "r")))
-        r = -errno;
-    if (r < 0) {
-        snprintf(err, errlen, "%s: %s", file, strerror(-r));
+    struct parser p = {.c = c};
+    if (ret_config)
+        *ret_config = NULL;
+    if (!c || !file || set_defaults(c, file) < 0) {
+        out_of_memory(&p);
+    } else {
+        open_file(&p, file);
+    }
+    if (!p.stop) {
+        int ir = ini_parse_stream(read_line, &p, on_pair, &p);
+        if (ir == -2)
+            out_of_memory(&p);
+        else if (ir > 0 && !p.rc)
+            fail_at(&p, (unsigned)ir, NULL, NULL,
+                    "syntax error (expected [section] or key = value)");
+        if (!p.stop)
+            close_section(&p);
+    }
+    if (p.f)
+        fclose(p.f);
+    if (!p.stop)
+        check_models(&p);
+    int r = p.rc;
+    report_errors(&p, file ? file : "(null)", report, ud);
+    if (r < 0 || !ret_config) {
         larder__config_free(c);
         return r;
     }
-    int ir = ini_parse_stream(read_line, &p, on_pair, &p);
-    fclose(p.f);
-    if (!p.rc && ir > 0) {
-        p.line = (unsigned)ir;
-        fail(&p, NULL, "syntax error (expected [section] or key = value)");
-    }
-    if (!p.rc && c->n_models)
-        qsort(c->models, c->n_models, sizeof *c->models, cmp_model);
-    if (!p.rc)
-        check_models(&p);
-    if (p.rc) {
-        larder__config_free(c);
-        return p.rc;
-    }
     *ret_config = c;
     return 0;
+}
+
+struct first_error {
+    char *err;
+    size_t errlen;
+    bool done;
+};
+
+static void keep_first(void *ud, const struct larder__config_error *e)
+{
+    struct first_error *f = ud;
+    if (!f->done && f->err && f->errlen)
+        snprintf(f->err, f->errlen, "%s", e->text);
+    f->done = true;
+}
+
+int larder__config_load(const char *file, struct larder__config **ret_config, char *err,
+                        size_t errlen)
+{
+    struct first_error f = {err, errlen, false};
+    if (err && errlen)
+        err[0] = 0;
+    return larder__config_load_all(file, ret_config, keep_first, &f);
+}
+
+const char *const *larder__config_model_keys(void)
+{
+    return model_keys;
+}
+
+size_t larder__config_check_model_keys(const struct larder__config *c,
+                                       const struct larder__model_conf *m,
+                                       const char *const *backend_keys,
+                                       larder__config_report_fn report, void *ud)
+{
+    const char *const *lists[2] = {model_keys, backend_keys};
+    size_t unknown = 0;
+    char section[INI_NAME_MAX + 1];
+    snprintf(section, sizeof section, "model.%s", m->name);
+    for (size_t i = 0; i < m->n_opts; i++) {
+        const char *key = m->opts[i].key;
+        if (key_index(model_keys, MD_N, key) >= 0)
+            continue;
+        bool listed = false;
+        for (const char *const *k = backend_keys; k && *k && !listed; k++)
+            listed = strcmp(*k, key) == 0;
+        if (listed)
+            continue;
+        unknown++;
+        if (!report)
+            continue;
+        const char *near = suggest_in(key, lists, 2);
+        char msg[256];
+        struct error_rec e = {.line = m->opt_lines[i], .section = section, .key = (char *)key,
+                              .message = msg};
+        if (near)
+            snprintf(msg, sizeof msg, "unknown key for backend '%s' (did you mean '%s'?)",
+                     m->backend ? m->backend : "", near);
+        else
+            snprintf(msg, sizeof msg, "unknown key for backend '%s'", m->backend ? m->backend : "");
+        report_one(c->file, &e, report, ud);
+    }
+    return unknown;
 }
 
 static void model_conf_free(struct larder__model_conf *m)

@@ -1,13 +1,18 @@
 /* larderd configuration: one INI file (see docs/config.md).
  *
- * larder__config_load() reads and validates the whole file: unknown sections and keys,
- * bad values and missing required keys are errors that name the file, the line and the
- * key. Relative paths resolve against the directory of the config file. Backend option
- * keys (any key of a [model.NAME] section that larderd does not know) are kept in order
- * for the backend; they are checked against the backend's own list when the backend is
- * opened (at the model's first load, or by `larder check`).
+ * larder__config_load_all() reads and validates the whole file and reports every error it
+ * finds, each naming the file, the line and the key: syntax errors, unknown sections and
+ * keys (with a "did you mean" for near misses), bad values, keys given twice, missing
+ * required keys, and the combinations of keys the library would refuse at larder_open()
+ * (a low_watermark that is not below the high_watermark, either one's default included).
+ * larder__config_load() is the same check returning the first error's text only.
+ * Relative paths resolve against the directory of the config file. Backend option keys
+ * (any key of a [model.NAME] section that larderd does not know) are kept in order for
+ * the backend; larder__config_check_model_keys() checks them against a backend's own list
+ * once the backend is open (at the model's first load, or by `larder check`).
  *
- * Threads: a loaded config is immutable and may be read from any thread.
+ * Threads: a loaded config is immutable and may be read from any thread. The parsing
+ * functions keep no state between calls and may run on several threads at once.
  */
 #ifndef LARDER_DAEMON_CONFIG_H
 #define LARDER_DAEMON_CONFIG_H
@@ -79,11 +84,80 @@ struct larder__config {
     uint64_t gpu_budget[LARDER_MAX_GPUS]; /* device-memory budgets; 0 = not enforced */
     /* [model.NAME], sorted by name */
     struct larder__model_conf *models;
-    size_t n_models;
+    size_t n_models;              /* 0 is valid: the caller decides what an empty config means */
+    /* key = value lines read, in any section. 0: the file holds no setting at all (empty,
+     * blank or comments only), which is loaded like a file of defaults. */
+    unsigned n_settings;
 };
 
-/* Loads and validates a config file. On failure writes a message naming the file, line
- * and key into err (errlen bytes) and returns a negative errno. */
+/* One error found in a config file. The strings live for the duration of the report
+ * call only; copy what you keep. */
+struct larder__config_error {
+    const char *file;     /* the config file, as given */
+    unsigned line;        /* 1-based; 0 when the error is about the whole file */
+    const char *section;  /* "server", "memory", "model.NAME", an unknown section's name;
+                           * NULL when the error is about a line outside any section */
+    const char *key;      /* the key; NULL when the error is about a line or a section */
+    const char *message;  /* the message alone: "value out of range '0'" */
+    const char *text;     /* everything, one line, no newline: "FILE:LINE: [SECTION] KEY:
+                           * MESSAGE" with a key, "FILE:LINE: MESSAGE" without,
+                           * "FILE: MESSAGE" for line 0 */
+};
+
+/* Receives one error; ud is the caller's pointer. Must not call back into the loader. */
+typedef void (*larder__config_report_fn)(void *ud, const struct larder__config_error *e);
+
+/* A report function that writes e->text and a newline to the stdio FILE *ud. */
+void larder__config_report_print(void *ud, const struct larder__config_error *e);
+
+/* Loads and validates a config file, reporting every error rather than the first.
+ *
+ * Each error goes to report (which may be NULL: then they are only counted), once, in
+ * order of line (errors about the whole file, line 0, first), before this returns.
+ * Parsing goes on after an error, so one run shows every mistake; after 100 errors, or
+ * at a NUL byte (not a text file), it stops reading and says so in the last error.
+ *
+ * Returns 0 and *ret_config (free it with larder__config_free) when there is no error;
+ * ret_config may be NULL to check a file only. Otherwise sets *ret_config (when not
+ * NULL) to NULL and returns a negative errno: -EINVAL for errors in the text; the open
+ * or read error for a file that cannot be read (-ENOENT, -EACCES, -EISDIR for a
+ * directory, -EIO, ...; reported with line 0 and no key), also when errors in the lines
+ * before a read error were reported; -ENOMEM. A file that is empty or holds only blank
+ * lines and comments is not an error: it loads with n_models == 0 and n_settings == 0. */
+int larder__config_load_all(const char *file, struct larder__config **ret_config,
+                            larder__config_report_fn report, void *ud);
+
+/* The candidate nearest to key, for a "did you mean": the first candidate, in list
+ * order, at the smallest edit distance from key (one insertion, deletion, substitution
+ * or swap of two adjacent characters counts 1; letters compare case-insensitively),
+ * provided that distance is at most 2 and less than half the length of key. NULL when
+ * none is that near, or when key or candidates is NULL. candidates is NULL-terminated;
+ * candidates longer than 64 characters are never suggested. Pure; any thread. */
+const char *larder__config_suggest(const char *key, const char *const *candidates);
+
+/* larderd's own keys of a [model.NAME] section, NULL-terminated ("backend", "path",
+ * "instances", ...). Every other key of the section is a backend option. */
+const char *const *larder__config_model_keys(void);
+
+/* Checks the backend options of model m (of config c) against the option keys its
+ * backend accepts: backend_keys, NULL-terminated (NULL: the backend accepts none).
+ * Every option whose key is neither one of larderd's model keys (so never "path") nor
+ * in backend_keys is reported through report (may be NULL), in config order, as an
+ * error with file c->file, the option's line, section "model.NAME", the key, and
+ *   message  "unknown key for backend 'B'" or "unknown key for backend 'B' (did you
+ *            mean 'K'?)", K the nearest of larderd's model keys and backend_keys by the
+ *            rule of larder__config_suggest, larderd's winning a tie (so `instnaces`
+ *            suggests `instances`, and `langauge` a backend's `language`);
+ *   text     "FILE:LINE: [model.NAME] KEY: unknown key for backend 'B' (did you mean 'K'?)".
+ * Returns the number of unknown keys (0: all known). Any thread; c is not changed. */
+size_t larder__config_check_model_keys(const struct larder__config *c,
+                                       const struct larder__model_conf *m,
+                                       const char *const *backend_keys,
+                                       larder__config_report_fn report, void *ud);
+
+/* Loads and validates a config file: larder__config_load_all() keeping only the first
+ * error. On failure writes that error's text (file, line and key) into err (errlen
+ * bytes), sets *ret_config to NULL and returns the same negative errno. */
 int larder__config_load(const char *file, struct larder__config **ret_config, char *err,
                         size_t errlen);
 
