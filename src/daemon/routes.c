@@ -2,6 +2,7 @@
 #include "routes.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,54 +47,81 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-json_t *larder__component_json(const struct larder_component_info *c)
+/* Written straight into the reply's text: a listing of 10,000 models is megabytes, and a
+ * jansson tree of it costs far more time and memory than the text itself. */
+#define LIT(t, s) larder__text_lit(t, s)
+/* ,"key":value */
+#define STR(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_string(t, v))
+#define INT(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_int(t, v))
+#define UINT(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_uint(t, v))
+#define REAL(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_real(t, v))
+#define BOOL(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_bool(t, v))
+
+static void last_error_text(struct larder__text *t, const struct larder_component_info *c)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "name", json_string(c->name));
-    json_object_set_new(o, "backend", str_or_null(c->class_name));
-    json_object_set_new(o, "state", json_string(larder_state_name(c->state)));
-    json_object_set_new(o, "draining", json_boolean(c->draining));
-    json_object_set_new(o, "pin", json_boolean(c->pin));
-    json_object_set_new(o, "preload", json_boolean(c->preload));
-    json_object_set_new(o, "priority", json_integer(c->priority));
-    json_object_set_new(o, "ttl_ms", json_integer(c->ttl_ms));
-    json_object_set_new(o, "expires_in_ms", json_integer(c->expires_in_ms));
-    json_object_set_new(o, "fallback", str_or_null(c->fallback));
-    json_object_set_new(o, "instances",
-                        json_pack("{s:i,s:i,s:i}", "created", (int)c->instances, "busy",
-                                  (int)c->instances_busy, "max", (int)c->instances_max));
-    json_object_set_new(o, "leases", json_integer(c->leases));
-    json_object_set_new(o, "waiters", json_integer(c->waiters));
-    json_object_set_new(
-        o, "memory",
-        json_pack("{s:I,s:s,s:I,s:s,s:I,s:I,s:I,s:b}", "estimate_bytes",
-                  (json_int_t)c->estimate_bytes, "estimate_source",
-                  larder_estimate_source_name(c->estimate_source), "measured_bytes",
-                  (json_int_t)c->measured_bytes, "measure_method",
-                  larder_measure_method_name(c->measure_method), "instance_bytes",
-                  (json_int_t)c->instance_bytes, "reserved_bytes", (json_int_t)c->reserved_bytes,
-                  "last_returned_bytes", (json_int_t)c->last_returned_bytes, "leak_suspect",
-                  c->leak_suspect));
-    json_object_set_new(o, "loads", json_integer((json_int_t)c->loads));
-    json_object_set_new(o, "load_ms", json_pack("{s:f,s:f}", "last", c->load_ms_last, "avg",
-                                                c->load_ms_avg));
-    json_object_set_new(o, "hits", json_integer((json_int_t)c->hits));
-    json_object_set_new(o, "cold_starts", json_integer((json_int_t)c->cold_starts));
-    json_object_set_new(o, "evictions", json_integer((json_int_t)c->evictions));
-    json_object_set_new(o, "failures", json_integer((json_int_t)c->failures));
-    json_object_set_new(o, "fallbacks_served", json_integer((json_int_t)c->fallbacks_served));
-    json_object_set_new(o, "last_error",
-                        c->last_error ? json_pack("{s:i,s:s,s:s?}", "code", c->last_error, "name",
-                                                  larder_strerror(c->last_error), "message",
-                                                  c->last_error_message)
-                                      : json_null());
-    json_object_set_new(o, "cooldown_ms", json_integer(c->cooldown_ms));
-    json_object_set_new(o, "gpu", c->gpu < 0 ? json_null()
-                                             : json_pack("{s:i,s:I,s:I}", "index", c->gpu,
-                                                         "bytes", (json_int_t)c->gpu_bytes,
-                                                         "reserved_bytes",
-                                                         (json_int_t)c->gpu_reserved_bytes));
-    return o;
+    if (!c->last_error) {
+        LIT(t, "null");
+        return;
+    }
+    LIT(t, "{\"code\":");
+    larder__text_json_int(t, c->last_error);
+    STR(t, "name", larder_strerror(c->last_error));
+    STR(t, "message", c->last_error_message);
+    LIT(t, "}");
+}
+
+void larder__component_text(struct larder__text *t, const struct larder_component_info *c)
+{
+    LIT(t, "{\"name\":");
+    larder__text_json_string(t, c->name);
+    STR(t, "backend", c->class_name);
+    STR(t, "state", larder_state_name(c->state));
+    BOOL(t, "draining", c->draining);
+    BOOL(t, "pin", c->pin);
+    BOOL(t, "preload", c->preload);
+    INT(t, "priority", c->priority);
+    INT(t, "ttl_ms", c->ttl_ms);
+    INT(t, "expires_in_ms", c->expires_in_ms);
+    STR(t, "fallback", c->fallback);
+    LIT(t, ",\"instances\":{\"created\":");
+    larder__text_json_uint(t, c->instances);
+    UINT(t, "busy", c->instances_busy);
+    UINT(t, "max", c->instances_max);
+    LIT(t, "}");
+    UINT(t, "leases", c->leases);
+    UINT(t, "waiters", c->waiters);
+    LIT(t, ",\"memory\":{\"estimate_bytes\":");
+    larder__text_json_uint(t, c->estimate_bytes);
+    STR(t, "estimate_source", larder_estimate_source_name(c->estimate_source));
+    UINT(t, "measured_bytes", c->measured_bytes);
+    STR(t, "measure_method", larder_measure_method_name(c->measure_method));
+    UINT(t, "instance_bytes", c->instance_bytes);
+    UINT(t, "reserved_bytes", c->reserved_bytes);
+    INT(t, "last_returned_bytes", c->last_returned_bytes);
+    BOOL(t, "leak_suspect", c->leak_suspect);
+    LIT(t, "}");
+    UINT(t, "loads", c->loads);
+    LIT(t, ",\"load_ms\":{\"last\":");
+    larder__text_json_real(t, c->load_ms_last);
+    REAL(t, "avg", c->load_ms_avg);
+    LIT(t, "}");
+    UINT(t, "hits", c->hits);
+    UINT(t, "cold_starts", c->cold_starts);
+    UINT(t, "evictions", c->evictions);
+    UINT(t, "failures", c->failures);
+    UINT(t, "fallbacks_served", c->fallbacks_served);
+    LIT(t, ",\"last_error\":");
+    last_error_text(t, c);
+    INT(t, "cooldown_ms", c->cooldown_ms);
+    if (c->gpu < 0) {
+        LIT(t, ",\"gpu\":null}");
+        return;
+    }
+    LIT(t, ",\"gpu\":{\"index\":");
+    larder__text_json_int(t, c->gpu);
+    UINT(t, "bytes", c->gpu_bytes);
+    UINT(t, "reserved_bytes", c->gpu_reserved_bytes);
+    LIT(t, "}}");
 }
 
 static struct larder_snapshot *snapshot_or_reply(struct larder__request *r)
@@ -145,16 +173,35 @@ static void route_ready(struct larder__request *r, const char *name)
     larder__reply_header(r, "Retry-After", "1");
 }
 
+/* Serialising a large listing leaves the snapshot's many small blocks free in this
+ * thread's arena, where glibc would keep them; listings this large trim the heap. */
+#define TRIM_COMPONENTS 1000
+
+static void reply_listing(struct larder__request *r, struct larder_snapshot *s,
+                          struct larder__text *t)
+{
+    size_t n = s->n;
+    larder_snapshot_free(s);
+    if (n >= TRIM_COMPONENTS)
+        malloc_trim(0);
+    larder__reply_text(r, 200, "application/json", t);
+}
+
 static void route_models(struct larder__request *r, const char *name)
 {
     struct larder_snapshot *s = snapshot_or_reply(r);
     if (!s)
         return;
-    json_t *arr = json_array();
-    for (size_t i = 0; i < s->n; i++)
-        json_array_append_new(arr, larder__component_json(&s->components[i]));
-    larder_snapshot_free(s);
-    larder__reply_json(r, 200, json_pack("{s:o}", "models", arr));
+    struct larder__text t = {0};
+    larder__text_reserve(&t, 64 + s->n * 720);
+    LIT(&t, "{\"models\":[");
+    for (size_t i = 0; i < s->n; i++) {
+        if (i)
+            LIT(&t, ",");
+        larder__component_text(&t, &s->components[i]);
+    }
+    LIT(&t, "]}\n");
+    reply_listing(r, s, &t);
 }
 
 static void route_model(struct larder__request *r, const char *name)
@@ -162,15 +209,18 @@ static void route_model(struct larder__request *r, const char *name)
     struct larder_snapshot *s = snapshot_or_reply(r);
     if (!s)
         return;
-    json_t *o = NULL;
-    for (size_t i = 0; i < s->n && !o; i++)
-        if (strcmp(s->components[i].name, name) == 0)
-            o = larder__component_json(&s->components[i]);
-    larder_snapshot_free(s);
-    if (o)
-        larder__reply_json(r, 200, o);
-    else
+    struct larder__text t = {0};
+    for (size_t i = 0; i < s->n && !t.len; i++)
+        if (strcmp(s->components[i].name, name) == 0) {
+            larder__component_text(&t, &s->components[i]);
+            LIT(&t, "\n");
+        }
+    if (t.len || t.failed)
+        reply_listing(r, s, &t);
+    else {
+        larder_snapshot_free(s);
         larder__reply_error(r, 404, "model_not_found", "no model named '%s'", name);
+    }
 }
 
 static json_t *limit_or_null(uint64_t v)
@@ -317,13 +367,14 @@ static void route_memory(struct larder__request *r, const char *name)
 
 static void route_metrics(struct larder__request *r, const char *name)
 {
-    size_t len = 0;
-    char *text = larder__metrics_text(r->d, &len);
-    if (!text) {
-        larder__reply_error(r, 500, "internal", "out of memory");
+    struct larder__text t = {0};
+    int e = larder__metrics_text(r->d, &t);
+    if (e < 0) {
+        larder__text_free(&t);
+        larder__reply_larder_error(r, e, "metrics failed");
         return;
     }
-    larder__reply_bytes(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    larder__reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", &t);
 }
 
 static void route_events(struct larder__request *r, const char *name)
