@@ -448,6 +448,75 @@ const char *larder__request_arg(struct larder__request *r, const char *name)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+/* Whole decimal number, digits only; -ERANGE past max. */
+static int parse_count(const char *s, uint64_t max, uint64_t *ret)
+{
+    uint64_t v = 0;
+    if (!*s)
+        return -EINVAL;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return -EINVAL;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (max - d) / 10)
+            return -ERANGE;
+        v = v * 10 + d;
+    }
+    *ret = v;
+    return 0;
+}
+
+bool larder__request_arg_parse(struct larder__request *r, const char *name,
+                               enum larder__arg_kind kind, uint64_t max, void *ret)
+{
+    const char *v = NULL;
+    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
+                                      NULL) != MHD_YES)
+        return true;
+    int e = -EINVAL;
+    bool b;
+    int64_t ms;
+    uint64_t n;
+    const char *want = "";
+    switch (kind) {
+    case LARDER__ARG_BOOL:
+        want = "yes or no (true/false, on/off, 1/0)";
+        if (v && (e = larder__parse_bool(v, &b)) == 0)
+            *(bool *)ret = b;
+        break;
+    case LARDER__ARG_DURATION:
+        /* digits, maybe a fraction, then a unit: no signs, exponents or hex */
+        want = "a duration such as 500ms, 30s or 2m";
+        if (v && !v[strspn(v, "0123456789.") + strspn(v + strspn(v, "0123456789."),
+                                                       "abcdefghijklmnopqrstuvwxyz")] &&
+            (e = larder__parse_duration(v, &ms)) == 0 && (ms < 0 || (uint64_t)ms > max))
+            e = ms < 0 ? -EINVAL : -ERANGE;
+        if (e == 0)
+            *(int64_t *)ret = ms;
+        break;
+    case LARDER__ARG_COUNT:
+        want = "a whole number";
+        if (v && (e = parse_count(v, max, &n)) == 0)
+            *(uint64_t *)ret = n;
+        break;
+    }
+    if (e == 0)
+        return true;
+    char range[64] = "";
+    if (e == -ERANGE && kind == LARDER__ARG_DURATION)
+        snprintf(range, sizeof range, " of at most %llu ms", (unsigned long long)max);
+    else if (e == -ERANGE || (kind == LARDER__ARG_COUNT && max != UINT64_MAX))
+        snprintf(range, sizeof range, " from 0 to %llu", (unsigned long long)max);
+    if (!v)
+        larder__reply_error(r, 400, "bad_parameter", "query parameter '%s' needs a value: %s%s",
+                            name, want, range);
+    else
+        larder__reply_error(r, 400, "bad_parameter",
+                            "query parameter '%s' is '%.200s', it must be %s%s", name, v, want,
+                            range);
+    return false;
+}
+
 /* ---- request life ---------------------------------------------------------------------- */
 
 static struct larder__request *request_new(struct larder__http *h, struct MHD_Connection *conn,

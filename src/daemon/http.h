@@ -147,6 +147,16 @@ const char *larder__request_header(struct larder__request *r, const char *name);
 /* A query argument of the request, or NULL. HTTP thread only. */
 const char *larder__request_arg(struct larder__request *r, const char *name);
 
+/* Query arguments with a typed value. A present argument that does not parse (or is
+ * out of range, or has no value) sets a 400 `bad_parameter` reply naming it and
+ * returns false; an absent one leaves *ret as it is and returns true. HTTP thread only.
+ *   BOOL:     yes/no, true/false, on/off, 1/0 (any case) into a bool
+ *   DURATION: "500ms", "30s", "30", "2m", "1h" (not "never") into an int64_t of ms
+ *   COUNT:    a decimal whole number 0..max into a uint64_t */
+enum larder__arg_kind { LARDER__ARG_BOOL, LARDER__ARG_DURATION, LARDER__ARG_COUNT };
+bool larder__request_arg_parse(struct larder__request *r, const char *name,
+                               enum larder__arg_kind kind, uint64_t max, void *ret);
+
 /* Routes one complete request (routes.c). Sets a reply or suspends r. */
 void larder__route(struct larder__request *r);
 

@@ -331,14 +331,18 @@ static json_t *components_memory(const struct larder_snapshot *s)
     return comps;
 }
 
+/* The most history entries one report holds: a day of samples. */
+#define HISTORY_MAX 86400
+
 static void route_memory(struct larder__request *r, const char *name)
 {
-    const char *h = larder__request_arg(r, "history");
-    unsigned long n = h ? strtoul(h, NULL, 10) : 60;
+    uint64_t n = 60;
+    if (!larder__request_arg_parse(r, "history", LARDER__ARG_COUNT, HISTORY_MAX, &n))
+        return;
     struct larder_memory *mem = NULL;
     struct larder_snapshot *s = NULL;
     larder *m = larder__mgr_get(r->d);
-    int e = m ? larder_memory(m, n > 86400 ? 86400 : n, &mem) : LARDER_ECLOSED;
+    int e = m ? larder_memory(m, (size_t)n, &mem) : LARDER_ECLOSED;
     if (e == 0)
         e = larder_snapshot(m, &s);
     if (m)
@@ -394,20 +398,20 @@ struct admin_job {
     int64_t timeout_ms;
 };
 
-static int64_t drain_timeout(struct larder__request *r)
+/* The request's ?timeout=, else the config's drain_timeout; false (with a 400 reply)
+ * when the parameter is bad. */
+static bool request_timeout(struct larder__request *r, int64_t *ret_ms)
 {
-    const char *arg = larder__request_arg(r, "timeout");
-    int64_t ms;
-    if (arg && larder__parse_duration(arg, &ms) == 0 && ms >= 0)
-        return ms;
     pthread_rwlock_rdlock(&r->d->conf_lock);
-    ms = r->d->conf->drain_timeout_ms;
+    *ret_ms = r->d->conf->drain_timeout_ms;
     pthread_rwlock_unlock(&r->d->conf_lock);
-    return ms;
+    return larder__request_arg_parse(r, "timeout", LARDER__ARG_DURATION, INT64_MAX / 2, ret_ms);
 }
 
-/* Suspends r and runs fn on the admin pool; replies 503 if the pool refuses. */
-static void run_admin(struct larder__request *r, const char *name, larder__job_fn fn)
+/* Suspends r and runs fn on the admin pool (timeout: for fn); replies 503 if the pool
+ * refuses. */
+static void run_admin(struct larder__request *r, const char *name, int64_t timeout,
+                      larder__job_fn fn)
 {
     struct admin_job *j = calloc(1, sizeof *j);
     if (!j || (name && !(j->name = strdup(name)))) {
@@ -416,7 +420,7 @@ static void run_admin(struct larder__request *r, const char *name, larder__job_f
         return;
     }
     j->r = r;
-    j->timeout_ms = drain_timeout(r);
+    j->timeout_ms = timeout;
     larder__request_suspend(r);
     if (larder__pool_submit(r->d->admin_pool, fn, j) < 0) {
         free(j->name);
@@ -482,20 +486,21 @@ static void job_reload(void *arg)
 
 static void route_unload(struct larder__request *r, const char *name)
 {
-    if (larder__require_token(r, true))
-        run_admin(r, name, job_unload);
+    int64_t timeout;
+    if (larder__require_token(r, true) && request_timeout(r, &timeout))
+        run_admin(r, name, timeout, job_unload);
 }
 
 static void route_cleanup(struct larder__request *r, const char *name)
 {
     if (larder__require_token(r, true))
-        run_admin(r, NULL, job_cleanup);
+        run_admin(r, NULL, 0, job_cleanup);
 }
 
 static void route_reload(struct larder__request *r, const char *name)
 {
     if (larder__require_token(r, true))
-        run_admin(r, NULL, job_reload);
+        run_admin(r, NULL, 0, job_reload);
 }
 
 /* POST load: waits for the load through an async acquire, so no thread blocks. */
@@ -522,9 +527,12 @@ static void route_load(struct larder__request *r, const char *name)
 {
     if (!larder__require_token(r, true))
         return;
-    const char *wait_arg = larder__request_arg(r, "wait");
     bool wait = true;
-    if (wait_arg && larder__parse_bool(wait_arg, &wait) == 0 && !wait) {
+    int64_t timeout;
+    if (!larder__request_arg_parse(r, "wait", LARDER__ARG_BOOL, 0, &wait) ||
+        !request_timeout(r, &timeout))
+        return;
+    if (!wait) {
         larder *m = larder__mgr_get(r->d);
         int e = m ? larder_preload(m, name) : LARDER_ECLOSED;
         if (m)
@@ -543,7 +551,6 @@ static void route_load(struct larder__request *r, const char *name)
     }
     j->r = r;
     larder__request_suspend(r);
-    int64_t timeout = drain_timeout(r);
     larder *m = larder__mgr_get(r->d);
     int e = m ? larder_acquire_async(m, name, timeout, on_load_lease, j) : LARDER_ECLOSED;
     if (m)

@@ -202,7 +202,26 @@ static json_t *get_json(struct daemon *d, const char *path, int *ret_status)
     return o;
 }
 
+static int post_admin(struct daemon *d, const char *path, struct larder__http_response *r)
+{
+    return http(d, "POST", path, NULL, NULL, 0, true, r);
+}
+
 /* The 400 bad_parameter of one request, whose message names the parameter. */
+static void expect_bad_parameter(struct daemon *d, const char *method, const char *path,
+                                 const char *param)
+{
+    struct larder__http_response r = {0};
+    int st = http(d, method, path, NULL, NULL, 0, true, &r);
+    if (st != 400 || strcmp(error_code(&r), "bad_parameter") != 0)
+        fail_msg("%s %s: %d %s, want 400 bad_parameter", method, path, st, r.body);
+    char quoted[64];
+    snprintf(quoted, sizeof quoted, "'%s'", param);
+    if (!strstr(r.body, quoted))
+        fail_msg("%s %s: '%s' does not name %s", method, path, r.body, param);
+    larder__http_response_clear(&r);
+}
+
 static const char *string_at(json_t *o, const char *key)
 {
     const char *s = json_string_value(json_object_get(o, key));
@@ -212,6 +231,58 @@ static const char *string_at(json_t *o, const char *key)
 /* A preload that fails keeps /ready at 503, naming it with its error, until it loads. */
 /* A failed preload that loads on a request (after its cooldown) makes the daemon ready. */
 /* Loading a model that is not a preload does not make the daemon unready. */
+/* ---- query parameters ---------------------------------------------------------------- */
+
+static void test_bad_query_values(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, "[model.m]\nbackend = synthetic\n"), 0);
+    /* (URL-encoded) */
+    static const char *const timeouts[] = {"banana", "-1", "never", "30sx", "1.5.2s", "",
+                                           "99999999999999999999h", "%205s", "5s%20", "0x10",
+                                           "1e3", "-5s", "+5s", "inf"};
+    char path[128];
+    for (size_t i = 0; i < sizeof timeouts / sizeof timeouts[0]; i++) {
+        snprintf(path, sizeof path, "/v1/models/m/unload?timeout=%s", timeouts[i]);
+        expect_bad_parameter(&d, "POST", path, "timeout");
+        snprintf(path, sizeof path, "/v1/models/m/load?timeout=%s", timeouts[i]);
+        expect_bad_parameter(&d, "POST", path, "timeout");
+    }
+    expect_bad_parameter(&d, "POST", "/v1/models/m/unload?timeout", "timeout");
+    static const char *const bools[] = {"maybe", "", "2", "yess", "no%20", "-1"};
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++) {
+        snprintf(path, sizeof path, "/v1/models/m/load?wait=%s", bools[i]);
+        expect_bad_parameter(&d, "POST", path, "wait");
+    }
+    expect_bad_parameter(&d, "POST", "/v1/models/m/load?wait", "wait");
+    static const char *const counts[] = {"bogus", "-1", "", "10x", "+5", "1e3", "86401",
+                                         "99999999999999999999999", "18446744073709551616"};
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        snprintf(path, sizeof path, "/v1/memory?history=%s", counts[i]);
+        expect_bad_parameter(&d, "GET", path, "history");
+    }
+    /* nothing was loaded or unloaded by the refused requests */
+    assert_int_equal(json_field(&d, "/v1/models/m", "loads"), 0);
+
+    /* good values still work */
+    int st = 0;
+    json_t *o = get_json(&d, "/v1/memory?history=0", &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_array_size(json_object_get(o, "history")), 0);
+    json_decref(o);
+    o = get_json(&d, "/v1/memory?history=86400", &st);
+    assert_int_equal(st, 200);
+    json_decref(o);
+    struct larder__http_response r = {0};
+    assert_int_equal(post_admin(&d, "/v1/models/m/load?wait=YES&timeout=30s", &r), 200);
+    larder__http_response_clear(&r);
+    assert_int_equal(post_admin(&d, "/v1/models/m/unload?timeout=500ms", &r), 200);
+    larder__http_response_clear(&r);
+    assert_int_equal(post_admin(&d, "/v1/models/m/load?wait=off", &r), 202);
+    larder__http_response_clear(&r);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* ---- listings --------------------------------------------------------------------------- */
 
 /* Strings a backend chose (here the failure message with a label) are escaped, and one
@@ -280,6 +351,7 @@ int main(void)
         cmocka_unit_test(test_json_string_invalid_utf8),
         cmocka_unit_test(test_json_numbers),
         cmocka_unit_test(test_text_growth),
+        cmocka_unit_test_teardown(test_bad_query_values, daemon_teardown),
         cmocka_unit_test_teardown(test_listing_text, daemon_teardown),
     };
     return cmocka_run_group_tests_name("larderd routes", tests, NULL, NULL);
