@@ -145,31 +145,74 @@ static void route_health(struct larder__request *r, const char *name)
                                  larder__now() - r->d->started));
 }
 
+/* Readiness concerns the preload models only: each is loaded (or was, and is now
+ * evicted or reloading), still pending (never loaded, no failure yet), or failed (its
+ * last load failed and it is not loaded). */
+enum preload_status { PRELOAD_DONE, PRELOAD_PENDING, PRELOAD_FAILED };
+
+static enum preload_status preload_status(const struct larder_component_info *c)
+{
+    if (c->state == LARDER_STATE_READY)
+        return PRELOAD_DONE;
+    if (c->last_error)
+        return PRELOAD_FAILED;
+    return c->loads ? PRELOAD_DONE : PRELOAD_PENDING;
+}
+
+/* The preloads in that status: their names (pending), or objects with their error. */
+static void preload_list(struct larder__text *t, const struct larder_snapshot *s,
+                         enum preload_status status)
+{
+    for (size_t i = 0, k = 0; i < s->n; i++) {
+        const struct larder_component_info *c = &s->components[i];
+        if (!c->preload || preload_status(c) != status)
+            continue;
+        if (k++)
+            LIT(t, ",");
+        if (status == PRELOAD_PENDING) {
+            larder__text_json_string(t, c->name);
+            continue;
+        }
+        LIT(t, "{\"name\":");
+        larder__text_json_string(t, c->name);
+        STR(t, "state", larder_state_name(c->state));
+        UINT(t, "failures", c->failures);
+        INT(t, "cooldown_ms", c->cooldown_ms);
+        LIT(t, ",\"last_error\":");
+        last_error_text(t, c);
+        LIT(t, "}");
+    }
+}
+
 static void route_ready(struct larder__request *r, const char *name)
 {
-    larder *m = larder__mgr_get(r->d);
-    if (!m) {
-        larder__reply_larder_error(r, LARDER_ECLOSED, "the server is stopping");
-        return;
-    }
-    unsigned pending = larder_preload_pending(m);
-    larder__mgr_put(r->d);
-    if (pending == 0) {
-        larder__reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
-        return;
-    }
     struct larder_snapshot *s = snapshot_or_reply(r);
     if (!s)
         return;
-    json_t *names = json_array();
+    size_t counts[3] = {0};
     for (size_t i = 0; i < s->n; i++)
-        if (s->components[i].preload && (s->components[i].state == LARDER_STATE_LOADING ||
-                                         s->components[i].state == LARDER_STATE_UNLOADED))
-            json_array_append_new(names, json_string(s->components[i].name));
+        if (s->components[i].preload)
+            counts[preload_status(&s->components[i])]++;
+    struct larder__text t = {0};
+    if (!counts[PRELOAD_PENDING] && !counts[PRELOAD_FAILED]) {
+        larder_snapshot_free(s);
+        LIT(&t, "{\"status\":\"ready\"}\n");
+        larder__reply_text(r, 200, "application/json", &t);
+        return;
+    }
+    if (counts[PRELOAD_PENDING])
+        LIT(&t, "{\"status\":\"loading\",\"pending\":");
+    else
+        LIT(&t, "{\"status\":\"failed\",\"pending\":");
+    larder__text_json_uint(&t, counts[PRELOAD_PENDING]);
+    LIT(&t, ",\"models\":[");
+    preload_list(&t, s, PRELOAD_PENDING);
+    LIT(&t, "],\"failed\":[");
+    preload_list(&t, s, PRELOAD_FAILED);
+    LIT(&t, "]}\n");
     larder_snapshot_free(s);
+    larder__reply_text(r, 503, "application/json", &t);
     r->error_code = "not_ready";
-    larder__reply_json(r, 503, json_pack("{s:s,s:i,s:o}", "status", "loading", "pending",
-                                         (int)pending, "models", names));
     larder__reply_header(r, "Retry-After", "1");
 }
 

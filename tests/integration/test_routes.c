@@ -228,9 +228,105 @@ static const char *string_at(json_t *o, const char *key)
     return s ? s : "";
 }
 
+/* ---- readiness --------------------------------------------------------------------- */
+
 /* A preload that fails keeps /ready at 503, naming it with its error, until it loads. */
+static void test_ready_failed_preload(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, "[model.good]\nbackend = synthetic\npreload = yes\n"
+                                      "[model.bad]\nbackend = synthetic\npreload = yes\n"
+                                      "fail = first-1\nlabel = ready-bad\n"
+                                      "[model.lazy]\nbackend = synthetic\n"),
+                     0);
+    int st = 0;
+    json_t *o = NULL;
+    /* wait until neither preload is pending any more */
+    for (int i = 0; i < 4000; i++) {
+        json_decref(o);
+        o = get_json(&d, "/ready", &st);
+        if (json_integer_value(json_object_get(o, "pending")) == 0)
+            break;
+        usleep(5000);
+    }
+    assert_int_equal(st, 503);
+    assert_string_equal(string_at(o, "status"), "failed");
+    assert_int_equal(json_array_size(json_object_get(o, "models")), 0);
+    json_t *failed = json_object_get(o, "failed");
+    assert_int_equal(json_array_size(failed), 1);
+    json_t *f = json_array_get(failed, 0);
+    assert_string_equal(string_at(f, "name"), "bad");
+    json_t *le = json_object_get(f, "last_error");
+    assert_int_equal(json_integer_value(json_object_get(le, "code")), -20007);
+    assert_non_null(strstr(string_at(le, "message"), "synthetic load failure of 'ready-bad'"));
+    json_decref(o);
+    assert_int_equal(json_field(&d, "/v1/models/good", "loads"), 1);
+
+    /* once its cooldown is over, an admin load succeeds and the daemon is ready */
+    struct larder__http_response r = {0};
+    for (int i = 0; i < 2000 && (st = post_admin(&d, "/v1/models/bad/load", &r)) != 200; i++) {
+        assert_int_equal(st, 503);
+        assert_string_equal(error_code(&r), "cooldown");
+        larder__http_response_clear(&r);
+        usleep(5000);
+    }
+    larder__http_response_clear(&r);
+    assert_int_equal(st, 200);
+    o = get_json(&d, "/ready", &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(string_at(o, "status"), "ready");
+    json_decref(o);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* A failed preload that loads on a request (after its cooldown) makes the daemon ready. */
+static void test_ready_after_request(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, "[model.flaky]\nbackend = synthetic\npreload = yes\n"
+                                      "fail = first-1\nlabel = ready-flaky\n"),
+                     0);
+    int st = 0;
+    for (int i = 0; i < 4000 && json_field(&d, "/v1/models/flaky", "failures") < 1; i++)
+        usleep(5000);
+    assert_int_equal(http_get(&d, "/ready"), 503);
+    for (int i = 0; i < 2000; i++) {
+        st = http(&d, "POST", "/v1/models/flaky/infer", "text/plain", "x", 1, false, NULL);
+        if (st == 200)
+            break;
+        assert_int_equal(st, 503); /* cooldown */
+        usleep(5000);
+    }
+    assert_int_equal(st, 200);
+    assert_int_equal(http_get(&d, "/ready"), 200);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* Loading a model that is not a preload does not make the daemon unready. */
+static void test_ready_ignores_other_loads(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, "[model.early]\nbackend = synthetic\npreload = yes\n"
+                                      "[model.lazy]\nbackend = synthetic\nload_ms = 2000\n"),
+                     0);
+    int st = 0;
+    for (int i = 0; i < 4000 && (st = http_get(&d, "/ready")) != 200; i++)
+        usleep(5000);
+    assert_int_equal(st, 200);
+    struct larder__http_response r = {0};
+    assert_int_equal(post_admin(&d, "/v1/models/lazy/load?wait=no", &r), 202);
+    larder__http_response_clear(&r);
+    json_t *o = get_json(&d, "/ready", &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(string_at(o, "status"), "ready");
+    json_decref(o);
+    /* the load was still running: the check above saw it */
+    o = get_json(&d, "/v1/models/lazy", NULL);
+    assert_string_equal(string_at(o, "state"), "loading");
+    json_decref(o);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* ---- query parameters ---------------------------------------------------------------- */
 
 static void test_bad_query_values(void **state)
@@ -351,6 +447,9 @@ int main(void)
         cmocka_unit_test(test_json_string_invalid_utf8),
         cmocka_unit_test(test_json_numbers),
         cmocka_unit_test(test_text_growth),
+        cmocka_unit_test_teardown(test_ready_failed_preload, daemon_teardown),
+        cmocka_unit_test_teardown(test_ready_after_request, daemon_teardown),
+        cmocka_unit_test_teardown(test_ready_ignores_other_loads, daemon_teardown),
         cmocka_unit_test_teardown(test_bad_query_values, daemon_teardown),
         cmocka_unit_test_teardown(test_listing_text, daemon_teardown),
     };
