@@ -546,14 +546,100 @@ static void route_reload(struct larder__request *r, const char *name)
         run_admin(r, NULL, 0, job_reload);
 }
 
-/* POST load: waits for the load through an async acquire, so no thread blocks. */
+/* ---- too big for the budget ------------------------------------------------------------ */
+
+static const struct larder_component_info *find_component(const struct larder_snapshot *s,
+                                                          const char *name)
+{
+    for (size_t i = 0; s && i < s->n; i++)
+        if (strcmp(s->components[i].name, name) == 0)
+            return &s->components[i];
+    return NULL;
+}
+
+/* "2.0 GiB (2147483648 bytes)" */
+static void size_text(uint64_t bytes, char *buf, size_t len)
+{
+    char h[32];
+    larder__format_size(bytes, h, sizeof h);
+    snprintf(buf, len, "%s (%llu bytes)", h, (unsigned long long)bytes);
+}
+
+static void too_big_message(const struct larder_snapshot *s, const char *name,
+                            const char *served, char *buf, size_t len)
+{
+    const struct larder_component_info *c = find_component(s, name);
+    if (!c) {
+        snprintf(buf, len, "model '%s' is larger than the whole memory budget", name);
+        return;
+    }
+    char need[64], budget[64];
+    uint64_t gpu_budget = c->gpu >= 0 && c->gpu < LARDER_MAX_GPUS ? s->gpu_budget_bytes[c->gpu]
+                                                                   : 0;
+    int n;
+    if (gpu_budget && c->gpu_bytes > gpu_budget) {
+        size_text(c->gpu_bytes, need, sizeof need);
+        size_text(gpu_budget, budget, sizeof budget);
+        n = snprintf(buf, len, "model '%s' needs %s of GPU %d memory, more than that GPU's "
+                     "whole budget of %s", name, need, c->gpu, budget);
+    } else {
+        size_text(c->measured_bytes > c->estimate_bytes ? c->measured_bytes : c->estimate_bytes,
+                  need, sizeof need);
+        size_text(s->budget_bytes, budget, sizeof budget);
+        n = snprintf(buf, len, "model '%s' needs %s, more than the whole memory budget of %s",
+                     name, need, budget);
+    }
+    if (n < 0 || (size_t)n >= len)
+        return;
+    if (served && strcmp(served, name) != 0)
+        snprintf(buf + n, len - (size_t)n, "; its fallback '%s' serves its requests", served);
+    else if (c->fallback)
+        snprintf(buf + n, len - (size_t)n, "; its fallback '%s' could not serve either",
+                 c->fallback);
+    else
+        snprintf(buf + n, len - (size_t)n, "; it has no fallback");
+}
+
+void larder__reply_too_big(struct larder__request *r, const char *name, const char *served)
+{
+    char msg[768];
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(r->d);
+    if (m && larder_snapshot(m, &s) < 0)
+        s = NULL;
+    if (m)
+        larder__mgr_put(r->d);
+    too_big_message(s, name, served, msg, sizeof msg);
+    larder_snapshot_free(s);
+    larder__reply_error(r, 503, "too_big", "%s", msg);
+}
+
+/* The last error of the model's last load, 0 when none (or no such model). */
+static int last_load_error(struct larder__daemon *d, const char *name)
+{
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(d);
+    int e = m ? larder_snapshot(m, &s) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(d);
+    const struct larder_component_info *c = e == 0 ? find_component(s, name) : NULL;
+    e = c ? c->last_error : 0;
+    larder_snapshot_free(s);
+    return e;
+}
+
+/* POST load: waits for the load through an async acquire, so no thread blocks. A model
+ * larger than the budget answers 503 too_big, also when a fallback would serve it. */
 static void on_load_lease(void *ud, int err, larder_lease *lease)
 {
     struct admin_job *j = ud;
     const char *served = lease ? larder_lease_served_by(lease) : NULL;
-    if (err < 0)
+    bool fallback = served && strcmp(served, j->name) != 0;
+    if (err == LARDER_ETOOBIG || (fallback && last_load_error(j->r->d, j->name) == LARDER_ETOOBIG))
+        larder__reply_too_big(j->r, j->name, served);
+    else if (err < 0)
         larder__reply_larder_error(j->r, err, NULL);
-    else if (strcmp(served, j->name) != 0)
+    else if (fallback)
         larder__reply_error(j->r, 500, "load_failed", "'%s' failed to load (a fallback, '%s', "
                             "would serve its requests); see GET /v1/models/%s", j->name, served,
                             j->name);

@@ -379,6 +379,66 @@ static void test_bad_query_values(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* ---- too big for the budget ------------------------------------------------------------ */
+
+static long long metric(struct daemon *d, const char *line_start)
+{
+    struct larder__http_response r = {0};
+    long long v = INT64_MIN;
+    if (http(d, "GET", "/metrics", NULL, NULL, 0, false, &r) == 200) {
+        const char *p = strstr(r.body, line_start);
+        if (p)
+            v = strtoll(p + strlen(line_start), NULL, 10);
+    }
+    larder__http_response_clear(&r);
+    return v;
+}
+
+static void expect_too_big(struct daemon *d, const char *path, bool admin, const char *with)
+{
+    struct larder__http_response r = {0};
+    int st = admin ? post_admin(d, path, &r)
+                   : http(d, "POST", path, "text/plain", "x", 1, false, &r);
+    if (st != 503 || strcmp(error_code(&r), "too_big") != 0)
+        fail_msg("POST %s: %d %s, want 503 too_big", path, st, r.body);
+    static const char *const parts[] = {"1.0 GiB (1073741824 bytes)",
+                                        "64.0 MiB (67108864 bytes)"};
+    for (int i = 0; i < 2; i++)
+        if (!strstr(r.body, parts[i]))
+            fail_msg("POST %s: '%s' lacks '%s'", path, r.body, parts[i]);
+    if (!strstr(r.body, with))
+        fail_msg("POST %s: '%s' lacks '%s'", path, r.body, with);
+    larder__http_response_clear(&r);
+}
+
+static void test_load_too_big(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, "[memory]\nbudget = 64MiB\n"
+                                      "[model.small]\nbackend = synthetic\n"
+                                      "[model.big]\nbackend = synthetic\nmemory = 1GiB\n"
+                                      "fallback = small\n"
+                                      "[model.huge]\nbackend = synthetic\nmemory = 1GiB\n"),
+                     0);
+    expect_too_big(&d, "/v1/models/huge/load", true, "it has no fallback");
+    expect_too_big(&d, "/v1/models/big/load", true, "its fallback 'small' serves its requests");
+    expect_too_big(&d, "/v1/models/huge/infer", false, "model 'huge' needs");
+    /* requests for big are served by its fallback */
+    struct larder__http_response r = {0};
+    assert_int_equal(http(&d, "POST", "/v1/models/big/infer", "text/plain", "x", 1, false, &r),
+                     200);
+    json_t *o = json_loads(r.body, 0, NULL);
+    assert_string_equal(string_at(o, "served_by"), "small");
+    json_decref(o);
+    larder__http_response_clear(&r);
+    /* the refusals are the component's failures, the same in /v1/models and /metrics */
+    long long failures = json_field(&d, "/v1/models/huge", "failures");
+    assert_true(failures >= 0);
+    assert_int_equal(metric(&d, "larder_component_failures_total{name=\"huge\"} "), failures);
+    assert_int_equal(json_field(&d, "/v1/models/huge", "last_error.code"), -20005);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* ---- listings --------------------------------------------------------------------------- */
 
 /* Strings a backend chose (here the failure message with a label) are escaped, and one
@@ -451,6 +511,7 @@ int main(void)
         cmocka_unit_test_teardown(test_ready_after_request, daemon_teardown),
         cmocka_unit_test_teardown(test_ready_ignores_other_loads, daemon_teardown),
         cmocka_unit_test_teardown(test_bad_query_values, daemon_teardown),
+        cmocka_unit_test_teardown(test_load_too_big, daemon_teardown),
         cmocka_unit_test_teardown(test_listing_text, daemon_teardown),
     };
     return cmocka_run_group_tests_name("larderd routes", tests, NULL, NULL);
