@@ -3,11 +3,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -92,6 +94,287 @@ void larder__reply_error(struct larder__request *r, unsigned status, const char 
     larder__reply_json(r, status, o);
 }
 
+/* ---- text replies ----------------------------------------------------------------------- */
+
+/* Texts that grow past this move to a mapping of their own; the mapping starts with a
+ * header that holds its size, so that the reply's free callback can unmap it. */
+#define TEXT_MAP_MIN (256u << 10)
+#define TEXT_MAP_HEADER 64u
+
+static size_t page_size(void)
+{
+    static size_t ps;
+    if (!ps) {
+        long n = sysconf(_SC_PAGESIZE);
+        ps = n > 0 ? (size_t)n : 4096;
+    }
+    return ps;
+}
+
+static void *map_base(const struct larder__text *t)
+{
+    return t->buf - TEXT_MAP_HEADER;
+}
+
+static void unmap_text(void *base)
+{
+    munmap(base, *(size_t *)base);
+}
+
+/* Room for cap bytes in all (plus one for a terminating byte). */
+static bool text_grow(struct larder__text *t, size_t cap)
+{
+    if (cap < 512)
+        cap = 512;
+    if (cap < TEXT_MAP_MIN) {
+        char *nb = realloc(t->buf, cap);
+        if (!nb)
+            return false;
+        t->buf = nb;
+        t->cap = cap;
+        return true;
+    }
+    size_t ps = page_size();
+    size_t size = (cap + TEXT_MAP_HEADER + ps - 1) / ps * ps;
+    char *base;
+    if (t->mapped) {
+        base = mremap(map_base(t), *(size_t *)map_base(t), size, MREMAP_MAYMOVE);
+    } else {
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base != MAP_FAILED && t->len)
+            memcpy(base + TEXT_MAP_HEADER, t->buf, t->len);
+        if (base != MAP_FAILED)
+            free(t->buf);
+    }
+    if (base == MAP_FAILED)
+        return false;
+    *(size_t *)base = size;
+    t->buf = base + TEXT_MAP_HEADER;
+    t->cap = size - TEXT_MAP_HEADER;
+    t->mapped = true;
+    return true;
+}
+
+/* Makes room for n more bytes plus a terminating one. */
+static bool text_room(struct larder__text *t, size_t n)
+{
+    if (t->failed)
+        return false;
+    if (t->len + n < t->cap)
+        return true;
+    size_t want = t->cap * 2 > t->len + n + 1 ? t->cap * 2 : t->len + n + 1;
+    if (!text_grow(t, want)) {
+        t->failed = true;
+        return false;
+    }
+    return true;
+}
+
+void larder__text_reserve(struct larder__text *t, size_t more)
+{
+    if (!t->failed && t->len + more >= t->cap && !text_grow(t, t->len + more + 1))
+        t->failed = true;
+}
+
+void larder__text_add_slow(struct larder__text *t, const char *s, size_t n)
+{
+    if (text_room(t, n)) {
+        memcpy(t->buf + t->len, s, n);
+        t->len += n;
+    }
+}
+
+void larder__text_vput(struct larder__text *t, const char *fmt, va_list ap)
+{
+    for (int tries = 0; tries < 2 && text_room(t, 0); tries++) {
+        va_list aq;
+        va_copy(aq, ap);
+        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, aq);
+        va_end(aq);
+        if (n < 0) {
+            t->failed = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        text_room(t, (size_t)n);
+    }
+}
+
+void larder__text_put(struct larder__text *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    larder__text_vput(t, fmt, ap);
+    va_end(ap);
+}
+
+/* Length of the well-formed UTF-8 sequence (RFC 3629: no overlongs, no surrogates,
+ * nothing above U+10FFFF) at s, or 0. Reads no further than a NUL. */
+static size_t utf8_len(const unsigned char *s)
+{
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    if (c < 0xC2 || c > 0xF4 || (s[1] & 0xC0) != 0x80)
+        return 0;
+    if (c < 0xE0)
+        return 2;
+    if ((s[2] & 0xC0) != 0x80 || (c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F))
+        return 0;
+    if (c < 0xF0)
+        return 3;
+    if ((s[3] & 0xC0) != 0x80 || (c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F))
+        return 0;
+    return 4;
+}
+
+void larder__text_json_string(struct larder__text *t, const char *str)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (!str) {
+        larder__text_lit(t, "null");
+        return;
+    }
+    const unsigned char *s = (const unsigned char *)str;
+    larder__text_lit(t, "\"");
+    for (;;) {
+        const unsigned char *run = s;
+        while (*s >= 0x20 && *s < 0x80 && *s != '"' && *s != '\\')
+            s++;
+        larder__text_add(t, (const char *)run, (size_t)(s - run));
+        if (!*s)
+            break;
+        size_t n = *s >= 0x80 ? utf8_len(s) : 0;
+        if (n) {
+            larder__text_add(t, (const char *)s, n);
+            s += n;
+            continue;
+        }
+        char esc[6] = {'\\', 0};
+        size_t len = 2;
+        switch (*s) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            if (*s >= 0x80) { /* not UTF-8: U+FFFD */
+                memcpy(esc, "\\ufffd", 6);
+            } else {
+                memcpy(esc, "\\u00", 4);
+                esc[4] = hex[*s >> 4];
+                esc[5] = hex[*s & 15];
+            }
+            len = 6;
+        }
+        larder__text_add(t, esc, len);
+        s++;
+    }
+    larder__text_lit(t, "\"");
+}
+
+void larder__text_json_uint(struct larder__text *t, uint64_t v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    larder__text_add(t, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+void larder__text_json_int(struct larder__text *t, int64_t v)
+{
+    if (v < 0)
+        larder__text_lit(t, "-");
+    larder__text_json_uint(t, v < 0 ? -(uint64_t)v : (uint64_t)v);
+}
+
+void larder__text_json_real(struct larder__text *t, double v)
+{
+    char b[40];
+    if (v == 0 && !signbit(v)) { /* the figures of models never loaded */
+        larder__text_lit(t, "0.0");
+        return;
+    }
+    if (!isfinite(v)) {
+        larder__text_lit(t, "null");
+        return;
+    }
+    int n = snprintf(b, sizeof b - 2, "%.7g", v);
+    if (n < 0 || (size_t)n >= sizeof b - 2) {
+        t->failed = true;
+        return;
+    }
+    char *comma = strchr(b, ','); /* a locale's decimal point */
+    if (comma)
+        *comma = '.';
+    char *e = strchr(b, 'e');
+    if (!e && !strchr(b, '.')) {
+        memcpy(b + n, ".0", 3); /* stays a real when read back */
+        n += 2;
+    }
+    if (e) { /* "1e+20" -> "1e20", "1e-05" -> "1e-5" */
+        char *out = e + 1, *in = e + 1;
+        if (*in == '-')
+            *out++ = *in++;
+        else if (*in == '+')
+            in++;
+        while (*in == '0' && in[1])
+            in++;
+        memmove(out, in, strlen(in) + 1);
+        n = (int)strlen(b);
+    }
+    larder__text_add(t, b, (size_t)n);
+}
+
+void larder__text_json_bool(struct larder__text *t, bool v)
+{
+    if (v)
+        larder__text_lit(t, "true");
+    else
+        larder__text_lit(t, "false");
+}
+
+void larder__text_free(struct larder__text *t)
+{
+    if (t->mapped)
+        unmap_text(map_base(t));
+    else
+        free(t->buf);
+    memset(t, 0, sizeof *t);
+}
+
+void larder__reply_text(struct larder__request *r, unsigned status, const char *content_type,
+                        struct larder__text *t)
+{
+    if (t->failed || !t->buf) {
+        larder__text_free(t);
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    if (!t->mapped) {
+        larder__reply_bytes(r, status, content_type, t->buf, t->len);
+        memset(t, 0, sizeof *t);
+        return;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        t->len, t->buf, unmap_text, map_base(t));
+    size_t len = t->len;
+    if (!resp)
+        larder__text_free(t);
+    else
+        MHD_add_response_header(resp, "Content-Type", content_type);
+    memset(t, 0, sizeof *t);
+    set_response(r, status, resp, len);
+}
+
 void larder__reply_header(struct larder__request *r, const char *name, const char *value)
 {
     if (r->resp)
@@ -163,6 +446,75 @@ const char *larder__request_header(struct larder__request *r, const char *name)
 const char *larder__request_arg(struct larder__request *r, const char *name)
 {
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+/* Whole decimal number, digits only; -ERANGE past max. */
+static int parse_count(const char *s, uint64_t max, uint64_t *ret)
+{
+    uint64_t v = 0;
+    if (!*s)
+        return -EINVAL;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return -EINVAL;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (max - d) / 10)
+            return -ERANGE;
+        v = v * 10 + d;
+    }
+    *ret = v;
+    return 0;
+}
+
+bool larder__request_arg_parse(struct larder__request *r, const char *name,
+                               enum larder__arg_kind kind, uint64_t max, void *ret)
+{
+    const char *v = NULL;
+    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
+                                      NULL) != MHD_YES)
+        return true;
+    int e = -EINVAL;
+    bool b;
+    int64_t ms;
+    uint64_t n;
+    const char *want = "";
+    switch (kind) {
+    case LARDER__ARG_BOOL:
+        want = "yes or no (true/false, on/off, 1/0)";
+        if (v && (e = larder__parse_bool(v, &b)) == 0)
+            *(bool *)ret = b;
+        break;
+    case LARDER__ARG_DURATION:
+        /* digits, maybe a fraction, then a unit: no signs, exponents or hex */
+        want = "a duration such as 500ms, 30s or 2m";
+        if (v && !v[strspn(v, "0123456789.") + strspn(v + strspn(v, "0123456789."),
+                                                       "abcdefghijklmnopqrstuvwxyz")] &&
+            (e = larder__parse_duration(v, &ms)) == 0 && (ms < 0 || (uint64_t)ms > max))
+            e = ms < 0 ? -EINVAL : -ERANGE;
+        if (e == 0)
+            *(int64_t *)ret = ms;
+        break;
+    case LARDER__ARG_COUNT:
+        want = "a whole number";
+        if (v && (e = parse_count(v, max, &n)) == 0)
+            *(uint64_t *)ret = n;
+        break;
+    }
+    if (e == 0)
+        return true;
+    char range[64] = "";
+    if (e == -ERANGE && kind == LARDER__ARG_DURATION)
+        snprintf(range, sizeof range, " of at most %llu ms", (unsigned long long)max);
+    else if (e == -ERANGE || (kind == LARDER__ARG_COUNT && max != UINT64_MAX))
+        snprintf(range, sizeof range, " from 0 to %llu", (unsigned long long)max);
+    if (!v)
+        larder__reply_error(r, 400, "bad_parameter", "query parameter '%s' needs a value: %s%s",
+                            name, want, range);
+    else
+        larder__reply_error(r, 400, "bad_parameter",
+                            "query parameter '%s' is '%.200s', it must be %s%s", name, v, want,
+                            range);
+    return false;
 }
 
 /* ---- request life ---------------------------------------------------------------------- */

@@ -13,10 +13,12 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "daemon.h"
 
@@ -85,6 +87,50 @@ void larder__reply_bytes(struct larder__request *r, unsigned status, const char 
 /* A response built by the caller (e.g. a stream); takes ownership. */
 void larder__reply_response(struct larder__request *r, unsigned status,
                             struct MHD_Response *resp);
+/* A growing text buffer for replies written directly rather than through a jansson
+ * tree (listings, metrics). Large texts live in a mapping of their own, so that they go
+ * back to the system as soon as their reply has been sent, whatever the allocator keeps.
+ * On ENOMEM the text is marked failed and further output is dropped. Zero-initialise
+ * it; one thread at a time. */
+struct larder__text {
+    char *buf;
+    size_t len, cap;
+    bool failed;
+    bool mapped;
+};
+
+/* Makes room for at least `more` further bytes (a hint; output grows as needed). */
+void larder__text_reserve(struct larder__text *t, size_t more);
+void larder__text_add_slow(struct larder__text *t, const char *s, size_t n);
+static inline void larder__text_add(struct larder__text *t, const char *s, size_t n)
+{
+    if (t->len + n < t->cap) {
+        memcpy(t->buf + t->len, s, n);
+        t->len += n;
+    } else {
+        larder__text_add_slow(t, s, n);
+    }
+}
+/* s: a string literal (the "" "" makes anything else a compile error). */
+#define larder__text_lit(t, s) larder__text_add((t), "" s "", sizeof(s) - 1)
+void larder__text_put(struct larder__text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void larder__text_vput(struct larder__text *t, const char *fmt, va_list ap);
+/* JSON values: a string quoted and escaped (invalid UTF-8 becomes U+FFFD; NULL is
+ * null), integers, a real as jansson writes it with JSON_REAL_PRECISION(7) (null when
+ * not finite), a boolean. */
+void larder__text_json_string(struct larder__text *t, const char *s);
+void larder__text_json_int(struct larder__text *t, int64_t v);
+void larder__text_json_uint(struct larder__text *t, uint64_t v);
+void larder__text_json_real(struct larder__text *t, double v);
+void larder__text_json_bool(struct larder__text *t, bool v);
+/* Frees the text and zeroes it. */
+void larder__text_free(struct larder__text *t);
+
+/* Replies with t's bytes (taking them: t is left empty); a failed text answers 500. */
+void larder__reply_text(struct larder__request *r, unsigned status, const char *content_type,
+                        struct larder__text *t);
+
 /* Adds a header to the reply set last. */
 void larder__reply_header(struct larder__request *r, const char *name, const char *value);
 
@@ -100,6 +146,16 @@ void larder__request_resume(struct larder__request *r);
 const char *larder__request_header(struct larder__request *r, const char *name);
 /* A query argument of the request, or NULL. HTTP thread only. */
 const char *larder__request_arg(struct larder__request *r, const char *name);
+
+/* Query arguments with a typed value. A present argument that does not parse (or is
+ * out of range, or has no value) sets a 400 `bad_parameter` reply naming it and
+ * returns false; an absent one leaves *ret as it is and returns true. HTTP thread only.
+ *   BOOL:     yes/no, true/false, on/off, 1/0 (any case) into a bool
+ *   DURATION: "500ms", "30s", "30", "2m", "1h" (not "never") into an int64_t of ms
+ *   COUNT:    a decimal whole number 0..max into a uint64_t */
+enum larder__arg_kind { LARDER__ARG_BOOL, LARDER__ARG_DURATION, LARDER__ARG_COUNT };
+bool larder__request_arg_parse(struct larder__request *r, const char *name,
+                               enum larder__arg_kind kind, uint64_t max, void *ret);
 
 /* Routes one complete request (routes.c). Sets a reply or suspends r. */
 void larder__route(struct larder__request *r);

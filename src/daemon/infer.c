@@ -160,6 +160,10 @@ static void last_error(struct larder__daemon *d, const char *name, char *buf, si
 static void reply_acquire_error(struct infer_job *j)
 {
     char msg[1024], why[700] = "";
+    if (j->err == LARDER_ETOOBIG) {
+        larder__reply_too_big(j->r, j->name, NULL);
+        return;
+    }
     if (j->err == LARDER_ELOAD || j->err == LARDER_ECOOLDOWN)
         last_error(j->r->d, j->name, why, sizeof why);
     snprintf(msg, sizeof msg, "model '%s': %s%s%s", j->name, larder_strerror(j->err),

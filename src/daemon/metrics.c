@@ -1,53 +1,26 @@
 /* larderd GET /metrics: Prometheus text exposition format 0.0.4. */
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "routes.h"
 
-/* A growing text buffer; on ENOMEM it is marked failed and further output is dropped. */
-struct text {
-    char *buf;
-    size_t len, cap;
-    bool failed;
-};
+static void put(struct larder__text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(struct text *t, const char *fmt, ...)
+static void put(struct larder__text *t, const char *fmt, ...)
 {
-    for (int tries = 0; tries < 2 && !t->failed; tries++) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = (t->cap + (size_t)n + 1) * 2;
-        char *nb = realloc(t->buf, cap);
-        if (!nb) {
-            t->failed = true;
-            return;
-        }
-        t->buf = nb;
-        t->cap = cap;
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    larder__text_vput(t, fmt, ap);
+    va_end(ap);
 }
 
-static void header(struct text *t, const char *name, const char *type, const char *help)
+static void header(struct larder__text *t, const char *name, const char *type, const char *help)
 {
     put(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* Component names are [A-Za-z0-9._-], so they need no escaping in label values. */
-static void per_component(struct text *t, const struct larder_snapshot *s)
+static void per_component(struct larder__text *t, const struct larder_snapshot *s)
 {
     static const struct {
         const char *name, *type, *help;
@@ -60,7 +33,7 @@ static void per_component(struct text *t, const struct larder_snapshot *s)
         {"larder_component_leases", "gauge", "live leases"},
         {"larder_component_waiters", "gauge", "acquirers waiting"},
         {"larder_component_loads_total", "counter", "loads that succeeded"},
-        {"larder_component_failures_total", "counter", "loads that failed"},
+        {"larder_component_failures_total", "counter", "loads that failed or were refused"},
         {"larder_component_hits_total", "counter", "leases served"},
         {"larder_component_cold_starts_total", "counter", "leases that waited for a load"},
         {"larder_component_evictions_total", "counter", "times the component was evicted"},
@@ -83,7 +56,7 @@ static void per_component(struct text *t, const struct larder_snapshot *s)
     }
 }
 
-static void daemon_gauges(struct text *t, struct larder__daemon *d)
+static void daemon_gauges(struct larder__text *t, struct larder__daemon *d)
 {
     header(t, "larder_inflight_requests", "gauge", "requests waiting for a lease or a worker");
     put(t, "larder_inflight_requests %u\n", atomic_load(&d->inflight));
@@ -93,7 +66,7 @@ static void daemon_gauges(struct text *t, struct larder__daemon *d)
     put(t, "larder_sse_clients %u\n", larder__events_clients(d->events));
 }
 
-static void manager_wide(struct text *t, const struct larder_snapshot *s)
+static void manager_wide(struct larder__text *t, const struct larder_snapshot *s)
 {
     header(t, "larder_budget_bytes", "gauge", "memory budget of loaded components");
     put(t, "larder_budget_bytes %llu\n", (unsigned long long)s->budget_bytes);
@@ -117,7 +90,7 @@ static void manager_wide(struct text *t, const struct larder_snapshot *s)
     put(t, "larder_components %zu\n", s->n);
 }
 
-static void event_counters(struct text *t, const struct larder__event_counts *c)
+static void event_counters(struct larder__text *t, const struct larder__event_counts *c)
 {
     header(t, "larder_events_total", "counter", "library events by type");
     for (int i = LARDER_EVENT_LOAD_START; i <= LARDER_EVENT_FALLBACK; i++)
@@ -146,7 +119,7 @@ static void event_counters(struct text *t, const struct larder__event_counts *c)
     put(t, "larder_sse_dropped_total %llu\n", (unsigned long long)c->sse_dropped);
 }
 
-static void http_counters(struct text *t, const struct larder__http_counts *c)
+static void http_counters(struct larder__text *t, const struct larder__http_counts *c)
 {
     header(t, "larder_http_requests_total", "counter", "HTTP requests answered, by status class");
     for (int i = 1; i <= 5; i++)
@@ -165,36 +138,27 @@ static void http_counters(struct text *t, const struct larder__http_counts *c)
     put(t, "larder_http_request_duration_seconds_count %llu\n", cum);
 }
 
-char *larder__metrics_text(struct larder__daemon *d, size_t *ret_len)
+int larder__metrics_text(struct larder__daemon *d, struct larder__text *t)
 {
     struct larder_snapshot *s = NULL;
     struct larder__event_counts ec;
     struct larder__http_counts hc;
-    struct text t = {.buf = malloc(16384), .cap = 16384};
-    if (!t.buf)
-        return NULL;
     larder *m = larder__mgr_get(d);
     int e = m ? larder_snapshot(m, &s) : LARDER_ECLOSED;
     if (m)
         larder__mgr_put(d);
-    if (e < 0) {
-        free(t.buf);
-        return NULL;
-    }
+    if (e < 0)
+        return e;
+    larder__text_reserve(t, 16384 + s->n * 1200);
     larder__events_counts(d->events, &ec);
     larder__http_counts(d->http, &hc);
-    manager_wide(&t, s);
-    daemon_gauges(&t, d);
-    per_component(&t, s);
-    event_counters(&t, &ec);
-    http_counters(&t, &hc);
-    header(&t, "larder_reloads_total", "counter", "config reloads that succeeded");
-    put(&t, "larder_reloads_total %llu\n", (unsigned long long)atomic_load(&d->reloads));
+    manager_wide(t, s);
+    daemon_gauges(t, d);
+    per_component(t, s);
+    event_counters(t, &ec);
+    http_counters(t, &hc);
+    header(t, "larder_reloads_total", "counter", "config reloads that succeeded");
+    put(t, "larder_reloads_total %llu\n", (unsigned long long)atomic_load(&d->reloads));
     larder_snapshot_free(s);
-    if (t.failed) {
-        free(t.buf);
-        return NULL;
-    }
-    *ret_len = t.len;
-    return t.buf;
+    return 0;
 }

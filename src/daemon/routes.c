@@ -2,6 +2,7 @@
 #include "routes.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,54 +47,81 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-json_t *larder__component_json(const struct larder_component_info *c)
+/* Written straight into the reply's text: a listing of 10,000 models is megabytes, and a
+ * jansson tree of it costs far more time and memory than the text itself. */
+#define LIT(t, s) larder__text_lit(t, s)
+/* ,"key":value */
+#define STR(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_string(t, v))
+#define INT(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_int(t, v))
+#define UINT(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_uint(t, v))
+#define REAL(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_real(t, v))
+#define BOOL(t, k, v) (LIT(t, ",\"" k "\":"), larder__text_json_bool(t, v))
+
+static void last_error_text(struct larder__text *t, const struct larder_component_info *c)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "name", json_string(c->name));
-    json_object_set_new(o, "backend", str_or_null(c->class_name));
-    json_object_set_new(o, "state", json_string(larder_state_name(c->state)));
-    json_object_set_new(o, "draining", json_boolean(c->draining));
-    json_object_set_new(o, "pin", json_boolean(c->pin));
-    json_object_set_new(o, "preload", json_boolean(c->preload));
-    json_object_set_new(o, "priority", json_integer(c->priority));
-    json_object_set_new(o, "ttl_ms", json_integer(c->ttl_ms));
-    json_object_set_new(o, "expires_in_ms", json_integer(c->expires_in_ms));
-    json_object_set_new(o, "fallback", str_or_null(c->fallback));
-    json_object_set_new(o, "instances",
-                        json_pack("{s:i,s:i,s:i}", "created", (int)c->instances, "busy",
-                                  (int)c->instances_busy, "max", (int)c->instances_max));
-    json_object_set_new(o, "leases", json_integer(c->leases));
-    json_object_set_new(o, "waiters", json_integer(c->waiters));
-    json_object_set_new(
-        o, "memory",
-        json_pack("{s:I,s:s,s:I,s:s,s:I,s:I,s:I,s:b}", "estimate_bytes",
-                  (json_int_t)c->estimate_bytes, "estimate_source",
-                  larder_estimate_source_name(c->estimate_source), "measured_bytes",
-                  (json_int_t)c->measured_bytes, "measure_method",
-                  larder_measure_method_name(c->measure_method), "instance_bytes",
-                  (json_int_t)c->instance_bytes, "reserved_bytes", (json_int_t)c->reserved_bytes,
-                  "last_returned_bytes", (json_int_t)c->last_returned_bytes, "leak_suspect",
-                  c->leak_suspect));
-    json_object_set_new(o, "loads", json_integer((json_int_t)c->loads));
-    json_object_set_new(o, "load_ms", json_pack("{s:f,s:f}", "last", c->load_ms_last, "avg",
-                                                c->load_ms_avg));
-    json_object_set_new(o, "hits", json_integer((json_int_t)c->hits));
-    json_object_set_new(o, "cold_starts", json_integer((json_int_t)c->cold_starts));
-    json_object_set_new(o, "evictions", json_integer((json_int_t)c->evictions));
-    json_object_set_new(o, "failures", json_integer((json_int_t)c->failures));
-    json_object_set_new(o, "fallbacks_served", json_integer((json_int_t)c->fallbacks_served));
-    json_object_set_new(o, "last_error",
-                        c->last_error ? json_pack("{s:i,s:s,s:s?}", "code", c->last_error, "name",
-                                                  larder_strerror(c->last_error), "message",
-                                                  c->last_error_message)
-                                      : json_null());
-    json_object_set_new(o, "cooldown_ms", json_integer(c->cooldown_ms));
-    json_object_set_new(o, "gpu", c->gpu < 0 ? json_null()
-                                             : json_pack("{s:i,s:I,s:I}", "index", c->gpu,
-                                                         "bytes", (json_int_t)c->gpu_bytes,
-                                                         "reserved_bytes",
-                                                         (json_int_t)c->gpu_reserved_bytes));
-    return o;
+    if (!c->last_error) {
+        LIT(t, "null");
+        return;
+    }
+    LIT(t, "{\"code\":");
+    larder__text_json_int(t, c->last_error);
+    STR(t, "name", larder_strerror(c->last_error));
+    STR(t, "message", c->last_error_message);
+    LIT(t, "}");
+}
+
+void larder__component_text(struct larder__text *t, const struct larder_component_info *c)
+{
+    LIT(t, "{\"name\":");
+    larder__text_json_string(t, c->name);
+    STR(t, "backend", c->class_name);
+    STR(t, "state", larder_state_name(c->state));
+    BOOL(t, "draining", c->draining);
+    BOOL(t, "pin", c->pin);
+    BOOL(t, "preload", c->preload);
+    INT(t, "priority", c->priority);
+    INT(t, "ttl_ms", c->ttl_ms);
+    INT(t, "expires_in_ms", c->expires_in_ms);
+    STR(t, "fallback", c->fallback);
+    LIT(t, ",\"instances\":{\"created\":");
+    larder__text_json_uint(t, c->instances);
+    UINT(t, "busy", c->instances_busy);
+    UINT(t, "max", c->instances_max);
+    LIT(t, "}");
+    UINT(t, "leases", c->leases);
+    UINT(t, "waiters", c->waiters);
+    LIT(t, ",\"memory\":{\"estimate_bytes\":");
+    larder__text_json_uint(t, c->estimate_bytes);
+    STR(t, "estimate_source", larder_estimate_source_name(c->estimate_source));
+    UINT(t, "measured_bytes", c->measured_bytes);
+    STR(t, "measure_method", larder_measure_method_name(c->measure_method));
+    UINT(t, "instance_bytes", c->instance_bytes);
+    UINT(t, "reserved_bytes", c->reserved_bytes);
+    INT(t, "last_returned_bytes", c->last_returned_bytes);
+    BOOL(t, "leak_suspect", c->leak_suspect);
+    LIT(t, "}");
+    UINT(t, "loads", c->loads);
+    LIT(t, ",\"load_ms\":{\"last\":");
+    larder__text_json_real(t, c->load_ms_last);
+    REAL(t, "avg", c->load_ms_avg);
+    LIT(t, "}");
+    UINT(t, "hits", c->hits);
+    UINT(t, "cold_starts", c->cold_starts);
+    UINT(t, "evictions", c->evictions);
+    UINT(t, "failures", c->failures);
+    UINT(t, "fallbacks_served", c->fallbacks_served);
+    LIT(t, ",\"last_error\":");
+    last_error_text(t, c);
+    INT(t, "cooldown_ms", c->cooldown_ms);
+    if (c->gpu < 0) {
+        LIT(t, ",\"gpu\":null}");
+        return;
+    }
+    LIT(t, ",\"gpu\":{\"index\":");
+    larder__text_json_int(t, c->gpu);
+    UINT(t, "bytes", c->gpu_bytes);
+    UINT(t, "reserved_bytes", c->gpu_reserved_bytes);
+    LIT(t, "}}");
 }
 
 static struct larder_snapshot *snapshot_or_reply(struct larder__request *r)
@@ -117,32 +145,89 @@ static void route_health(struct larder__request *r, const char *name)
                                  larder__now() - r->d->started));
 }
 
+/* Readiness concerns the preload models only: each is loaded (or was, and is now
+ * evicted or reloading), still pending (never loaded, no failure yet), or failed (its
+ * last load failed and it is not loaded). */
+enum preload_status { PRELOAD_DONE, PRELOAD_PENDING, PRELOAD_FAILED };
+
+static enum preload_status preload_status(const struct larder_component_info *c)
+{
+    if (c->state == LARDER_STATE_READY)
+        return PRELOAD_DONE;
+    if (c->last_error)
+        return PRELOAD_FAILED;
+    return c->loads ? PRELOAD_DONE : PRELOAD_PENDING;
+}
+
+/* The preloads in that status: their names (pending), or objects with their error. */
+static void preload_list(struct larder__text *t, const struct larder_snapshot *s,
+                         enum preload_status status)
+{
+    for (size_t i = 0, k = 0; i < s->n; i++) {
+        const struct larder_component_info *c = &s->components[i];
+        if (!c->preload || preload_status(c) != status)
+            continue;
+        if (k++)
+            LIT(t, ",");
+        if (status == PRELOAD_PENDING) {
+            larder__text_json_string(t, c->name);
+            continue;
+        }
+        LIT(t, "{\"name\":");
+        larder__text_json_string(t, c->name);
+        STR(t, "state", larder_state_name(c->state));
+        UINT(t, "failures", c->failures);
+        INT(t, "cooldown_ms", c->cooldown_ms);
+        LIT(t, ",\"last_error\":");
+        last_error_text(t, c);
+        LIT(t, "}");
+    }
+}
+
 static void route_ready(struct larder__request *r, const char *name)
 {
-    larder *m = larder__mgr_get(r->d);
-    if (!m) {
-        larder__reply_larder_error(r, LARDER_ECLOSED, "the server is stopping");
-        return;
-    }
-    unsigned pending = larder_preload_pending(m);
-    larder__mgr_put(r->d);
-    if (pending == 0) {
-        larder__reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
-        return;
-    }
     struct larder_snapshot *s = snapshot_or_reply(r);
     if (!s)
         return;
-    json_t *names = json_array();
+    size_t counts[3] = {0};
     for (size_t i = 0; i < s->n; i++)
-        if (s->components[i].preload && (s->components[i].state == LARDER_STATE_LOADING ||
-                                         s->components[i].state == LARDER_STATE_UNLOADED))
-            json_array_append_new(names, json_string(s->components[i].name));
+        if (s->components[i].preload)
+            counts[preload_status(&s->components[i])]++;
+    struct larder__text t = {0};
+    if (!counts[PRELOAD_PENDING] && !counts[PRELOAD_FAILED]) {
+        larder_snapshot_free(s);
+        LIT(&t, "{\"status\":\"ready\"}\n");
+        larder__reply_text(r, 200, "application/json", &t);
+        return;
+    }
+    if (counts[PRELOAD_PENDING])
+        LIT(&t, "{\"status\":\"loading\",\"pending\":");
+    else
+        LIT(&t, "{\"status\":\"failed\",\"pending\":");
+    larder__text_json_uint(&t, counts[PRELOAD_PENDING]);
+    LIT(&t, ",\"models\":[");
+    preload_list(&t, s, PRELOAD_PENDING);
+    LIT(&t, "],\"failed\":[");
+    preload_list(&t, s, PRELOAD_FAILED);
+    LIT(&t, "]}\n");
     larder_snapshot_free(s);
+    larder__reply_text(r, 503, "application/json", &t);
     r->error_code = "not_ready";
-    larder__reply_json(r, 503, json_pack("{s:s,s:i,s:o}", "status", "loading", "pending",
-                                         (int)pending, "models", names));
     larder__reply_header(r, "Retry-After", "1");
+}
+
+/* Serialising a large listing leaves the snapshot's many small blocks free in this
+ * thread's arena, where glibc would keep them; listings this large trim the heap. */
+#define TRIM_COMPONENTS 1000
+
+static void reply_listing(struct larder__request *r, struct larder_snapshot *s,
+                          struct larder__text *t)
+{
+    size_t n = s->n;
+    larder_snapshot_free(s);
+    if (n >= TRIM_COMPONENTS)
+        malloc_trim(0);
+    larder__reply_text(r, 200, "application/json", t);
 }
 
 static void route_models(struct larder__request *r, const char *name)
@@ -150,11 +235,16 @@ static void route_models(struct larder__request *r, const char *name)
     struct larder_snapshot *s = snapshot_or_reply(r);
     if (!s)
         return;
-    json_t *arr = json_array();
-    for (size_t i = 0; i < s->n; i++)
-        json_array_append_new(arr, larder__component_json(&s->components[i]));
-    larder_snapshot_free(s);
-    larder__reply_json(r, 200, json_pack("{s:o}", "models", arr));
+    struct larder__text t = {0};
+    larder__text_reserve(&t, 64 + s->n * 720);
+    LIT(&t, "{\"models\":[");
+    for (size_t i = 0; i < s->n; i++) {
+        if (i)
+            LIT(&t, ",");
+        larder__component_text(&t, &s->components[i]);
+    }
+    LIT(&t, "]}\n");
+    reply_listing(r, s, &t);
 }
 
 static void route_model(struct larder__request *r, const char *name)
@@ -162,15 +252,18 @@ static void route_model(struct larder__request *r, const char *name)
     struct larder_snapshot *s = snapshot_or_reply(r);
     if (!s)
         return;
-    json_t *o = NULL;
-    for (size_t i = 0; i < s->n && !o; i++)
-        if (strcmp(s->components[i].name, name) == 0)
-            o = larder__component_json(&s->components[i]);
-    larder_snapshot_free(s);
-    if (o)
-        larder__reply_json(r, 200, o);
-    else
+    struct larder__text t = {0};
+    for (size_t i = 0; i < s->n && !t.len; i++)
+        if (strcmp(s->components[i].name, name) == 0) {
+            larder__component_text(&t, &s->components[i]);
+            LIT(&t, "\n");
+        }
+    if (t.len || t.failed)
+        reply_listing(r, s, &t);
+    else {
+        larder_snapshot_free(s);
         larder__reply_error(r, 404, "model_not_found", "no model named '%s'", name);
+    }
 }
 
 static json_t *limit_or_null(uint64_t v)
@@ -281,14 +374,18 @@ static json_t *components_memory(const struct larder_snapshot *s)
     return comps;
 }
 
+/* The most history entries one report holds: a day of samples. */
+#define HISTORY_MAX 86400
+
 static void route_memory(struct larder__request *r, const char *name)
 {
-    const char *h = larder__request_arg(r, "history");
-    unsigned long n = h ? strtoul(h, NULL, 10) : 60;
+    uint64_t n = 60;
+    if (!larder__request_arg_parse(r, "history", LARDER__ARG_COUNT, HISTORY_MAX, &n))
+        return;
     struct larder_memory *mem = NULL;
     struct larder_snapshot *s = NULL;
     larder *m = larder__mgr_get(r->d);
-    int e = m ? larder_memory(m, n > 86400 ? 86400 : n, &mem) : LARDER_ECLOSED;
+    int e = m ? larder_memory(m, (size_t)n, &mem) : LARDER_ECLOSED;
     if (e == 0)
         e = larder_snapshot(m, &s);
     if (m)
@@ -317,13 +414,14 @@ static void route_memory(struct larder__request *r, const char *name)
 
 static void route_metrics(struct larder__request *r, const char *name)
 {
-    size_t len = 0;
-    char *text = larder__metrics_text(r->d, &len);
-    if (!text) {
-        larder__reply_error(r, 500, "internal", "out of memory");
+    struct larder__text t = {0};
+    int e = larder__metrics_text(r->d, &t);
+    if (e < 0) {
+        larder__text_free(&t);
+        larder__reply_larder_error(r, e, "metrics failed");
         return;
     }
-    larder__reply_bytes(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    larder__reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", &t);
 }
 
 static void route_events(struct larder__request *r, const char *name)
@@ -343,20 +441,20 @@ struct admin_job {
     int64_t timeout_ms;
 };
 
-static int64_t drain_timeout(struct larder__request *r)
+/* The request's ?timeout=, else the config's drain_timeout; false (with a 400 reply)
+ * when the parameter is bad. */
+static bool request_timeout(struct larder__request *r, int64_t *ret_ms)
 {
-    const char *arg = larder__request_arg(r, "timeout");
-    int64_t ms;
-    if (arg && larder__parse_duration(arg, &ms) == 0 && ms >= 0)
-        return ms;
     pthread_rwlock_rdlock(&r->d->conf_lock);
-    ms = r->d->conf->drain_timeout_ms;
+    *ret_ms = r->d->conf->drain_timeout_ms;
     pthread_rwlock_unlock(&r->d->conf_lock);
-    return ms;
+    return larder__request_arg_parse(r, "timeout", LARDER__ARG_DURATION, INT64_MAX / 2, ret_ms);
 }
 
-/* Suspends r and runs fn on the admin pool; replies 503 if the pool refuses. */
-static void run_admin(struct larder__request *r, const char *name, larder__job_fn fn)
+/* Suspends r and runs fn on the admin pool (timeout: for fn); replies 503 if the pool
+ * refuses. */
+static void run_admin(struct larder__request *r, const char *name, int64_t timeout,
+                      larder__job_fn fn)
 {
     struct admin_job *j = calloc(1, sizeof *j);
     if (!j || (name && !(j->name = strdup(name)))) {
@@ -365,7 +463,7 @@ static void run_admin(struct larder__request *r, const char *name, larder__job_f
         return;
     }
     j->r = r;
-    j->timeout_ms = drain_timeout(r);
+    j->timeout_ms = timeout;
     larder__request_suspend(r);
     if (larder__pool_submit(r->d->admin_pool, fn, j) < 0) {
         free(j->name);
@@ -431,30 +529,117 @@ static void job_reload(void *arg)
 
 static void route_unload(struct larder__request *r, const char *name)
 {
-    if (larder__require_token(r, true))
-        run_admin(r, name, job_unload);
+    int64_t timeout;
+    if (larder__require_token(r, true) && request_timeout(r, &timeout))
+        run_admin(r, name, timeout, job_unload);
 }
 
 static void route_cleanup(struct larder__request *r, const char *name)
 {
     if (larder__require_token(r, true))
-        run_admin(r, NULL, job_cleanup);
+        run_admin(r, NULL, 0, job_cleanup);
 }
 
 static void route_reload(struct larder__request *r, const char *name)
 {
     if (larder__require_token(r, true))
-        run_admin(r, NULL, job_reload);
+        run_admin(r, NULL, 0, job_reload);
 }
 
-/* POST load: waits for the load through an async acquire, so no thread blocks. */
+/* ---- too big for the budget ------------------------------------------------------------ */
+
+static const struct larder_component_info *find_component(const struct larder_snapshot *s,
+                                                          const char *name)
+{
+    for (size_t i = 0; s && i < s->n; i++)
+        if (strcmp(s->components[i].name, name) == 0)
+            return &s->components[i];
+    return NULL;
+}
+
+/* "2.0 GiB (2147483648 bytes)" */
+static void size_text(uint64_t bytes, char *buf, size_t len)
+{
+    char h[32];
+    larder__format_size(bytes, h, sizeof h);
+    snprintf(buf, len, "%s (%llu bytes)", h, (unsigned long long)bytes);
+}
+
+static void too_big_message(const struct larder_snapshot *s, const char *name,
+                            const char *served, char *buf, size_t len)
+{
+    const struct larder_component_info *c = find_component(s, name);
+    if (!c) {
+        snprintf(buf, len, "model '%s' is larger than the whole memory budget", name);
+        return;
+    }
+    char need[64], budget[64];
+    uint64_t gpu_budget = c->gpu >= 0 && c->gpu < LARDER_MAX_GPUS ? s->gpu_budget_bytes[c->gpu]
+                                                                   : 0;
+    int n;
+    if (gpu_budget && c->gpu_bytes > gpu_budget) {
+        size_text(c->gpu_bytes, need, sizeof need);
+        size_text(gpu_budget, budget, sizeof budget);
+        n = snprintf(buf, len, "model '%s' needs %s of GPU %d memory, more than that GPU's "
+                     "whole budget of %s", name, need, c->gpu, budget);
+    } else {
+        size_text(c->measured_bytes > c->estimate_bytes ? c->measured_bytes : c->estimate_bytes,
+                  need, sizeof need);
+        size_text(s->budget_bytes, budget, sizeof budget);
+        n = snprintf(buf, len, "model '%s' needs %s, more than the whole memory budget of %s",
+                     name, need, budget);
+    }
+    if (n < 0 || (size_t)n >= len)
+        return;
+    if (served && strcmp(served, name) != 0)
+        snprintf(buf + n, len - (size_t)n, "; its fallback '%s' serves its requests", served);
+    else if (c->fallback)
+        snprintf(buf + n, len - (size_t)n, "; its fallback '%s' could not serve either",
+                 c->fallback);
+    else
+        snprintf(buf + n, len - (size_t)n, "; it has no fallback");
+}
+
+void larder__reply_too_big(struct larder__request *r, const char *name, const char *served)
+{
+    char msg[768];
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(r->d);
+    if (m && larder_snapshot(m, &s) < 0)
+        s = NULL;
+    if (m)
+        larder__mgr_put(r->d);
+    too_big_message(s, name, served, msg, sizeof msg);
+    larder_snapshot_free(s);
+    larder__reply_error(r, 503, "too_big", "%s", msg);
+}
+
+/* The last error of the model's last load, 0 when none (or no such model). */
+static int last_load_error(struct larder__daemon *d, const char *name)
+{
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(d);
+    int e = m ? larder_snapshot(m, &s) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(d);
+    const struct larder_component_info *c = e == 0 ? find_component(s, name) : NULL;
+    e = c ? c->last_error : 0;
+    larder_snapshot_free(s);
+    return e;
+}
+
+/* POST load: waits for the load through an async acquire, so no thread blocks. A model
+ * larger than the budget answers 503 too_big, also when a fallback would serve it. */
 static void on_load_lease(void *ud, int err, larder_lease *lease)
 {
     struct admin_job *j = ud;
     const char *served = lease ? larder_lease_served_by(lease) : NULL;
-    if (err < 0)
+    bool fallback = served && strcmp(served, j->name) != 0;
+    if (err == LARDER_ETOOBIG || (fallback && last_load_error(j->r->d, j->name) == LARDER_ETOOBIG))
+        larder__reply_too_big(j->r, j->name, served);
+    else if (err < 0)
         larder__reply_larder_error(j->r, err, NULL);
-    else if (strcmp(served, j->name) != 0)
+    else if (fallback)
         larder__reply_error(j->r, 500, "load_failed", "'%s' failed to load (a fallback, '%s', "
                             "would serve its requests); see GET /v1/models/%s", j->name, served,
                             j->name);
@@ -471,9 +656,12 @@ static void route_load(struct larder__request *r, const char *name)
 {
     if (!larder__require_token(r, true))
         return;
-    const char *wait_arg = larder__request_arg(r, "wait");
     bool wait = true;
-    if (wait_arg && larder__parse_bool(wait_arg, &wait) == 0 && !wait) {
+    int64_t timeout;
+    if (!larder__request_arg_parse(r, "wait", LARDER__ARG_BOOL, 0, &wait) ||
+        !request_timeout(r, &timeout))
+        return;
+    if (!wait) {
         larder *m = larder__mgr_get(r->d);
         int e = m ? larder_preload(m, name) : LARDER_ECLOSED;
         if (m)
@@ -492,7 +680,6 @@ static void route_load(struct larder__request *r, const char *name)
     }
     j->r = r;
     larder__request_suspend(r);
-    int64_t timeout = drain_timeout(r);
     larder *m = larder__mgr_get(r->d);
     int e = m ? larder_acquire_async(m, name, timeout, on_load_lease, j) : LARDER_ECLOSED;
     if (m)

@@ -13,11 +13,17 @@
 /* POST /v1/models/{name}/infer (infer.c). */
 void larder__route_infer(struct larder__request *r, const char *name);
 
-/* One component of a snapshot as the JSON object of GET /v1/models. */
-json_t *larder__component_json(const struct larder_component_info *c);
+/* One component of a snapshot as the JSON object of GET /v1/models, appended to t. */
+void larder__component_text(struct larder__text *t, const struct larder_component_info *c);
 
-/* The Prometheus text of GET /metrics (metrics.c); malloc'd, NULL on ENOMEM. */
-char *larder__metrics_text(struct larder__daemon *d, size_t *ret_len);
+/* Appends the Prometheus text of GET /metrics to t (metrics.c). Errors: negative, as
+ * larder_snapshot. */
+int larder__metrics_text(struct larder__daemon *d, struct larder__text *t);
+
+/* Sets a 503 too_big reply for model `name`: its size and the budget it exceeds, and
+ * its fallback (`served`, the component serving its requests, may be NULL). Any thread
+ * that owns r, no manager lock held. */
+void larder__reply_too_big(struct larder__request *r, const char *name, const char *served);
 
 /* True when r carries an admin token (admin) or an infer token (!admin; infer routes
  * are open when no infer token file is configured). Otherwise sets a 401 reply. */
