@@ -425,17 +425,21 @@ void larder__reply_larder_error(struct larder__request *r, int err, const char *
 
 void larder__request_suspend(struct larder__request *r)
 {
-    atomic_fetch_add(&r->d->inflight, 1);
+    /* Counted until its reply has gone out (on_completed), not only until it resumes: a
+     * shutdown that waits for in-flight requests must not stop the server while a
+     * resumed reply is still being written. */
+    if (!r->inflight) {
+        r->inflight = true;
+        atomic_fetch_add(&r->d->inflight, 1);
+    }
     r->suspended = true;
     MHD_suspend_connection(r->conn);
 }
 
 void larder__request_resume(struct larder__request *r)
 {
-    struct larder__daemon *d = r->d;
     MHD_resume_connection(r->conn);
     /* r may be gone from here on. */
-    atomic_fetch_sub(&d->inflight, 1);
 }
 
 const char *larder__request_header(struct larder__request *r, const char *name)
@@ -681,6 +685,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
     double secs = larder__now() - r->t_start;
     count_request(h, r, secs);
     log_request(r, secs * 1000.0, toe);
+    if (r->inflight)
+        atomic_fetch_sub(&r->d->inflight, 1);
     if (r->resp)
         MHD_destroy_response(r->resp);
     free(r->body);

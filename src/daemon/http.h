@@ -35,6 +35,7 @@ struct larder__request {
     uint64_t discarded;         /* body bytes dropped past max_body */
     bool too_big;
     bool suspended;
+    bool inflight;              /* counted in the daemon's inflight until completed */
     bool dispatched;
     double t_start;             /* monotonic seconds, headers received */
     double t_body;              /* body complete */
