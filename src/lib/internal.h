@@ -131,6 +131,7 @@ struct comp {
     enum larder_estimate_source est_src;
     uint64_t measured;
     enum larder_measure_method method;
+    uint64_t first_bytes;     /* measured by a first load of its class in this process */
     uint64_t inst_bytes;      /* learned cost of one extra instance */
     uint64_t reserved;        /* charged to m->reserved (under m->mu) */
     int gpu;                  /* -1 = none */
@@ -173,6 +174,9 @@ struct larder {
     uint64_t gpu_budget[LARDER_MAX_GPUS];   /* 0 = not enforced */
     uint64_t gpu_reserved[LARDER_MAX_GPUS];
     atomic_uint admit_waiters;
+    unsigned loads_admitted;  /* loads and grows admitted and not finished */
+    struct comp *solo;        /* a load with no estimate, admitted alone: others wait */
+    unsigned solo_waiting;    /* loads with no estimate waiting to be admitted */
     atomic_bool over_budget;  /* reserved > budget after the budget was lowered */
     size_t n_comps;
     _Atomic(struct table *) table;
@@ -185,7 +189,7 @@ struct larder {
     unsigned n_loaders;       /* jobs hash over these; never shrinks */
     unsigned n_started;       /* threads to join */
     atomic_uint loads_running;
-    atomic_uint unloads_running;
+    atomic_uint unloads_running; /* counted under m->mu before the unload starts */
     atomic_uint preload_pending;
 
     /* memory truth (memory.c) */
@@ -230,7 +234,8 @@ void larder__memory_stop(struct larder *m);
 void larder__memory_free(struct larder *m);
 void larder__memory_note(struct larder *m, const struct larder_event *ev);
 void larder__memory_learned(struct larder *m, struct comp *c);
-void larder__memory_record(struct larder *m, struct comp *c, double load_ms);
+/* first: the load was the first of c's class in this process (see load.c). */
+void larder__memory_record(struct larder *m, struct comp *c, double load_ms, bool first);
 int64_t larder__memory_tick(struct larder *m, int64_t now_ms); /* next tick time */
 struct larder__pressure;
 void larder__memory_pressure(struct larder *m, const struct larder__pressure *p);
@@ -279,5 +284,9 @@ int larder__evict_one_gpu(struct larder *m, struct comp *except, enum larder_evi
 int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why);
 void larder__enforce_budget(struct larder *m);
 uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src);
+/* c->mu held: the size learned from trusted measurements (never below the first load's). */
+uint64_t larder__learned(const struct comp *c);
+/* A loaded component reserves at least this much, or all of a smaller budget. */
+#define LARDER__MIN_RESERVE UINT64_C(4096)
 
 #endif
