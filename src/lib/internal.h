@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #define LARDER__ERRLEN 256
@@ -214,13 +215,41 @@ struct larder {
 
 /* manager.c */
 int64_t larder__now_ms(void);
-int64_t larder__now_ms_coarse(void);
+/* Inline: the warm release reads it (CLOCK_MONOTONIC_COARSE, ms). */
+static inline int64_t larder__now_ms_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 double larder__now_s(void);
 double larder__now_ms_precise(void);
 /* Absolute CLOCK_MONOTONIC time left_ms from now (clamped to [0, 1 day]), for the
  * condition variables, which all use that clock. */
 void larder__abstime(int64_t left_ms, struct timespec *ts);
-struct comp *larder__lookup(struct larder *m, const char *name);
+static inline uint64_t larder__hash_name(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+/* The registry lookup, lock-free (inline: every acquire starts with it). */
+static inline struct comp *larder__lookup(struct larder *m, const char *name)
+{
+    struct table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+    uint64_t h = larder__hash_name(name);
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct comp *c = atomic_load_explicit(&t->slots[i], memory_order_acquire);
+        if (!c)
+            return NULL;
+        if (c->hash == h && strcmp(c->name, name) == 0)
+            return c;
+    }
+}
 void larder__emit(struct larder *m, const struct larder_event *ev);
 void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
                          enum larder_evict_reason reason, uint64_t bytes);
