@@ -177,7 +177,7 @@ struct larder {
     atomic_uint admit_waiters;
     unsigned loads_admitted;  /* loads and grows admitted and not finished */
     struct comp *solo;        /* a load with no estimate, admitted alone: others wait */
-    unsigned solo_waiting;    /* loads with no estimate waiting to be admitted */
+    unsigned solo_waiting;    /* loads with no estimate waiting for loads in flight */
     atomic_bool over_budget;  /* reserved > budget after the budget was lowered */
     size_t n_comps;
     _Atomic(struct table *) table;

@@ -281,17 +281,31 @@ static uint64_t min_reserve(const struct larder *m)
     return m->budget < LARDER__MIN_RESERVE ? m->budget : LARDER__MIN_RESERVE;
 }
 
+/* m->mu held: while a load with no estimate waits for the loads in flight to finish,
+ * new loads wait behind it, so that a stream of them cannot starve it. It does not
+ * hold them while it waits for room (leases to come back). */
+static void hold_new_loads(struct larder *m, bool *held, bool hold)
+{
+    if (hold && !*held)
+        m->solo_waiting++;
+    else if (!hold && *held)
+        m->solo_waiting--;
+    *held = hold;
+}
+
 /* m->mu held: one look for a load with no estimate at all. It runs alone (no other
  * load, grow or unload in flight, and none starts until it is measured), so that its
  * RSS delta is its own. Idle components are evicted until half the budget is free;
  * it then reserves everything free. If leases keep more than half the budget until
  * the deadline, it takes what is free then (at least a page). */
-static int solo_step(struct larder *m, struct comp *c, int64_t deadline)
+static int solo_step(struct larder *m, struct comp *c, int64_t deadline, bool *held)
 {
     int g = gpu_fits(m, c);
     if (g < 0 || !m->budget)
         return LARDER_ETOOBIG;
-    if (m->solo || m->loads_admitted || atomic_load(&m->unloads_running))
+    bool busy = m->solo || m->loads_admitted || atomic_load(&m->unloads_running);
+    hold_new_loads(m, held, busy);
+    if (busy)
         return wait_room(m, c, deadline);
     uint64_t free = m->budget > m->reserved ? m->budget - m->reserved : 0;
     bool hold = atomic_load(&m->pressure_hold) || !free || free < min_reserve(m);
@@ -313,7 +327,7 @@ static int admit(struct larder *m, struct comp *c, uint64_t bytes, int64_t wait_
 {
     int64_t deadline = larder__now_ms() + wait_ms;
     int r = 1;
-    m->solo_waiting += !bytes;
+    bool held = false;
     while (r > 0) {
         if (atomic_load(&m->closing)) {
             r = LARDER_ECLOSED;
@@ -321,10 +335,10 @@ static int admit(struct larder *m, struct comp *c, uint64_t bytes, int64_t wait_
         }
         /* Counted before looking, so a release racing with the scan still wakes us. */
         atomic_fetch_add(&m->admit_waiters, 1);
-        r = bytes ? admit_step(m, c, bytes, deadline) : solo_step(m, c, deadline);
+        r = bytes ? admit_step(m, c, bytes, deadline) : solo_step(m, c, deadline, &held);
         atomic_fetch_sub(&m->admit_waiters, 1);
     }
-    m->solo_waiting -= !bytes;
+    hold_new_loads(m, &held, false);
     return r;
 }
 

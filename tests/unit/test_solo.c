@@ -7,7 +7,8 @@
  * manager each round. At every event and inside every load the test checks that
  * reservations stay within the budget, that no loading or loaded component holds a
  * reservation of zero, that the two are never loaded at once, and that neither is
- * refused. */
+ * refused. A second test checks the order: a load with no estimate waits for the load
+ * in flight, and loads requested while it runs wait until it is measured. */
 #include "fake.h"
 
 #include <setjmp.h>
@@ -218,10 +219,65 @@ static void test_two_unknown_loads_one_budget(void **state)
         fail_msg("%d problem(s); first: %s", atomic_load(&watch.problems), watch.why);
 }
 
+/* Index of the first event of that type and name in the log; -1 when none. */
+static long first_event(struct evlog *log, enum larder_event_type type, const char *name)
+{
+    struct evrec r;
+    for (size_t k = 0; evlog_get(log, k, &r); k++)
+        if (r.type == type && strcmp(r.name, name) == 0)
+            return (long)k;
+    return -1;
+}
+
+/* A load with no estimate waits for the load in flight, then runs with every other
+ * admission held until it is measured. */
+static void test_solo_load_runs_alone(void **state)
+{
+    (void)state;
+    struct evlog *log = evlog_new();
+    larder *m = open_manager(UINT64_C(1) << 30, log, NULL);
+    struct fake *known = fake_new("known", &(struct fake_spec){.estimate = 1 << 20,
+                                                               .gated = true});
+    struct fake *unknown = fake_new("unknown", &(struct fake_spec){.gated = true});
+    struct fake *later = fake_new("later", &(struct fake_spec){.estimate = 1 << 20});
+    assert_ok(fake_define(m, known, false));
+    assert_ok(fake_define(m, unknown, false));
+    assert_ok(fake_define(m, later, false));
+    assert_ok(larder_preload(m, "known"));
+    assert_true(fake_wait_gated(known, 1, patience_ms()));
+    assert_ok(larder_preload(m, "unknown"));
+    fake_gate(known, true);
+    assert_true(fake_wait_gated(unknown, 1, patience_ms()));
+    /* unknown is loading, alone, on the whole free budget */
+    struct larder_component_info i;
+    assert_true(comp_info(m, "unknown", &i));
+    assert_int_equal(i.reserved_bytes, (UINT64_C(1) << 30) - (1 << 20));
+    assert_ok(larder_preload(m, "later"));
+    fake_gate(unknown, true);
+    assert_true(evlog_wait(log, LARDER_EVENT_LOAD_DONE, "later", 1, patience_ms()));
+    long k = first_event(log, LARDER_EVENT_LOAD_DONE, "known");
+    long u = first_event(log, LARDER_EVENT_LOAD_DONE, "unknown");
+    long l = first_event(log, LARDER_EVENT_LOAD_DONE, "later");
+    assert_true(k >= 0 && u > k && l > u);
+    /* measured: its reservation is what it took, at least a page */
+    assert_true(comp_info(m, "unknown", &i));
+    assert_int_equal(i.measure_method, LARDER_MEASURE_RSS);
+    assert_true(i.reserved_bytes >= 4096 && i.reserved_bytes < (UINT64_C(1) << 30) / 2);
+    assert_int_equal(i.reserved_bytes, i.measured_bytes > 4096 ? i.measured_bytes : 4096);
+    larder_close(m);
+    struct fake *all[] = {known, unknown, later};
+    for (int n = 0; n < 3; n++) {
+        fake_assert_clean(all[n]);
+        fake_free(all[n]);
+    }
+    evlog_free(log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_unknown_loads_one_budget),
+        cmocka_unit_test(test_solo_load_runs_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
