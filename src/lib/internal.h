@@ -49,6 +49,7 @@ struct waiter {
     struct comp *visited[LARDER__MAX_HOPS];
     unsigned hops;
     bool async;
+    bool no_fallback;         /* the caller wants this component itself */
     bool done;
     bool cold;                /* waited for a load or a new instance */
     pthread_cond_t cv;        /* blocking waiters only */

@@ -378,7 +378,7 @@ void larder__deliver(struct larder *m, struct waiter *done)
         struct waiter *w = done;
         done = w->next;
         int err = w->err;
-        while (err < 0 && fallbackable(err)) {
+        while (err < 0 && !w->no_fallback && fallbackable(err)) {
             struct comp *f = next_fallback(m, w, &err);
             if (!f)
                 break;
@@ -437,7 +437,8 @@ static int acquire_blocking(struct larder *m, struct comp *c, int64_t timeout_ms
  * waiter set-up when an instance is free), then the waiting path. Out of line, so that
  * the lock-free path stays a small leaf. */
 static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
-                                                   int64_t timeout_ms, larder_lease **ret_lease)
+                                                   int64_t timeout_ms, bool fallbacks,
+                                                   larder_lease **ret_lease)
 {
     pthread_mutex_lock(&c->mu);
     if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
@@ -454,10 +455,13 @@ static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
         }
     }
     pthread_mutex_unlock(&c->mu);
-    return acquire_blocking(m, c, timeout_ms, true, ret_lease);
+    return acquire_blocking(m, c, timeout_ms, fallbacks, ret_lease);
 }
 
-int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
+/* Inline in both entry points: the lock-free warm grant of a shared class. */
+static inline __attribute__((always_inline)) int
+acquire_named(larder *m, const char *name, int64_t timeout_ms, bool fallbacks,
+              larder_lease **ret_lease)
 {
     if (!m || !name || !ret_lease)
         return -EINVAL;
@@ -474,13 +478,32 @@ int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease
         atomic_fetch_sub(&c->lh, LARDER__LH_HIT);
         larder_release(&c->warm);
     }
-    return acquire_locked(m, c, timeout_ms, ret_lease);
+    return acquire_locked(m, c, timeout_ms, fallbacks, ret_lease);
+}
+
+int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
+{
+    return acquire_named(m, name, timeout_ms, true, ret_lease);
+}
+
+int larder_acquire_flags(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
+                         larder_lease **ret_lease)
+{
+    if (flags & ~LARDER_ACQUIRE_NO_FALLBACK)
+        return -EINVAL;
+    return acquire_named(m, name, timeout_ms, !(flags & LARDER_ACQUIRE_NO_FALLBACK), ret_lease);
 }
 
 int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms, larder_acquire_fn cb,
                          void *ud)
 {
-    if (!m || !name || !cb)
+    return larder_acquire_async_flags(m, name, timeout_ms, 0, cb, ud);
+}
+
+int larder_acquire_async_flags(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
+                               larder_acquire_fn cb, void *ud)
+{
+    if (!m || !name || !cb || (flags & ~LARDER_ACQUIRE_NO_FALLBACK))
         return -EINVAL;
     struct comp *c = larder__lookup(m, name);
     if (!c)
@@ -490,6 +513,7 @@ int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms, larder
         return -ENOMEM;
     waiter_init(w, c, timeout_ms);
     w->async = true;
+    w->no_fallback = flags & LARDER_ACQUIRE_NO_FALLBACK;
     w->cb = cb;
     w->ud = ud;
     int r = larder__acquire_comp(m, w);

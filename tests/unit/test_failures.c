@@ -521,6 +521,57 @@ static void test_no_fallback_event_without_a_lease(void **state)
     evlog_free(log);
 }
 
+static int acquire_async_flags_wait(larder *m, const char *name, unsigned flags)
+{
+    struct answer a = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    assert_ok(larder_acquire_async_flags(m, name, patience_ms(), flags, on_answer, &a));
+    pthread_mutex_lock(&a.lock);
+    while (!a.done)
+        pthread_cond_wait(&a.cond, &a.lock);
+    pthread_mutex_unlock(&a.lock);
+    return a.err;
+}
+
+/* LARDER_ACQUIRE_NO_FALLBACK: the component itself or its own error; no fallback is
+ * loaded or served, no FALLBACK event. Flags 0 is the plain acquire. */
+static void test_acquire_without_fallback(void **state)
+{
+    struct evlog *log = evlog_new();
+    larder *m = open_with_cooldown(log, 60000, 60000);
+    struct fake *big = fake_new("big", &(struct fake_spec){.estimate = 100,
+                                                           .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *lite = fake_new("lite", &(struct fake_spec){.estimate = 100});
+    define_with_fallback(m, lite, NULL, 0);
+    define_with_fallback(m, big, "lite", 0);
+    larder_lease *l = NULL;
+    assert_err(larder_acquire_flags(m, "big", patience_ms(), LARDER_ACQUIRE_NO_FALLBACK, &l),
+               LARDER_ELOAD);
+    assert_err(acquire_async_flags_wait(m, "big", LARDER_ACQUIRE_NO_FALLBACK),
+               LARDER_ECOOLDOWN);
+    assert_int_equal(atomic_load(&lite->load_calls), 0);
+    assert_int_equal(all_fallback_events(log), 0);
+    assert_err(larder_acquire_flags(m, "big", 0, 0x80, &l), -EINVAL);
+    assert_err(larder_acquire_async_flags(m, "big", 0, 0x80, on_answer, NULL), -EINVAL);
+    /* flags 0: the fallback serves, as with larder_acquire */
+    assert_ok(larder_acquire_flags(m, "big", patience_ms(), 0, &l));
+    fake_lease_take(l);
+    assert_string_equal(larder_lease_served_by(l), "lite");
+    fake_release(l);
+    assert_ok(acquire_async_flags_wait(m, "big", 0));
+    assert_int_equal(fallback_events(log, "big", "lite"), 2);
+    /* the component itself serves with the flag when it can */
+    assert_ok(larder_acquire_flags(m, "lite", patience_ms(), LARDER_ACQUIRE_NO_FALLBACK, &l));
+    fake_lease_take(l);
+    assert_string_equal(larder_lease_served_by(l), "lite");
+    fake_release(l);
+    larder_close(m);
+    fake_assert_clean(big);
+    fake_assert_clean(lite);
+    fake_free(big);
+    fake_free(lite);
+    evlog_free(log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -530,6 +581,7 @@ int main(void)
         cmocka_unit_test(test_fallback_chain),      cmocka_unit_test(test_fallback_cycle),
         cmocka_unit_test(test_refusals_count_as_failures),
         cmocka_unit_test(test_no_fallback_event_without_a_lease),
+        cmocka_unit_test(test_acquire_without_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
