@@ -214,15 +214,23 @@ static unsigned fallback_events(struct evlog *log, const char *name, const char 
     return n;
 }
 
+/* "big" always fails to load; its fallback "lite" loads. */
+static void define_big_and_lite(larder *m, uint64_t big_estimate, struct fake **ret_big,
+                                struct fake **ret_lite)
+{
+    *ret_big = fake_new("big", &(struct fake_spec){.estimate = big_estimate,
+                                                   .fail_first = FAKE_FAIL_ALWAYS});
+    *ret_lite = fake_new("lite", &(struct fake_spec){.estimate = 100});
+    define_with_fallback(m, *ret_big, "lite", 0);
+    assert_ok(fake_define(m, *ret_lite, false));
+}
+
 static void test_fallback_on_failure(void **state)
 {
     struct evlog *log = evlog_new();
     larder *m = open_with_cooldown(log, 60000, 60000);
-    struct fake *big = fake_new("big", &(struct fake_spec){.estimate = 5000,
-                                                           .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *lite = fake_new("lite", &(struct fake_spec){.estimate = 100});
-    define_with_fallback(m, big, "lite", 0);
-    assert_ok(fake_define(m, lite, false));
+    struct fake *big, *lite;
+    define_big_and_lite(m, 5000, &big, &lite);
     expect_served_by(m, "big", lite);            /* the load failed */
     expect_served_by(m, "big", lite);            /* in cooldown */
     expect_served_by(m, "lite", lite);           /* and lite is itself */
@@ -460,10 +468,11 @@ static void on_answer(void *ud, int err, larder_lease *lease)
     pthread_mutex_unlock(&a->lock);
 }
 
-static int acquire_async_wait(larder *m, const char *name)
+/* larder_acquire_async_flags, then waits for its answer. */
+static int acquire_async_wait(larder *m, const char *name, unsigned flags)
 {
     struct answer a = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-    assert_ok(larder_acquire_async(m, name, patience_ms(), on_answer, &a));
+    assert_ok(larder_acquire_async_flags(m, name, patience_ms(), flags, on_answer, &a));
     pthread_mutex_lock(&a.lock);
     while (!a.done)
         pthread_cond_wait(&a.cond, &a.lock);
@@ -500,8 +509,8 @@ static void test_no_fallback_event_without_a_lease(void **state)
     assert_err(fake_acquire(m, "a", patience_ms(), &l), LARDER_ELOAD);   /* both fail */
     assert_err(fake_acquire(m, "a", patience_ms(), &l), LARDER_ECOOLDOWN); /* both cool */
     assert_err(fake_acquire(m, "p", patience_ms(), &l), LARDER_ETOOBIG); /* big refused */
-    assert_err(acquire_async_wait(m, "q"), LARDER_ECOOLDOWN); /* q fails, b cools down */
-    assert_err(acquire_async_wait(m, "a"), LARDER_ECOOLDOWN);
+    assert_err(acquire_async_wait(m, "q", 0), LARDER_ECOOLDOWN); /* q fails, b cools down */
+    assert_err(acquire_async_wait(m, "a", 0), LARDER_ECOOLDOWN);
     assert_int_equal(all_fallback_events(log), 0);
     /* and one when a fallback does serve */
     struct fake *c = fake_new("c", &(struct fake_spec){.estimate = 100});
@@ -509,7 +518,7 @@ static void test_no_fallback_event_without_a_lease(void **state)
                                                        .fail_first = FAKE_FAIL_ALWAYS});
     define_with_fallback(m, c, NULL, 0);
     define_with_fallback(m, d, "c", 0);
-    assert_ok(acquire_async_wait(m, "d"));
+    assert_ok(acquire_async_wait(m, "d", 0));
     assert_int_equal(all_fallback_events(log), 1);
     assert_int_equal(fallback_events(log, "d", "c"), 1);
     larder_close(m);
@@ -521,32 +530,18 @@ static void test_no_fallback_event_without_a_lease(void **state)
     evlog_free(log);
 }
 
-static int acquire_async_flags_wait(larder *m, const char *name, unsigned flags)
-{
-    struct answer a = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-    assert_ok(larder_acquire_async_flags(m, name, patience_ms(), flags, on_answer, &a));
-    pthread_mutex_lock(&a.lock);
-    while (!a.done)
-        pthread_cond_wait(&a.cond, &a.lock);
-    pthread_mutex_unlock(&a.lock);
-    return a.err;
-}
-
 /* LARDER_ACQUIRE_NO_FALLBACK: the component itself or its own error; no fallback is
  * loaded or served, no FALLBACK event. Flags 0 is the plain acquire. */
 static void test_acquire_without_fallback(void **state)
 {
     struct evlog *log = evlog_new();
     larder *m = open_with_cooldown(log, 60000, 60000);
-    struct fake *big = fake_new("big", &(struct fake_spec){.estimate = 100,
-                                                           .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *lite = fake_new("lite", &(struct fake_spec){.estimate = 100});
-    define_with_fallback(m, lite, NULL, 0);
-    define_with_fallback(m, big, "lite", 0);
+    struct fake *big, *lite;
+    define_big_and_lite(m, 100, &big, &lite);
     larder_lease *l = NULL;
     assert_err(larder_acquire_flags(m, "big", patience_ms(), LARDER_ACQUIRE_NO_FALLBACK, &l),
                LARDER_ELOAD);
-    assert_err(acquire_async_flags_wait(m, "big", LARDER_ACQUIRE_NO_FALLBACK),
+    assert_err(acquire_async_wait(m, "big", LARDER_ACQUIRE_NO_FALLBACK),
                LARDER_ECOOLDOWN);
     assert_int_equal(atomic_load(&lite->load_calls), 0);
     assert_int_equal(all_fallback_events(log), 0);
@@ -557,7 +552,7 @@ static void test_acquire_without_fallback(void **state)
     fake_lease_take(l);
     assert_string_equal(larder_lease_served_by(l), "lite");
     fake_release(l);
-    assert_ok(acquire_async_flags_wait(m, "big", 0));
+    assert_ok(acquire_async_wait(m, "big", 0));
     assert_int_equal(fallback_events(log, "big", "lite"), 2);
     /* the component itself serves with the flag when it can */
     assert_ok(larder_acquire_flags(m, "lite", patience_ms(), LARDER_ACQUIRE_NO_FALLBACK, &l));
