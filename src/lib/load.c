@@ -308,7 +308,7 @@ static int solo_step(struct larder *m, struct comp *c, int64_t deadline, bool *h
     if (busy)
         return wait_room(m, c, deadline);
     uint64_t free = m->budget > m->reserved ? m->budget - m->reserved : 0;
-    bool hold = atomic_load(&m->pressure_hold) || !free || free < min_reserve(m);
+    bool hold = atomic_load(&m->pressure_hold) || free < min_reserve(m);
     bool late = larder__now_ms() >= deadline;
     if (g == 0 && !hold && (free >= m->budget / 2 || late)) {
         charge(m, c, (int64_t)free);
@@ -803,20 +803,27 @@ static void load_canceled(struct comp *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* It really takes more than the budget can hold now: the load is given back, its
- * (trusted) size kept for the next estimate. */
+/* It takes more than the budget can hold now: the load is given back. Its size is kept
+ * for the next estimate, except an RSS delta larger than the whole budget: the process's
+ * RSS also counts what other threads allocated meanwhile, so that verdict is not kept
+ * for ever; the component cools down like a failed load and is measured again. */
 static void load_oversize(struct comp *c, struct loaded *ld, int r)
 {
     struct larder *m = c->m;
+    bool retry = r == LARDER_ETOOBIG && ld->method == LARDER_MEASURE_RSS;
     undo_load(c, ld);
     pthread_mutex_lock(&c->mu);
-    learn(c, ld);
+    if (!retry)
+        learn(c, ld);
     pthread_mutex_unlock(&c->mu);
     release_reservation(c, true);
     larder__emit_simple(m, LARDER_EVENT_EVICT, c, LARDER_REASON_OVERSIZE, ld->measured);
     larder__emit_simple(m, LARDER_EVENT_UNLOAD, c, LARDER_REASON_OVERSIZE, ld->measured);
     load_failed(c, r == LARDER_ETOOBIG ? r : LARDER_ENOSPC,
-                "measured size does not fit the budget", false, ld->ms);
+                retry ? "measured size (RSS) does not fit the budget; measured again after "
+                        "the cooldown"
+                      : "measured size does not fit the budget",
+                retry, ld->ms);
 }
 
 static void run_load(struct comp *c)

@@ -273,11 +273,49 @@ static void test_solo_load_runs_alone(void **state)
     evlog_free(log);
 }
 
+/* An RSS delta larger than the whole budget refuses the load but is not kept as a
+ * verdict: after the cooldown the component is loaded and measured again. */
+static void test_rss_too_big_is_measured_again(void **state)
+{
+    (void)state;
+    struct larder_opts o;
+    larder_opts_init(&o);
+    o.budget_bytes = SIZE / 2;
+    o.cooldown_min_ms = 1;
+    o.cooldown_max_ms = 1;
+    o.watch_pressure = false;
+    larder *m = NULL;
+    assert_ok(larder_open(&o, &m));
+    struct blob b = {.name = "heavy"};
+    struct larder_component_opts c;
+    larder_component_opts_init(&c);
+    c.cls = &blob_class;
+    c.ud = &b;
+    assert_ok(larder_define(m, "heavy", &c));
+    larder_lease *l = NULL;
+    assert_err(larder_acquire(m, "heavy", patience_ms(), &l), LARDER_ETOOBIG);
+    struct larder_component_info i;
+    assert_true(comp_info(m, "heavy", &i));
+    assert_int_equal(i.state, LARDER_STATE_FAILED);
+    assert_int_equal(i.failures, 1);
+    assert_int_equal(i.measured_bytes, 0);
+    assert_int_equal(i.reserved_bytes, 0);
+    int rc;
+    double end = now_ms() + patience_ms();
+    while ((rc = larder_acquire(m, "heavy", patience_ms(), &l)) == LARDER_ECOOLDOWN &&
+           now_ms() < end)
+        sleep_ms(1);
+    assert_err(rc, LARDER_ETOOBIG);
+    assert_int_equal(atomic_load(&b.loads), 2);
+    larder_close(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_unknown_loads_one_budget),
         cmocka_unit_test(test_solo_load_runs_alone),
+        cmocka_unit_test(test_rss_too_big_is_measured_again),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
