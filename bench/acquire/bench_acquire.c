@@ -15,7 +15,8 @@
  * own private mutex and counter, against one such thread. On two idle cores it scales
  * to about 2x; below CONTROL_MIN the machine is busy (other processes take the cores,
  * and the figures say more about them than about larder): the ratios are then not
- * printed, a line starting "machine busy:" says why, and the exit status is 3.
+ * printed, a line starting "machine busy:" says why, and the exit status is 3. The last
+ * line starts with "summary:" (bench/run-all.sh shows it).
  *
  * Usage: bench_acquire [PAIRS [COMPONENTS]]   (defaults 3000000 and 64)
  * Exit: 0 measured, 1 error, 2 usage, 3 machine busy.
@@ -363,6 +364,8 @@ int main(int argc, char **argv)
     if (control < CONTROL_MIN) {
         printf("machine busy: the control scaled %.2f x on 2 threads (needs >= %.2f); "
                "no ratio printed\n", control, CONTROL_MIN);
+        printf("summary: machine busy (control %.2f x < %.2f x), no ratio\n", control,
+               CONTROL_MIN);
         larder_close(m);
         table_free(&t);
         free(names);
@@ -371,6 +374,8 @@ int main(int argc, char **argv)
     printf("  ratio larder/baseline, 1 thread:         %8.2f x median, %.2f-%.2f min-max "
            "(target <= 1.5)\n", q.median, q.min, q.max);
     printf("  throughput 2 threads / 1 thread:         %8.2f x (target >= 1.6)\n", scaling);
+    printf("summary: larder/baseline %.2f x median (%.2f-%.2f over %d repeats, target <= 1.5),"
+           " 2 threads %.2f x (target >= 1.6)\n", q.median, q.min, q.max, REPEATS, scaling);
     larder_close(m);
     table_free(&t);
     free(names);
