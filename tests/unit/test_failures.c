@@ -184,6 +184,12 @@ static void test_timeout(void **state)
     evlog_free(log);
 }
 
+/* A component whose every load fails. */
+static struct fake *failing(const char *name)
+{
+    return fake_new(name, &(struct fake_spec){.estimate = 100, .fail_first = FAKE_FAIL_ALWAYS});
+}
+
 static void define_with_fallback(larder *m, struct fake *f, const char *fallback,
                                  uint64_t memory_bytes)
 {
@@ -319,10 +325,8 @@ static void test_fallback_chain(void **state)
 {
     struct evlog *log = evlog_new();
     larder *m = open_with_cooldown(log, 60000, 60000);
-    struct fake *a = fake_new("a", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *b = fake_new("b", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *a = failing("a");
+    struct fake *b = failing("b");
     struct fake *c = fake_new("c", &(struct fake_spec){.estimate = 100});
     define_with_fallback(m, c, NULL, 0);
     define_with_fallback(m, b, "c", 0);
@@ -335,10 +339,8 @@ static void test_fallback_chain(void **state)
     assert_int_equal(i.fallbacks_served, 1);
 
     /* When the whole chain fails, the caller gets the component's own error. */
-    struct fake *d = fake_new("d", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *e = fake_new("e", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *d = failing("d");
+    struct fake *e = failing("e");
     define_with_fallback(m, e, NULL, 0);
     define_with_fallback(m, d, "e", 0);
     larder_lease *l = NULL;
@@ -359,12 +361,9 @@ static void test_fallback_chain(void **state)
 static void test_fallback_cycle(void **state)
 {
     larder *m = open_with_cooldown(NULL, 60000, 60000);
-    struct fake *x = fake_new("x", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *y = fake_new("y", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *s = fake_new("s", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *x = failing("x");
+    struct fake *y = failing("y");
+    struct fake *s = failing("s");
     struct larder_component_opts o;
     fake_opts(s, false, &o);
     o.fallback = "s";
@@ -491,15 +490,11 @@ static void test_no_fallback_event_without_a_lease(void **state)
 {
     struct evlog *log = evlog_new();
     larder *m = open_with_cooldown(log, 60000, 60000);
-    struct fake *a = fake_new("a", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *b = fake_new("b", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *a = failing("a");
+    struct fake *b = failing("b");
     struct fake *big = fake_new("big", &(struct fake_spec){.estimate = 100});
-    struct fake *p = fake_new("p", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *q = fake_new("q", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *p = failing("p");
+    struct fake *q = failing("q");
     define_with_fallback(m, b, NULL, 0);
     define_with_fallback(m, a, "b", 0);
     define_with_fallback(m, big, NULL, 5 * BUDGET);
@@ -514,8 +509,7 @@ static void test_no_fallback_event_without_a_lease(void **state)
     assert_int_equal(all_fallback_events(log), 0);
     /* and one when a fallback does serve */
     struct fake *c = fake_new("c", &(struct fake_spec){.estimate = 100});
-    struct fake *d = fake_new("d", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *d = failing("d");
     define_with_fallback(m, c, NULL, 0);
     define_with_fallback(m, d, "c", 0);
     assert_ok(acquire_async_wait(m, "d", 0));
