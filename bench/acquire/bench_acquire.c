@@ -6,11 +6,20 @@
  *           the name in a string hash table holding as many entries as larder has
  *           components, unlock.
  *
- * Prints ns per pair for both on 1 thread, larder on 2 threads (each thread on its own
- * component), the ratio larder/baseline on 1 thread (target <= 1.5) and the 2-thread
- * over 1-thread throughput of larder (target >= 1.6). Each figure is the best of 3 runs.
+ * The ratio larder/baseline on 1 thread (target <= 1.5) is measured REPEATS times, each
+ * repeat running the baseline and larder back to back, and reported as the median with
+ * its min and max. The 2-thread over 1-thread throughput of larder (target >= 1.6, each
+ * thread on its own component) is the best of RUNS runs.
+ *
+ * A control runs in the same process before and after: two threads, each looping on its
+ * own private mutex and counter, against one such thread. On two idle cores it scales
+ * to about 2x; below CONTROL_MIN the machine is busy (other processes take the cores,
+ * and the figures say more about them than about larder): the ratios are then not
+ * printed, a line starting "machine busy:" says why, and the exit status is 3. The last
+ * line starts with "summary:" (bench/run-all.sh shows it).
  *
  * Usage: bench_acquire [PAIRS [COMPONENTS]]   (defaults 3000000 and 64)
+ * Exit: 0 measured, 1 error, 2 usage, 3 machine busy.
  */
 #include <larder/larder.h>
 
@@ -24,6 +33,9 @@
 #include <unistd.h>
 
 #define RUNS 3
+#define REPEATS 9
+#define CONTROL_MIN 1.75
+#define EXIT_BUSY 3
 #define NAME_LEN 32
 
 static double now_s(void)
@@ -168,35 +180,103 @@ static void *baseline_loop(void *arg)
     return NULL;
 }
 
-/* Runs `fn` on `threads` threads (thread k on names[k]) and returns the wall time in
- * seconds from the common start to the last finish; the best of RUNS runs. */
+/* The control: a private mutex and counter per thread, on a cache line of its own, so
+ * two threads share nothing and only the machine can keep them from scaling. */
+struct private_lock {
+    pthread_mutex_t lock;
+    long counter;
+} __attribute__((aligned(128)));
+
+static void *control_loop(void *arg)
+{
+    struct job *j = arg;
+    struct private_lock p = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    if (j->start)
+        pthread_barrier_wait(j->start);
+    j->begin = now_s();
+    for (long i = 0; i < j->pairs; i++) {
+        pthread_mutex_lock(&p.lock);
+        p.counter++;
+        pthread_mutex_unlock(&p.lock);
+    }
+    j->end = now_s();
+    j->sink = (uintptr_t)p.counter;
+    return NULL;
+}
+
+/* Runs `fn` once on `threads` threads (thread k on names[k]) and returns the wall time
+ * in seconds from the common start to the last finish. */
+static double one_run(void *(*fn)(void *), larder *m, struct table *t, char (*names)[NAME_LEN],
+                      int threads, long pairs, int *ret_rc)
+{
+    struct job jobs[2];
+    pthread_t tid[2];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)threads);
+    for (int k = 0; k < threads; k++) {
+        jobs[k] = (struct job){.m = m, .t = t, .name = names[k], .pairs = pairs,
+                               .start = &start};
+        pthread_create(&tid[k], NULL, fn, &jobs[k]);
+    }
+    double begin = 1e30, end = 0;
+    for (int k = 0; k < threads; k++) {
+        pthread_join(tid[k], NULL);
+        begin = jobs[k].begin < begin ? jobs[k].begin : begin;
+        end = jobs[k].end > end ? jobs[k].end : end;
+        if (jobs[k].rc < 0)
+            *ret_rc = jobs[k].rc;
+    }
+    pthread_barrier_destroy(&start);
+    return end - begin;
+}
+
+/* The best of RUNS runs. */
 static double best_run(void *(*fn)(void *), larder *m, struct table *t, char (*names)[NAME_LEN],
                        int threads, long pairs, int *ret_rc)
 {
     double best = 1e30;
     for (int r = 0; r < RUNS; r++) {
-        struct job jobs[2];
-        pthread_t tid[2];
-        pthread_barrier_t start;
-        pthread_barrier_init(&start, NULL, (unsigned)threads);
-        for (int k = 0; k < threads; k++) {
-            jobs[k] = (struct job){.m = m, .t = t, .name = names[k], .pairs = pairs,
-                                   .start = &start};
-            pthread_create(&tid[k], NULL, fn, &jobs[k]);
-        }
-        double begin = 1e30, end = 0;
-        for (int k = 0; k < threads; k++) {
-            pthread_join(tid[k], NULL);
-            begin = jobs[k].begin < begin ? jobs[k].begin : begin;
-            end = jobs[k].end > end ? jobs[k].end : end;
-            if (jobs[k].rc < 0)
-                *ret_rc = jobs[k].rc;
-        }
-        pthread_barrier_destroy(&start);
-        if (end - begin < best)
-            best = end - begin;
+        double s = one_run(fn, m, t, names, threads, pairs, ret_rc);
+        best = s < best ? s : best;
     }
     return best;
+}
+
+/* The control's 2-thread over 1-thread throughput. */
+static double control_scaling(long pairs)
+{
+    int rc = 0;
+    double one = best_run(control_loop, NULL, NULL, NULL, 1, pairs, &rc);
+    double two = best_run(control_loop, NULL, NULL, NULL, 2, pairs, &rc);
+    return (2.0 * (double)pairs / two) / ((double)pairs / one);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+struct ratios {
+    double median, min, max;
+    double base_ns, larder_ns; /* medians */
+};
+
+/* REPEATS repeats of baseline then larder on 1 thread: the ratio's median and range. */
+static void measure_ratio(larder *m, struct table *t, char (*names)[NAME_LEN], long pairs,
+                          int *ret_rc, struct ratios *ret)
+{
+    double r[REPEATS], b[REPEATS], l[REPEATS];
+    for (int k = 0; k < REPEATS; k++) {
+        b[k] = one_run(baseline_loop, m, t, names, 1, pairs, ret_rc) * 1e9 / (double)pairs;
+        l[k] = one_run(larder_loop, m, t, names, 1, pairs, ret_rc) * 1e9 / (double)pairs;
+        r[k] = l[k] / b[k];
+    }
+    qsort(r, REPEATS, sizeof r[0], cmp_double);
+    qsort(b, REPEATS, sizeof b[0], cmp_double);
+    qsort(l, REPEATS, sizeof l[0], cmp_double);
+    *ret = (struct ratios){.median = r[REPEATS / 2], .min = r[0], .max = r[REPEATS - 1],
+                           .base_ns = b[REPEATS / 2], .larder_ns = l[REPEATS / 2]};
 }
 
 static int setup(larder **ret_m, struct table *t, char (*names)[NAME_LEN], int n)
@@ -258,30 +338,44 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_acquire: setup: %s\n", larder_strerror(rc));
         return 1;
     }
-    printf("acquire: %d components, %ld pairs per thread, best of %d\n", n, pairs, RUNS);
+    printf("acquire: %d components, %ld pairs per thread, ratio over %d repeats\n", n, pairs,
+           REPEATS);
     print_machine();
     fflush(stdout);
-    double base1 = best_run(baseline_loop, m, &t, names, 1, pairs, &rc);
-    double base2 = best_run(baseline_loop, m, &t, names, 2, pairs, &rc);
+    double control0 = control_scaling(pairs);
+    struct ratios q;
+    measure_ratio(m, &t, names, pairs, &rc, &q);
     double lard1 = best_run(larder_loop, m, &t, names, 1, pairs, &rc);
     double lard2 = best_run(larder_loop, m, &t, names, 2, pairs, &rc);
+    double control1 = control_scaling(pairs);
     if (rc < 0) {
         fprintf(stderr, "bench_acquire: acquire: %s\n", larder_strerror(rc));
         return 1;
     }
-    double ns_base1 = base1 * 1e9 / (double)pairs;
-    double ns_lard1 = lard1 * 1e9 / (double)pairs;
+    double control = control0 < control1 ? control0 : control1;
     double scaling = (2.0 * (double)pairs / lard2) / ((double)pairs / lard1);
 
-    printf("  baseline mutex+lookup+unlock, 1 thread:  %8.1f ns/pair\n", ns_base1);
-    printf("  baseline mutex+lookup+unlock, 2 threads: %8.1f ns/pair (aggregate)\n",
-           base2 * 1e9 / (2.0 * (double)pairs));
-    printf("  larder acquire+release, 1 thread:        %8.1f ns/pair\n", ns_lard1);
-    printf("  larder acquire+release, 2 threads:       %8.1f ns/pair (aggregate)\n",
+    printf("  control, private mutex loops, 2 threads / 1 thread: %.2f x before, %.2f x after"
+           " (quiet >= %.2f)\n", control0, control1, CONTROL_MIN);
+    printf("  baseline mutex+lookup+unlock, 1 thread:  %8.1f ns/pair (median)\n", q.base_ns);
+    printf("  larder acquire+release, 1 thread:        %8.1f ns/pair (median)\n", q.larder_ns);
+    printf("  larder acquire+release, 2 threads:       %8.1f ns/pair (aggregate, best)\n",
            lard2 * 1e9 / (2.0 * (double)pairs));
-    printf("  ratio larder/baseline, 1 thread:         %8.2f x (target <= 1.5)\n",
-           ns_lard1 / ns_base1);
+    if (control < CONTROL_MIN) {
+        printf("machine busy: the control scaled %.2f x on 2 threads (needs >= %.2f); "
+               "no ratio printed\n", control, CONTROL_MIN);
+        printf("summary: machine busy (control %.2f x < %.2f x), no ratio\n", control,
+               CONTROL_MIN);
+        larder_close(m);
+        table_free(&t);
+        free(names);
+        return EXIT_BUSY;
+    }
+    printf("  ratio larder/baseline, 1 thread:         %8.2f x median, %.2f-%.2f min-max "
+           "(target <= 1.5)\n", q.median, q.min, q.max);
     printf("  throughput 2 threads / 1 thread:         %8.2f x (target >= 1.6)\n", scaling);
+    printf("summary: larder/baseline %.2f x median (%.2f-%.2f over %d repeats, target <= 1.5),"
+           " 2 threads %.2f x (target >= 1.6)\n", q.median, q.min, q.max, REPEATS, scaling);
     larder_close(m);
     table_free(&t);
     free(names);

@@ -246,6 +246,19 @@ typedef void (*larder_acquire_fn)(void *ud, int err, larder_lease *lease);
 LARDER_API int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms,
                                     larder_acquire_fn cb, void *ud);
 
+/* Flags for larder_acquire_flags() and larder_acquire_async_flags(). */
+#define LARDER_ACQUIRE_NO_FALLBACK 1u /* only `name` itself may serve the lease */
+
+/* larder_acquire() and larder_acquire_async() with flags; flags 0 behaves exactly as
+ * they do. With LARDER_ACQUIRE_NO_FALLBACK the fallback chain is not tried: when the
+ * component cannot serve, its own error is returned (and no FALLBACK event is
+ * emitted), as an explicit load of that component wants. Errors as theirs, plus
+ * -EINVAL for unknown flags. */
+LARDER_API int larder_acquire_flags(larder *m, const char *name, int64_t timeout_ms,
+                                    unsigned flags, larder_lease **ret_lease);
+LARDER_API int larder_acquire_async_flags(larder *m, const char *name, int64_t timeout_ms,
+                                          unsigned flags, larder_acquire_fn cb, void *ud);
+
 /* All-or-nothing acquire of several components (a pipeline stage): either every name
  * gets a lease, stored in ret_leases[i] for names[i], or none does. Concurrent set
  * acquires whose sets overlap and do not fit the budget together finish one after

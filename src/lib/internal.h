@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #define LARDER__ERRLEN 256
@@ -48,6 +49,7 @@ struct waiter {
     struct comp *visited[LARDER__MAX_HOPS];
     unsigned hops;
     bool async;
+    bool no_fallback;         /* the caller wants this component itself */
     bool done;
     bool cold;                /* waited for a load or a new instance */
     pthread_cond_t cv;        /* blocking waiters only */
@@ -131,6 +133,7 @@ struct comp {
     enum larder_estimate_source est_src;
     uint64_t measured;
     enum larder_measure_method method;
+    uint64_t first_bytes;     /* measured by a first load of its class in this process */
     uint64_t inst_bytes;      /* learned cost of one extra instance */
     uint64_t reserved;        /* charged to m->reserved (under m->mu) */
     int gpu;                  /* -1 = none */
@@ -173,6 +176,9 @@ struct larder {
     uint64_t gpu_budget[LARDER_MAX_GPUS];   /* 0 = not enforced */
     uint64_t gpu_reserved[LARDER_MAX_GPUS];
     atomic_uint admit_waiters;
+    unsigned loads_admitted;  /* loads and grows admitted and not finished */
+    struct comp *solo;        /* a load with no estimate, admitted alone: others wait */
+    unsigned solo_waiting;    /* loads with no estimate waiting for loads in flight */
     atomic_bool over_budget;  /* reserved > budget after the budget was lowered */
     size_t n_comps;
     _Atomic(struct table *) table;
@@ -185,7 +191,7 @@ struct larder {
     unsigned n_loaders;       /* jobs hash over these; never shrinks */
     unsigned n_started;       /* threads to join */
     atomic_uint loads_running;
-    atomic_uint unloads_running;
+    atomic_uint unloads_running; /* counted under m->mu before the unload starts */
     atomic_uint preload_pending;
 
     /* memory truth (memory.c) */
@@ -210,13 +216,41 @@ struct larder {
 
 /* manager.c */
 int64_t larder__now_ms(void);
-int64_t larder__now_ms_coarse(void);
+/* Inline: the warm release reads it (CLOCK_MONOTONIC_COARSE, ms). */
+static inline int64_t larder__now_ms_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 double larder__now_s(void);
 double larder__now_ms_precise(void);
 /* Absolute CLOCK_MONOTONIC time left_ms from now (clamped to [0, 1 day]), for the
  * condition variables, which all use that clock. */
 void larder__abstime(int64_t left_ms, struct timespec *ts);
-struct comp *larder__lookup(struct larder *m, const char *name);
+static inline uint64_t larder__hash_name(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+/* The registry lookup, lock-free (inline: every acquire starts with it). */
+static inline struct comp *larder__lookup(struct larder *m, const char *name)
+{
+    struct table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+    uint64_t h = larder__hash_name(name);
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct comp *c = atomic_load_explicit(&t->slots[i], memory_order_acquire);
+        if (!c)
+            return NULL;
+        if (c->hash == h && strcmp(c->name, name) == 0)
+            return c;
+    }
+}
 void larder__emit(struct larder *m, const struct larder_event *ev);
 void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
                          enum larder_evict_reason reason, uint64_t bytes);
@@ -230,7 +264,8 @@ void larder__memory_stop(struct larder *m);
 void larder__memory_free(struct larder *m);
 void larder__memory_note(struct larder *m, const struct larder_event *ev);
 void larder__memory_learned(struct larder *m, struct comp *c);
-void larder__memory_record(struct larder *m, struct comp *c, double load_ms);
+/* first: the load was the first of c's class in this process (see load.c). */
+void larder__memory_record(struct larder *m, struct comp *c, double load_ms, bool first);
 int64_t larder__memory_tick(struct larder *m, int64_t now_ms); /* next tick time */
 struct larder__pressure;
 void larder__memory_pressure(struct larder *m, const struct larder__pressure *p);
@@ -279,5 +314,9 @@ int larder__evict_one_gpu(struct larder *m, struct comp *except, enum larder_evi
 int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why);
 void larder__enforce_budget(struct larder *m);
 uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src);
+/* c->mu held: the size learned from trusted measurements (never below the first load's). */
+uint64_t larder__learned(const struct comp *c);
+/* A loaded component reserves at least this much, or all of a smaller budget. */
+#define LARDER__MIN_RESERVE UINT64_C(4096)
 
 #endif

@@ -378,7 +378,7 @@ void larder__deliver(struct larder *m, struct waiter *done)
         struct waiter *w = done;
         done = w->next;
         int err = w->err;
-        while (err < 0 && fallbackable(err)) {
+        while (err < 0 && !w->no_fallback && fallbackable(err)) {
             struct comp *f = next_fallback(m, w, &err);
             if (!f)
                 break;
@@ -433,7 +433,35 @@ static int acquire_blocking(struct larder *m, struct comp *c, int64_t timeout_ms
     return 0;
 }
 
-int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
+/* Every acquire the lock-free path cannot serve: pooled classes (one component lock, no
+ * waiter set-up when an instance is free), then the waiting path. Out of line, so that
+ * the lock-free path stays a small leaf. */
+static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
+                                                   int64_t timeout_ms, bool fallbacks,
+                                                   larder_lease **ret_lease)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
+        !atomic_load_explicit(&m->closing, memory_order_relaxed)) {
+        struct waiter w;
+        w.requested = c;
+        w.cold = false;
+        if (try_grant(c, &w, false)) {
+            pthread_mutex_unlock(&c->mu);
+            if (w.err < 0)
+                return w.err;
+            *ret_lease = w.lease;
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return acquire_blocking(m, c, timeout_ms, fallbacks, ret_lease);
+}
+
+/* Inline in both entry points: the lock-free warm grant of a shared class. */
+static inline __attribute__((always_inline)) int
+acquire_named(larder *m, const char *name, int64_t timeout_ms, bool fallbacks,
+              larder_lease **ret_lease)
 {
     if (!m || !name || !ret_lease)
         return -EINVAL;
@@ -450,29 +478,32 @@ int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease
         atomic_fetch_sub(&c->lh, LARDER__LH_HIT);
         larder_release(&c->warm);
     }
-    /* Warm path of pooled classes: one component lock, no waiter set-up. */
-    pthread_mutex_lock(&c->mu);
-    if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
-        !atomic_load_explicit(&m->closing, memory_order_relaxed)) {
-        struct waiter w;
-        w.requested = c;
-        w.cold = false;
-        if (try_grant(c, &w, false)) {
-            pthread_mutex_unlock(&c->mu);
-            if (w.err < 0)
-                return w.err;
-            *ret_lease = w.lease;
-            return 0;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return acquire_blocking(m, c, timeout_ms, true, ret_lease);
+    return acquire_locked(m, c, timeout_ms, fallbacks, ret_lease);
+}
+
+int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
+{
+    return acquire_named(m, name, timeout_ms, true, ret_lease);
+}
+
+int larder_acquire_flags(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
+                         larder_lease **ret_lease)
+{
+    if (flags & ~LARDER_ACQUIRE_NO_FALLBACK)
+        return -EINVAL;
+    return acquire_named(m, name, timeout_ms, !(flags & LARDER_ACQUIRE_NO_FALLBACK), ret_lease);
 }
 
 int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms, larder_acquire_fn cb,
                          void *ud)
 {
-    if (!m || !name || !cb)
+    return larder_acquire_async_flags(m, name, timeout_ms, 0, cb, ud);
+}
+
+int larder_acquire_async_flags(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
+                               larder_acquire_fn cb, void *ud)
+{
+    if (!m || !name || !cb || (flags & ~LARDER_ACQUIRE_NO_FALLBACK))
         return -EINVAL;
     struct comp *c = larder__lookup(m, name);
     if (!c)
@@ -482,6 +513,7 @@ int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms, larder
         return -ENOMEM;
     waiter_init(w, c, timeout_ms);
     w->async = true;
+    w->no_fallback = flags & LARDER_ACQUIRE_NO_FALLBACK;
     w->cb = cb;
     w->ud = ud;
     int r = larder__acquire_comp(m, w);
@@ -611,12 +643,17 @@ static void lease_put(struct comp *c, larder_lease *l)
                                                    memory_order_relaxed));
 }
 
+/* What release_locked found: the component went idle, the lease dropped its hold on
+ * the manager. */
+enum { REL_IDLE = 1, REL_DROP = 2 };
+
 /* The release work that needs c->mu: a pooled instance goes back (to a waiter first),
- * drains are woken, leases counted at close drop their hold on the manager. */
-static void release_locked(struct larder *m, struct comp *c, struct inst *inst, bool dec,
-                           bool *ret_idle, bool *ret_drop)
+ * drains are woken, leases counted at close drop their hold on the manager. Returns
+ * REL_* bits. */
+static unsigned release_locked(struct larder *m, struct comp *c, struct inst *inst, bool dec)
 {
     struct waiter *done = NULL;
+    unsigned out = 0;
     pthread_mutex_lock(&c->mu);
     unsigned left = dec ? (unsigned)(uint32_t)(atomic_fetch_sub(&c->lh, 1) - 1)
                         : larder__leases(c);
@@ -631,37 +668,24 @@ static void release_locked(struct larder *m, struct comp *c, struct inst *inst, 
     }
     if (c->orphans > left) {
         c->orphans--;
-        *ret_drop = true;
+        out |= REL_DROP;
     }
     if (left == 0 && dec)
         larder__mark_idle(c);
     else if (left == 0)
         larder__cv_broadcast(c);
-    *ret_idle = left == 0;
+    out |= left == 0 ? REL_IDLE : 0;
     pthread_mutex_unlock(&c->mu);
     larder__deliver(m, done);
+    return out;
 }
 
-larder_lease *larder_release(larder_lease *l)
+/* After the last lease of c came back, or a lease dropped its hold: admissions waiting
+ * for room look again; at close, or over a lowered budget, c goes now. */
+static __attribute__((noinline)) void release_settle(struct larder *m, struct comp *c,
+                                                     unsigned rel)
 {
-    if (!l)
-        return NULL;
-    struct comp *c = l->c;
-    struct larder *m = l->m;
-    struct inst *inst = l->inst;
-    bool idle = false, drop = false;
-    if (inst) {
-        release_locked(m, c, inst, true, &idle, &drop);
-    } else {
-        /* Shared model: no instance to hand back, so no lock unless someone waits. */
-        idle = (uint32_t)atomic_fetch_sub(&c->lh, 1) == 1;
-        if (idle)
-            went_idle(c, larder__now_ms_coarse());
-        if (atomic_load(&m->closing) || (idle && atomic_load(&c->cv_waiters)))
-            release_locked(m, c, NULL, false, &idle, &drop);
-    }
-    if (l != &c->warm)
-        lease_put(c, l);
+    bool idle = rel & REL_IDLE;
     if (idle && atomic_load(&m->admit_waiters) > 0) {
         pthread_mutex_lock(&m->mu);
         pthread_cond_broadcast(&m->budget_cv);
@@ -671,7 +695,31 @@ larder_lease *larder_release(larder_lease *l)
         larder__unload_comp(m, c, LARDER_REASON_CLOSE);
     else if (idle && atomic_load(&m->over_budget))
         larder__enforce_budget(m);
-    if (drop)
+    if (rel & REL_DROP)
         larder__ref_drop(m);
+}
+
+larder_lease *larder_release(larder_lease *l)
+{
+    if (!l)
+        return NULL;
+    struct comp *c = l->c;
+    struct larder *m = l->m;
+    unsigned rel;
+    if (l->inst) {
+        rel = release_locked(m, c, l->inst, true);
+    } else {
+        /* Shared model: no instance to hand back, so no lock unless someone waits. */
+        rel = (uint32_t)atomic_fetch_sub(&c->lh, 1) == 1 ? REL_IDLE : 0;
+        if (rel)
+            went_idle(c, larder__now_ms_coarse());
+        if (atomic_load(&m->closing) || (rel && atomic_load(&c->cv_waiters)))
+            rel = release_locked(m, c, NULL, false);
+    }
+    if (l != &c->warm)
+        lease_put(c, l);
+    if ((rel & REL_DROP) || (rel && (atomic_load(&m->admit_waiters) > 0 ||
+                                     atomic_load(&m->closing) || atomic_load(&m->over_budget))))
+        release_settle(m, c, rel);
     return NULL;
 }

@@ -143,15 +143,20 @@ static void cancel_job(struct job *j)
 
 /* ---- estimates and admission ------------------------------------------------------ */
 
-/* Bytes c will take before it loads: the override, the class's estimate, the last
- * measured size, the file size x factor. No lock held; the definition is stable (the
- * caller defines c, or is its loader). */
+uint64_t larder__learned(const struct comp *c)
+{
+    return c->measured > c->first_bytes ? c->measured : c->first_bytes;
+}
+
+/* Bytes c will take before it loads: the override, the class's estimate, the learned
+ * size, the file size x factor; 0 when none gives a figure. No lock held; the
+ * definition is stable (the caller defines c, or is its loader). */
 uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src)
 {
     uint64_t b = 0;
     struct stat st;
     pthread_mutex_lock(&c->mu);
-    uint64_t learned = c->measured;
+    uint64_t learned = larder__learned(c);
     pthread_mutex_unlock(&c->mu);
     *ret_src = LARDER_ESTIMATE_NONE;
     if (c->mem_override) {
@@ -164,12 +169,13 @@ uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src)
         *ret_src = LARDER_ESTIMATE_LEARNED;
     } else if (c->path && stat(c->path, &st) == 0) {
         b = (uint64_t)((double)st.st_size * c->m->opts.file_size_factor);
-        *ret_src = LARDER_ESTIMATE_FILE;
+        *ret_src = b ? LARDER_ESTIMATE_FILE : LARDER_ESTIMATE_NONE;
     }
     return b;
 }
 
-/* What a load must reserve: the estimate, or more when a past load measured more. */
+/* What a load must reserve: the estimate, or more when a past load measured more.
+ * 0 when nothing is known: the load then runs alone (solo_step). */
 static uint64_t estimate(struct comp *c)
 {
     enum larder_estimate_source src;
@@ -177,7 +183,8 @@ static uint64_t estimate(struct comp *c)
     pthread_mutex_lock(&c->mu);
     c->estimate = b;
     c->est_src = src;
-    uint64_t need = c->measured > b ? c->measured : b;
+    uint64_t learned = larder__learned(c);
+    uint64_t need = learned > b ? learned : b;
     pthread_mutex_unlock(&c->mu);
     return need;
 }
@@ -233,38 +240,116 @@ static bool wanted(struct comp *c)
     return w;
 }
 
-/* m->mu held. Reserves bytes for c, evicting idle components, waiting up to wait_ms
- * for leases to come back. */
+/* m->mu held: no room now. LARDER_ENOSPC past the deadline, LARDER_ECANCELED when
+ * nobody wants c any more, else waits a while for room and returns 1 (look again). */
+static int wait_room(struct larder *m, struct comp *c, int64_t deadline)
+{
+    if (larder__now_ms() >= deadline)
+        return LARDER_ENOSPC;
+    if (!wanted(c))
+        return LARDER_ECANCELED;
+    wait_budget(m, deadline);
+    return 1;
+}
+
+/* m->mu held: one look at the budget for `bytes` more for c. 0 charged, 1 look again,
+ * < 0 an error. A solo load in flight (not c's own) holds every other admission; one
+ * waiting to start holds new loads (c has no reservation yet), so it is not starved. */
+static int admit_step(struct larder *m, struct comp *c, uint64_t bytes, int64_t deadline)
+{
+    int g = gpu_fits(m, c);
+    if (bytes > m->budget || g < 0)
+        return LARDER_ETOOBIG;
+    if ((m->solo && m->solo != c) || (m->solo_waiting && !c->reserved))
+        return wait_room(m, c, deadline);
+    bool host = m->reserved + bytes <= m->budget && !atomic_load(&m->pressure_hold);
+    if (host && g == 0) {
+        charge(m, c, (int64_t)bytes);
+        charge_gpu(m, c, true);
+        return 0;
+    }
+    if ((host ? larder__evict_one_gpu(m, c, LARDER_REASON_BUDGET, c->gpu)
+              : larder__evict_one(m, c, LARDER_REASON_BUDGET)) != 0)
+        return 1;
+    return wait_room(m, c, deadline);
+}
+
+/* m->mu held: the least a loaded component reserves: a page, or all of a smaller
+ * budget. */
+static uint64_t min_reserve(const struct larder *m)
+{
+    return m->budget < LARDER__MIN_RESERVE ? m->budget : LARDER__MIN_RESERVE;
+}
+
+/* m->mu held: while a load with no estimate waits for the loads in flight to finish,
+ * new loads wait behind it, so that a stream of them cannot starve it. It does not
+ * hold them while it waits for room (leases to come back). */
+static void hold_new_loads(struct larder *m, bool *held, bool hold)
+{
+    if (hold && !*held)
+        m->solo_waiting++;
+    else if (!hold && *held)
+        m->solo_waiting--;
+    *held = hold;
+}
+
+/* m->mu held: one look for a load with no estimate at all. It runs alone (no other
+ * load, grow or unload in flight, and none starts until it is measured), so that its
+ * RSS delta is its own. Idle components are evicted until half the budget is free;
+ * it then reserves everything free. If leases keep more than half the budget until
+ * the deadline, it takes what is free then (at least a page). */
+static int solo_step(struct larder *m, struct comp *c, int64_t deadline, bool *held)
+{
+    int g = gpu_fits(m, c);
+    if (g < 0 || !m->budget)
+        return LARDER_ETOOBIG;
+    bool busy = m->solo || m->loads_admitted || atomic_load(&m->unloads_running);
+    hold_new_loads(m, held, busy);
+    if (busy)
+        return wait_room(m, c, deadline);
+    uint64_t free = m->budget > m->reserved ? m->budget - m->reserved : 0;
+    bool hold = atomic_load(&m->pressure_hold) || free < min_reserve(m);
+    bool late = larder__now_ms() >= deadline;
+    if (g == 0 && !hold && (free >= m->budget / 2 || late)) {
+        charge(m, c, (int64_t)free);
+        charge_gpu(m, c, true);
+        m->solo = c;
+        return 0;
+    }
+    int k = g ? larder__evict_one_gpu(m, c, LARDER_REASON_BUDGET, c->gpu)
+              : larder__evict_one(m, c, LARDER_REASON_BUDGET);
+    return k != 0 ? 1 : wait_room(m, c, deadline);
+}
+
+/* m->mu held. Reserves bytes for c (0: c has no estimate and loads alone), evicting
+ * idle components, waiting up to wait_ms for leases to come back. */
 static int admit(struct larder *m, struct comp *c, uint64_t bytes, int64_t wait_ms)
 {
     int64_t deadline = larder__now_ms() + wait_ms;
-    for (;;) {
-        if (atomic_load(&m->closing))
-            return LARDER_ECLOSED;
-        int g = gpu_fits(m, c);
-        if (bytes > m->budget || g < 0)
-            return LARDER_ETOOBIG;
+    int r = 1;
+    bool held = false;
+    while (r > 0) {
+        if (atomic_load(&m->closing)) {
+            r = LARDER_ECLOSED;
+            break;
+        }
         /* Counted before looking, so a release racing with the scan still wakes us. */
         atomic_fetch_add(&m->admit_waiters, 1);
-        int r = 1;
-        bool host = m->reserved + bytes <= m->budget && !atomic_load(&m->pressure_hold);
-        if (host && g == 0) {
-            charge(m, c, (int64_t)bytes);
-            charge_gpu(m, c, true);
-            r = 0;
-        } else if ((host ? larder__evict_one_gpu(m, c, LARDER_REASON_BUDGET, c->gpu)
-                         : larder__evict_one(m, c, LARDER_REASON_BUDGET)) == 0) {
-            if (larder__now_ms() >= deadline)
-                r = LARDER_ENOSPC;
-            else if (!wanted(c))
-                r = LARDER_ECANCELED;
-            else
-                wait_budget(m, deadline);
-        }
+        r = bytes ? admit_step(m, c, bytes, deadline) : solo_step(m, c, deadline, &held);
         atomic_fetch_sub(&m->admit_waiters, 1);
-        if (r <= 0)
-            return r;
     }
+    hold_new_loads(m, &held, false);
+    return r;
+}
+
+/* m->mu held: a load or grow admitted earlier is over (what it took is in the accounts
+ * or given back); a load waiting to run alone may go. */
+static void flight_over(struct larder *m, struct comp *c)
+{
+    m->loads_admitted--;
+    if (m->solo == c)
+        m->solo = NULL;
+    pthread_cond_broadcast(&m->budget_cv);
 }
 
 /* ---- eviction ----------------------------------------------------------------------- */
@@ -322,14 +407,17 @@ static bool free_instance(struct larder *m, struct comp *c)
     uint64_t bytes = c->inst_bytes < c->reserved ? c->inst_bytes : 0;
     void *model = c->model;
     pthread_mutex_unlock(&c->mu);
+    atomic_fetch_add(&m->unloads_running, 1);
     pthread_mutex_unlock(&m->mu);
     c->cls->instance_free(c->ud, model, i->ptr);
     free(i);
+    atomic_fetch_sub(&m->unloads_running, 1);
     larder__emit_simple(m, LARDER_EVENT_INSTANCE_FREE, c, LARDER_REASON_BUDGET, bytes);
     pthread_mutex_lock(&m->mu);
     pthread_mutex_lock(&c->mu);
     c->freeing--;
     charge(m, c, -(int64_t)bytes);
+    pthread_cond_broadcast(&m->budget_cv); /* the free is over: solo loads may go */
     c->ps.bytes = c->reserved;
     larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
@@ -352,11 +440,12 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     if (m->policy->on_evict)
         m->policy->on_evict(m->policy_state, &c->ps, larder__now_s());
     pthread_mutex_unlock(&c->mu);
+    /* Counted before m->mu goes: a load waiting to run alone sees this unload. */
+    bool alone = atomic_fetch_add(&m->unloads_running, 1) == 0 &&
+                 atomic_load(&m->loads_running) == 0;
     pthread_mutex_unlock(&m->mu);
 
     larder__emit_simple(m, LARDER_EVENT_EVICT, c, why, bytes);
-    bool alone = atomic_fetch_add(&m->unloads_running, 1) == 0 &&
-                 atomic_load(&m->loads_running) == 0;
     uint64_t rss0 = larder__rss_bytes();
     for (struct inst *i = insts, *n; i; i = n) {
         n = i->next;
@@ -374,6 +463,7 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
     pthread_mutex_lock(&c->mu);
     charge(m, c, -(int64_t)c->reserved);
     charge_gpu(m, c, false);
+    pthread_cond_broadcast(&m->budget_cv); /* the unload is over: solo loads may go */
     c->model = NULL;
     c->state = LARDER_STATE_UNLOADED;
     if (alone) {
@@ -468,8 +558,10 @@ static void load_failed(struct comp *c, int err, const char *msg, bool cooldown,
     pthread_mutex_lock(&c->mu);
     c->last_err = err;
     snprintf(c->last_msg, sizeof c->last_msg, "%s", msg && *msg ? msg : larder_strerror(err));
-    if (cooldown) {
+    /* A refusal (too big, no room) is a failure too; only a closing manager is not. */
+    if (err != LARDER_ECLOSED)
         c->failures++;
+    if (cooldown) {
         c->fail_streak++;
         int64_t cd = m->opts.cooldown_min_ms;
         for (unsigned i = 1; i < c->fail_streak && cd < m->opts.cooldown_max_ms; i++)
@@ -496,13 +588,17 @@ static void load_failed(struct comp *c, int err, const char *msg, bool cooldown,
     larder__emit(m, &ev);
 }
 
-static void release_reservation(struct comp *c)
+/* An admitted load that keeps no model gives its reservation back; its flight is over
+ * once what it allocated is freed. */
+static void release_reservation(struct comp *c, bool in_flight)
 {
     pthread_mutex_lock(&c->m->mu);
     pthread_mutex_lock(&c->mu);
     charge(c->m, c, -(int64_t)c->reserved);
     charge_gpu(c->m, c, false);
     pthread_mutex_unlock(&c->mu);
+    if (in_flight)
+        flight_over(c->m, c);
     pthread_mutex_unlock(&c->m->mu);
 }
 
@@ -511,16 +607,65 @@ struct loaded {
     void *inst;
     bool has_inst;    /* inst is an instance (which may be a NULL pointer) */
     bool shared;      /* instance_new said the model is shared after all */
+    bool first;       /* the first load of its class in this process */
     double ms;
     uint64_t measured;
     enum larder_measure_method method;
     char err[LARDER__ERRLEN];
 };
 
+/* Classes that have loaded in this process. The first load of a class pays for mapping
+ * its engine (shared libraries, global tables), which later loads of any component of
+ * that class, in any manager, find mapped. Only grows: the process keeps the engine. */
+static pthread_mutex_t classes_mu = PTHREAD_MUTEX_INITIALIZER;
+static const struct larder_class **classes;
+static size_t n_classes, cap_classes;
+
+/* Records cls as loaded; true when it was not yet, or when there is no memory to
+ * remember it (a first-load figure is only ever used as a floor: erring that way is
+ * safe). */
+static bool class_first_load(const struct larder_class *cls)
+{
+    pthread_mutex_lock(&classes_mu);
+    bool first = true;
+    for (size_t i = 0; i < n_classes && first; i++)
+        first = classes[i] != cls;
+    if (first && n_classes == cap_classes) {
+        size_t cap = cap_classes ? cap_classes * 2 : 16;
+        const struct larder_class **n = realloc(classes, cap * sizeof *n);
+        if (n) {
+            classes = n;
+            cap_classes = cap;
+        }
+    }
+    if (first && n_classes < cap_classes)
+        classes[n_classes++] = cls;
+    pthread_mutex_unlock(&classes_mu);
+    return first;
+}
+
+/* What the load took: the class's own figure when it has one, else the RSS delta when
+ * the load ran alone (no other load or unload overlapped it), else nothing trusted. */
+static void measure_load(struct comp *c, struct loaded *out, bool alone, uint64_t rss0,
+                         uint64_t rss1)
+{
+    uint64_t bytes = 0;
+    if (c->cls->measure && c->cls->measure(c->ud, out->model, &bytes) == 0 && bytes) {
+        out->measured = bytes;
+        out->method = LARDER_MEASURE_CLASS;
+    } else if (alone && rss1 && rss0) {
+        out->measured = rss1 > rss0 ? rss1 - rss0 : 0;
+        out->method = LARDER_MEASURE_RSS;
+    } else {
+        out->method = LARDER_MEASURE_ESTIMATE;
+    }
+}
+
 /* Runs the class: model plus, for pooled classes, the first instance. */
 static int call_load(struct comp *c, struct loaded *out)
 {
     struct larder *m = c->m;
+    out->first = class_first_load(c->cls);
     bool alone = atomic_fetch_add(&m->loads_running, 1) == 0 &&
                  atomic_load(&m->unloads_running) == 0;
     uint64_t rss0 = larder__rss_bytes();
@@ -544,16 +689,7 @@ static int call_load(struct comp *c, struct loaded *out)
             atomic_load(&m->unloads_running) == 0;
     if (r < 0)
         return LARDER_ELOAD;
-    uint64_t bytes = 0;
-    if (c->cls->measure && c->cls->measure(c->ud, out->model, &bytes) == 0 && bytes) {
-        out->measured = bytes;
-        out->method = LARDER_MEASURE_CLASS;
-    } else if (alone && rss1 && rss0) {
-        out->measured = rss1 > rss0 ? rss1 - rss0 : 0;
-        out->method = LARDER_MEASURE_RSS;
-    } else {
-        out->method = LARDER_MEASURE_ESTIMATE;
-    }
+    measure_load(c, out, alone, rss0, rss1);
     return 0;
 }
 
@@ -566,16 +702,37 @@ static void undo_load(struct comp *c, struct loaded *ld)
         malloc_trim(0);
 }
 
-/* m->mu held: grows c's reservation to what was measured, evicting idle components
- * but never waiting (the load is done; its memory is already in use). */
+/* m->mu held: settles c's reservation on what was measured, evicting idle components
+ * but never waiting (the load is done; its memory is already in use). A load that ran
+ * alone on a conservative reservation keeps what it measured (at least a page); others
+ * keep max(estimate, measured). A figure that is not trusted never refuses a load. */
 static int reconcile(struct larder *m, struct comp *c, const struct loaded *ld)
 {
+    if (ld->method == LARDER_MEASURE_ESTIMATE)
+        return 0;
     uint64_t want = ld->measured > c->estimate ? ld->measured : c->estimate;
+    if (m->solo == c) {
+        want = want > min_reserve(m) ? want : min_reserve(m);
+        if (want < c->reserved)
+            charge(m, c, -(int64_t)(c->reserved - want));
+    }
     if (want <= c->reserved)
         return 0;
     if (want > m->budget)
         return LARDER_ETOOBIG;
     return admit(m, c, want - c->reserved, 0);
+}
+
+/* c->mu held: a trusted measurement becomes c's learned size; the first load of its
+ * class in this process is also kept, as the floor of c's learned size. */
+static void learn(struct comp *c, const struct loaded *ld)
+{
+    c->method = ld->method;
+    if (ld->method == LARDER_MEASURE_ESTIMATE)
+        return;
+    c->measured = ld->measured;
+    if (ld->first)
+        c->first_bytes = ld->measured;
 }
 
 static void load_succeeded(struct comp *c, struct loaded *ld)
@@ -585,7 +742,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
     struct inst *i = NULL;
     if (ld->has_inst && !(i = malloc(sizeof *i))) {
         undo_load(c, ld);
-        release_reservation(c);
+        release_reservation(c, false);
         load_failed(c, -ENOMEM, NULL, false, ld->ms);
         return;
     }
@@ -603,9 +760,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
         c->free_inst = i;
         c->n_inst = 1;
     }
-    if (ld->method != LARDER_MEASURE_ESTIMATE)
-        c->measured = ld->measured;
-    c->method = ld->method;
+    learn(c, ld);
     c->state = LARDER_STATE_READY;
     larder__gate(c);
     c->loads++;
@@ -636,6 +791,41 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
     larder__emit(m, &ev);
 }
 
+/* Nobody was waiting when admission gave up; if someone came since, start over. */
+static void load_canceled(struct comp *c)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->n_waiters > 0 || c->preload_pending)
+        larder__submit(c->m, &c->load_job);
+    else
+        c->state = LARDER_STATE_UNLOADED;
+    larder__cv_broadcast(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* It takes more than the budget can hold now: the load is given back. Its size is kept
+ * for the next estimate, except an RSS delta larger than the whole budget: the process's
+ * RSS also counts what other threads allocated meanwhile, so that verdict is not kept
+ * for ever; the component cools down like a failed load and is measured again. */
+static void load_oversize(struct comp *c, struct loaded *ld, int r)
+{
+    struct larder *m = c->m;
+    bool retry = r == LARDER_ETOOBIG && ld->method == LARDER_MEASURE_RSS;
+    undo_load(c, ld);
+    pthread_mutex_lock(&c->mu);
+    if (!retry)
+        learn(c, ld);
+    pthread_mutex_unlock(&c->mu);
+    release_reservation(c, true);
+    larder__emit_simple(m, LARDER_EVENT_EVICT, c, LARDER_REASON_OVERSIZE, ld->measured);
+    larder__emit_simple(m, LARDER_EVENT_UNLOAD, c, LARDER_REASON_OVERSIZE, ld->measured);
+    load_failed(c, r == LARDER_ETOOBIG ? r : LARDER_ENOSPC,
+                retry ? "measured size (RSS) does not fit the budget; measured again after "
+                        "the cooldown"
+                      : "measured size does not fit the budget",
+                retry, ld->ms);
+}
+
 static void run_load(struct comp *c)
 {
     struct larder *m = c->m;
@@ -644,17 +834,10 @@ static void run_load(struct comp *c)
     larder__memory_make_room(m, c, need);
     pthread_mutex_lock(&m->mu);
     int r = admit(m, c, need, m->opts.admission_timeout_ms);
+    m->loads_admitted += r == 0;
     pthread_mutex_unlock(&m->mu);
     if (r == LARDER_ECANCELED) {
-        /* Nobody was waiting when admission gave up; if someone came since, start over. */
-        pthread_mutex_lock(&c->mu);
-        bool again = c->n_waiters > 0 || c->preload_pending;
-        if (again)
-            larder__submit(m, &c->load_job);
-        else
-            c->state = LARDER_STATE_UNLOADED;
-        larder__cv_broadcast(c);
-        pthread_mutex_unlock(&c->mu);
+        load_canceled(c);
         return;
     }
     if (r < 0) {
@@ -664,30 +847,21 @@ static void run_load(struct comp *c)
     struct loaded ld = {0};
     r = call_load(c, &ld);
     if (r < 0) {
-        release_reservation(c);
+        release_reservation(c, true);
         load_failed(c, r, ld.err, true, ld.ms);
         return;
     }
     pthread_mutex_lock(&m->mu);
     r = reconcile(m, c, &ld);
+    if (r == 0)
+        flight_over(m, c);
     pthread_mutex_unlock(&m->mu);
     if (r < 0) {
-        /* It really takes more than the budget can hold now: give it back, remember
-         * the true size for the next estimate. */
-        undo_load(c, &ld);
-        pthread_mutex_lock(&c->mu);
-        c->measured = ld.measured;
-        c->method = ld.method;
-        pthread_mutex_unlock(&c->mu);
-        release_reservation(c);
-        larder__emit_simple(m, LARDER_EVENT_EVICT, c, LARDER_REASON_OVERSIZE, ld.measured);
-        larder__emit_simple(m, LARDER_EVENT_UNLOAD, c, LARDER_REASON_OVERSIZE, ld.measured);
-        load_failed(c, r == LARDER_ETOOBIG ? r : LARDER_ENOSPC,
-                    "measured size does not fit the budget", false, ld.ms);
+        load_oversize(c, &ld, r);
         return;
     }
     load_succeeded(c, &ld);
-    larder__memory_record(m, c, ld.ms);
+    larder__memory_record(m, c, ld.ms, ld.first);
 }
 
 /* ---- growing a pool ------------------------------------------------------------------ */
@@ -736,6 +910,7 @@ static void run_grow(struct comp *c)
     pthread_mutex_lock(&m->mu);
     uint64_t before = c->reserved;
     int r = admit(m, c, bytes, 0);
+    m->loads_admitted += r == 0;
     pthread_mutex_unlock(&m->mu);
     if (r < 0) {
         grow_done(c, NULL, 0, NULL);
@@ -743,11 +918,13 @@ static void run_grow(struct comp *c)
     }
     char err[LARDER__ERRLEN] = "";
     void *ptr = NULL;
-    bool alone = atomic_fetch_add(&m->loads_running, 1) == 0;
+    bool alone = atomic_fetch_add(&m->loads_running, 1) == 0 &&
+                 atomic_load(&m->unloads_running) == 0;
     uint64_t rss0 = larder__rss_bytes();
     r = c->cls->instance_new(c->ud, model, &ptr, err, sizeof err);
     uint64_t rss1 = larder__rss_bytes();
-    alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone;
+    alone = atomic_fetch_sub(&m->loads_running, 1) == 1 && alone &&
+            atomic_load(&m->unloads_running) == 0;
     struct inst *i = r >= 0 ? malloc(sizeof *i) : NULL;
     if (!i) {
         if (r >= 0)
@@ -756,6 +933,7 @@ static void run_grow(struct comp *c)
         pthread_mutex_lock(&c->mu);
         charge(m, c, -(int64_t)(c->reserved - before));
         pthread_mutex_unlock(&c->mu);
+        flight_over(m, c);
         pthread_mutex_unlock(&m->mu);
         grow_done(c, NULL, 0, r < 0 ? (*err ? err : "failed") : "out of memory");
         return;
@@ -768,6 +946,7 @@ static void run_grow(struct comp *c)
     pthread_mutex_lock(&c->mu);
     c->ps.bytes = c->reserved;
     pthread_mutex_unlock(&c->mu);
+    flight_over(m, c);
     pthread_mutex_unlock(&m->mu);
     grow_done(c, i, learned ? learned : bytes, NULL);
 }

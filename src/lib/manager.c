@@ -18,13 +18,6 @@ int64_t larder__now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t larder__now_ms_coarse(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void larder__abstime(int64_t left_ms, struct timespec *ts)
 {
     if (left_ms < 0)
@@ -55,30 +48,6 @@ double larder__now_s(void)
 }
 
 /* ---- registry: open addressing, lock-free lookups, inserts under m->mu ---------- */
-
-static uint64_t hash_name(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
-struct comp *larder__lookup(struct larder *m, const char *name)
-{
-    struct table *t = atomic_load_explicit(&m->table, memory_order_acquire);
-    uint64_t h = hash_name(name);
-    size_t mask = t->cap - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-        struct comp *c = atomic_load_explicit(&t->slots[i], memory_order_acquire);
-        if (!c)
-            return NULL;
-        if (c->hash == h && strcmp(c->name, name) == 0)
-            return c;
-    }
-}
 
 static struct table *table_new(size_t cap)
 {
@@ -513,7 +482,7 @@ static struct comp *comp_new(struct larder *m, const char *name)
         return NULL;
     }
     c->m = m;
-    c->hash = hash_name(name);
+    c->hash = larder__hash_name(name);
     pthread_mutex_init(&c->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -64,30 +64,36 @@ void larder__memory_free(struct larder *m)
 
 /* ---- profiles ------------------------------------------------------------------------ */
 
-/* At define: a size measured by an earlier run becomes this run's learned size. */
+/* At define: sizes measured by earlier runs become this run's learned size, which is
+ * never below what the last first load in a fresh process took (larder__learned). */
 void larder__memory_learned(struct larder *m, struct comp *c)
 {
     struct larder__profile p;
     if (!m->profiles || larder__profile_get(m->profiles, c->name, &p) < 0)
         return;
     pthread_mutex_lock(&c->mu);
-    if (!c->measured && p.measured_bytes) {
+    if (!c->measured && (p.measured_bytes || p.first_bytes)) {
         c->measured = p.measured_bytes;
+        c->first_bytes = p.first_bytes;
         c->inst_bytes = p.instance_bytes;
         c->ps.load_cost = p.load_ms_last / 1000.0;
     }
     pthread_mutex_unlock(&c->mu);
 }
 
-/* After a load: remember what it cost. Runs on the loader thread. */
-void larder__memory_record(struct larder *m, struct comp *c, double load_ms)
+/* After a load: remember what it cost. Only trusted measurements are kept (the class's
+ * own figure, or the RSS delta of a load that ran alone); the first load of a class in
+ * this process is also kept as the first-load figure. Runs on the loader thread. */
+void larder__memory_record(struct larder *m, struct comp *c, double load_ms, bool first)
 {
     pthread_mutex_lock(&c->mu);
-    uint64_t measured = c->method == LARDER_MEASURE_ESTIMATE ? 0 : c->measured;
+    bool trusted = c->method == LARDER_MEASURE_CLASS || c->method == LARDER_MEASURE_RSS;
+    uint64_t measured = trusted ? c->measured : 0;
     uint64_t inst = c->inst_bytes;
     pthread_mutex_unlock(&c->mu);
     if (m->profiles)
-        larder__profile_put(m->profiles, c->name, measured, inst, load_ms);
+        larder__profile_put(m->profiles, c->name, measured, inst, first ? measured : 0,
+                            load_ms);
 }
 
 /* ---- history ------------------------------------------------------------------------- */

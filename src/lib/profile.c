@@ -17,7 +17,7 @@
 
 #define DB_NAME "/profiles.sqlite"
 #define BUSY_TIMEOUT_MS 2000
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define STR(x) #x
 #define XSTR(x) STR(x)
 
@@ -29,19 +29,25 @@ static const char schema_sql[] =
     " load_ms_last REAL NOT NULL DEFAULT 0,"
     " load_ms_avg REAL NOT NULL DEFAULT 0,"
     " loads INTEGER NOT NULL DEFAULT 0,"
-    " updated INTEGER NOT NULL DEFAULT 0)";
+    " updated INTEGER NOT NULL DEFAULT 0,"
+    " first_bytes INTEGER NOT NULL DEFAULT 0)";
+
+/* Version 1 had no first-load figure: its rows keep everything, with first_bytes 0. */
+static const char migrate_v1_sql[] =
+    "ALTER TABLE profiles ADD COLUMN first_bytes INTEGER NOT NULL DEFAULT 0";
 
 static const char get_sql[] =
-    "SELECT measured_bytes, instance_bytes, load_ms_last, load_ms_avg, loads, updated"
-    " FROM profiles WHERE name = ?1";
+    "SELECT measured_bytes, instance_bytes, load_ms_last, load_ms_avg, loads, updated,"
+    " first_bytes FROM profiles WHERE name = ?1";
 
-/* ?2/?3 of 0 keep the stored sizes; the average is the running mean over every load. */
+/* ?2/?3/?6 of 0 keep the stored sizes; the average is the running mean over every load. */
 static const char put_sql[] =
     "INSERT INTO profiles (name, measured_bytes, instance_bytes, load_ms_last, load_ms_avg,"
-    " loads, updated) VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5)"
+    " loads, updated, first_bytes) VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5, ?6)"
     " ON CONFLICT(name) DO UPDATE SET"
     " measured_bytes = CASE WHEN ?2 > 0 THEN ?2 ELSE measured_bytes END,"
     " instance_bytes = CASE WHEN ?3 > 0 THEN ?3 ELSE instance_bytes END,"
+    " first_bytes = CASE WHEN ?6 > 0 THEN ?6 ELSE first_bytes END,"
     " load_ms_last = ?4,"
     " load_ms_avg = (load_ms_avg * loads + ?4) / (loads + 1),"
     " loads = loads + 1,"
@@ -163,6 +169,29 @@ static int check_schema(struct larder__profiles *s, char *err, size_t errlen, in
     return 0;
 }
 
+/* Brings a version 1 file to this version, once even when several processes open it
+ * at the same time: the version is read again under the write lock. */
+static int migrate(struct larder__profiles *s, int *version, char *err, size_t errlen)
+{
+    int r, now = 0;
+
+    if (*version != 1)
+        return 0;
+    if ((r = exec_sql(s, "BEGIN IMMEDIATE", err, errlen)) < 0)
+        return r;
+    r = read_user_version(s, &now);
+    if (r == 0 && now == 1)
+        r = exec_sql(s, migrate_v1_sql, err, errlen);
+    if (r == 0 && now == 1)
+        r = exec_sql(s, "PRAGMA user_version = " XSTR(SCHEMA_VERSION), err, errlen);
+    if (r < 0) {
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        return r;
+    }
+    *version = SCHEMA_VERSION;
+    return exec_sql(s, "COMMIT", err, errlen);
+}
+
 static int prepare_all(struct larder__profiles *s, char *err, size_t errlen)
 {
     const char *const sql[] = {get_sql, put_sql, forget_sql};
@@ -196,7 +225,7 @@ static int open_db(struct larder__profiles *s, char *err, size_t errlen)
             return r;
     }
     if ((r = check_schema(s, err, errlen, &version)) < 0 ||
-        (r = prepare_all(s, err, errlen)) < 0)
+        (r = migrate(s, &version, err, errlen)) < 0 || (r = prepare_all(s, err, errlen)) < 0)
         return r;
     /* stamped only once the statements fit the table: a foreign file keeps its version */
     if (version < SCHEMA_VERSION)
@@ -251,6 +280,7 @@ static void read_row(sqlite3_stmt *st, struct larder__profile *p)
     p->load_ms_avg = sqlite3_column_double(st, 3);
     p->loads = column_u64(st, 4);
     p->updated = sqlite3_column_int64(st, 5);
+    p->first_bytes = column_u64(st, 6);
 }
 
 /* Runs a statement whose parameters are bound; resets it for the next use. */
@@ -289,7 +319,7 @@ int larder__profile_get(struct larder__profiles *s, const char *name,
 }
 
 int larder__profile_put(struct larder__profiles *s, const char *name, uint64_t measured_bytes,
-                        uint64_t instance_bytes, double load_ms)
+                        uint64_t instance_bytes, uint64_t first_bytes, double load_ms)
 {
     int rc, r;
 
@@ -305,6 +335,8 @@ int larder__profile_put(struct larder__profiles *s, const char *name, uint64_t m
         rc = sqlite3_bind_double(s->put, 4, load_ms);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(s->put, 5, (sqlite3_int64)time(NULL));
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s->put, 6, clamp_i64(first_bytes));
     r = rc == SQLITE_OK ? finish(s->put, NULL) : map_error(rc);
     if (rc != SQLITE_OK)
         sqlite3_clear_bindings(s->put);

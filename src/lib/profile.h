@@ -20,6 +20,8 @@
 struct larder__profile {
     uint64_t measured_bytes; /* last measured size of the model (plus one instance) */
     uint64_t instance_bytes; /* last measured size of one more instance; 0 = unknown */
+    uint64_t first_bytes;    /* last size measured by a first load of its class in a
+                                fresh process (engine mapping included); 0 = unknown */
     double load_ms_last;     /* duration of the last load */
     double load_ms_avg;      /* mean duration over every recorded load */
     uint64_t loads;          /* loads recorded */
@@ -40,11 +42,11 @@ int larder__profile_open(const char *state_dir, char *err, size_t errlen,
 int larder__profile_get(struct larder__profiles *s, const char *name,
                         struct larder__profile *ret_profile);
 
-/* Records one load of `name`: measured_bytes and instance_bytes replace the stored
- * ones unless 0 (unknown: the old value stays); load_ms becomes the last load time
- * and enters the average; loads grows by one; updated becomes now. */
+/* Records one load of `name`: measured_bytes, instance_bytes and first_bytes replace
+ * the stored ones unless 0 (unknown: the old value stays); load_ms becomes the last
+ * load time and enters the average; loads grows by one; updated becomes now. */
 int larder__profile_put(struct larder__profiles *s, const char *name, uint64_t measured_bytes,
-                        uint64_t instance_bytes, double load_ms);
+                        uint64_t instance_bytes, uint64_t first_bytes, double load_ms);
 
 /* Forgets the profile of `name` (0 also when there was none). */
 int larder__profile_forget(struct larder__profiles *s, const char *name);

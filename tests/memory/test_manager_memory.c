@@ -201,6 +201,100 @@ static void test_learned_across_restarts(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+static void remove_state(const char *dir)
+{
+    static const char *const files[] = {"profiles.sqlite", "profiles.sqlite-wal",
+                                        "profiles.sqlite-shm"};
+    char path[128];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* An engine the class maps on its first load and keeps for the life of the process, as
+ * a shared library opened by the first model of a backend stays mapped: later loads of
+ * its models, even after their unload, cost only the model. */
+static void *engine;
+#define ENGINE_MIB 12u
+
+static int engine_load(void *ud, void **ret, char *err, size_t n)
+{
+    if (!engine) {
+        size_t len = (size_t)ENGINE_MIB * MiB;
+        engine = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (engine == MAP_FAILED) {
+            engine = NULL;
+            snprintf(err, n, "mmap failed");
+            return -1;
+        }
+        memset(engine, 0x5a, len);
+    }
+    return hog_load(ud, ret, err, n);
+}
+
+static const struct larder_class engine_class = {
+    .struct_size = sizeof engine_class, .name = "engine", .load = engine_load,
+    .unload = hog_unload};
+
+static uint64_t measured_of(larder *m, const char *name)
+{
+    struct larder_snapshot *s = NULL;
+    assert_int_equal(larder_snapshot(m, &s), 0);
+    struct larder_component_info *i = find(s, name);
+    assert_int_equal(i->measure_method, LARDER_MEASURE_RSS);
+    uint64_t b = i->measured_bytes;
+    larder_snapshot_free(s);
+    return b;
+}
+
+/* A reload that finds the engine mapped measures less than the first load of a fresh
+ * process; the size learned for the next start stays at the first load's. */
+static void test_first_load_floor_across_restarts(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/larder-state-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct hog h = {.mib = 4};
+    struct larder_component_opts co;
+    larder_component_opts_init(&co);
+    co.cls = &engine_class;
+    co.ud = &h;
+    larder *m = open_with(NULL, dir);
+    assert_int_equal(larder_define(m, "ocr", &co), 0);
+    use(m, "ocr");
+    uint64_t first = measured_of(m, "ocr");
+    assert_true(first > (ENGINE_MIB + 2) * MiB);
+    assert_int_equal(larder_unload(m, "ocr", 1000), 0);
+    use(m, "ocr");
+    uint64_t reload = measured_of(m, "ocr");
+    assert_true(reload < first - 8 * MiB);
+    larder_close(m);
+
+    /* The next start: the estimate is the first load's figure, not the reload's. */
+    m = open_with(NULL, dir);
+    assert_int_equal(larder_define(m, "ocr", &co), 0);
+    struct larder_snapshot *s = NULL;
+    assert_int_equal(larder_snapshot(m, &s), 0);
+    struct larder_component_info *i = find(s, "ocr");
+    assert_int_equal(i->estimate_source, LARDER_ESTIMATE_LEARNED);
+    assert_int_equal(i->estimate_bytes, first);
+    larder_snapshot_free(s);
+    /* Loads in this process (the engine still mapped) do not lower it either. */
+    use(m, "ocr");
+    assert_int_equal(larder_unload(m, "ocr", 1000), 0);
+    larder_close(m);
+    m = open_with(NULL, dir);
+    assert_int_equal(larder_define(m, "ocr", &co), 0);
+    assert_int_equal(larder_snapshot(m, &s), 0);
+    assert_int_equal(find(s, "ocr")->estimate_bytes, first);
+    larder_snapshot_free(s);
+    larder_close(m);
+    munmap(engine, (size_t)ENGINE_MIB * MiB);
+    remove_state(dir);
+}
+
 /* Usage over the high watermark (here: a cgroup near its memory.max, as the watcher
  * reports it) evicts idle components (not leased or pinned ones) and publishes a
  * pressure event; the history records it. */
@@ -284,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_measured_and_returned),
         cmocka_unit_test(test_leak_suspect),
         cmocka_unit_test(test_learned_across_restarts),
+        cmocka_unit_test(test_first_load_floor_across_restarts),
         cmocka_unit_test(test_pressure_response),
         cmocka_unit_test(test_no_pressure_no_eviction),
     };

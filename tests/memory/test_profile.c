@@ -87,7 +87,7 @@ static void round_trip(struct larder__profiles *s)
     assert_int_equal(larder__profile_get(s, "ocr", &p), -ENOENT);
     assert_memory_equal(&p, &orig, sizeof(p));
 
-    assert_int_equal(larder__profile_put(s, "ocr", 90000000, 4000000, 300.0), 0);
+    assert_int_equal(larder__profile_put(s, "ocr", 90000000, 4000000, 0, 300.0), 0);
     assert_int_equal(larder__profile_get(s, "ocr", &p), 0);
     assert_int_equal(p.measured_bytes, 90000000);
     assert_int_equal(p.instance_bytes, 4000000);
@@ -97,8 +97,8 @@ static void round_trip(struct larder__profiles *s)
     assert_true(p.updated >= t0 && p.updated <= (int64_t)time(NULL));
 
     /* 0 keeps the stored sizes; the average runs over every load */
-    assert_int_equal(larder__profile_put(s, "ocr", 0, 0, 100.0), 0);
-    assert_int_equal(larder__profile_put(s, "ocr", 95000000, 0, 500.0), 0);
+    assert_int_equal(larder__profile_put(s, "ocr", 0, 0, 0, 100.0), 0);
+    assert_int_equal(larder__profile_put(s, "ocr", 95000000, 0, 0, 500.0), 0);
     assert_int_equal(larder__profile_get(s, "ocr", &p), 0);
     assert_int_equal(p.measured_bytes, 95000000);
     assert_int_equal(p.instance_bytes, 4000000);
@@ -107,7 +107,7 @@ static void round_trip(struct larder__profiles *s)
     assert_int_equal(p.loads, 3);
 
     /* names are exact, sizes above 2^63 are kept as the largest storable value */
-    assert_int_equal(larder__profile_put(s, "OCR", UINT64_MAX, 1, 1.0), 0);
+    assert_int_equal(larder__profile_put(s, "OCR", UINT64_MAX, 1, 0, 1.0), 0);
     assert_int_equal(larder__profile_get(s, "OCR", &p), 0);
     assert_int_equal(p.measured_bytes, (uint64_t)INT64_MAX);
     assert_int_equal(larder__profile_get(s, "ocr", &p), 0);
@@ -122,11 +122,11 @@ static void bad_arguments(struct larder__profiles *s)
 {
     struct larder__profile p;
 
-    assert_int_equal(larder__profile_put(s, "x", 1, 1, -1.0), -EINVAL);
-    assert_int_equal(larder__profile_put(s, "x", 1, 1, NAN), -EINVAL);
-    assert_int_equal(larder__profile_put(s, "", 1, 1, 1.0), -EINVAL);
-    assert_int_equal(larder__profile_put(s, NULL, 1, 1, 1.0), -EINVAL);
-    assert_int_equal(larder__profile_put(NULL, "x", 1, 1, 1.0), -EINVAL);
+    assert_int_equal(larder__profile_put(s, "x", 1, 1, 0, -1.0), -EINVAL);
+    assert_int_equal(larder__profile_put(s, "x", 1, 1, 0, NAN), -EINVAL);
+    assert_int_equal(larder__profile_put(s, "", 1, 1, 0, 1.0), -EINVAL);
+    assert_int_equal(larder__profile_put(s, NULL, 1, 1, 0, 1.0), -EINVAL);
+    assert_int_equal(larder__profile_put(NULL, "x", 1, 1, 0, 1.0), -EINVAL);
     assert_int_equal(larder__profile_get(s, NULL, &p), -EINVAL);
     assert_int_equal(larder__profile_get(s, "x", NULL), -EINVAL);
     assert_int_equal(larder__profile_get(s, "x", &p), -ENOENT);
@@ -166,7 +166,7 @@ static void persists(void **state)
     assert_int_equal(stat(dir, &st), 0);
     assert_true(S_ISDIR(st.st_mode));
     round_trip(s);
-    assert_int_equal(larder__profile_put(s, "asr", 91000000, 0, 1500.0), 0);
+    assert_int_equal(larder__profile_put(s, "asr", 91000000, 0, 0, 1500.0), 0);
     assert_null(larder__profile_close(s));
 
     s = NULL;
@@ -189,8 +189,8 @@ static void two_stores_one_file(void **state)
     /* two connections, as two processes sharing a state directory would have */
     assert_int_equal(larder__profile_open(t->dir, NULL, 0, &a), 0);
     assert_int_equal(larder__profile_open(t->dir, NULL, 0, &b), 0);
-    assert_int_equal(larder__profile_put(a, "m", 10, 0, 1.0), 0);
-    assert_int_equal(larder__profile_put(b, "m", 20, 0, 3.0), 0);
+    assert_int_equal(larder__profile_put(a, "m", 10, 0, 0, 1.0), 0);
+    assert_int_equal(larder__profile_put(b, "m", 20, 0, 0, 3.0), 0);
     assert_int_equal(larder__profile_get(a, "m", &p), 0);
     assert_int_equal(p.measured_bytes, 20);
     assert_int_equal(p.loads, 2);
@@ -225,7 +225,7 @@ static void corrupt_file(void **state)
 
     /* the caller goes on in memory */
     assert_int_equal(larder__profile_open(NULL, NULL, 0, &s), 0);
-    assert_int_equal(larder__profile_put(s, "a", 1, 0, 1.0), 0);
+    assert_int_equal(larder__profile_put(s, "a", 1, 0, 0, 1.0), 0);
     assert_int_equal(larder__profile_get(s, "a", &p), 0);
     larder__profile_close(s);
 }
@@ -263,7 +263,63 @@ static void foreign_database(void **state)
     snprintf(path, sizeof(path), "%s/profiles.sqlite", t->dir);
     write_file(path, "", 0);
     assert_int_equal(larder__profile_open(t->dir, err, sizeof(err), &s), 0);
-    assert_int_equal(larder__profile_put(s, "a", 1, 0, 1.0), 0);
+    assert_int_equal(larder__profile_put(s, "a", 1, 0, 0, 1.0), 0);
+    larder__profile_close(s);
+}
+
+static int user_version(const char *dir)
+{
+    char path[PATH_MAX + 32];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int v = -1;
+
+    snprintf(path, sizeof(path), "%s/profiles.sqlite", dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* A file written by the first schema keeps its rows and gains the first-load figure. */
+static void migrates_version_1(void **state)
+{
+    struct tmp *t = *state;
+    struct larder__profiles *s = NULL;
+    struct larder__profile p;
+    char err[256] = "";
+
+    make_db(t->dir, "CREATE TABLE profiles (name TEXT PRIMARY KEY NOT NULL,"
+                    " measured_bytes INTEGER NOT NULL DEFAULT 0,"
+                    " instance_bytes INTEGER NOT NULL DEFAULT 0,"
+                    " load_ms_last REAL NOT NULL DEFAULT 0,"
+                    " load_ms_avg REAL NOT NULL DEFAULT 0,"
+                    " loads INTEGER NOT NULL DEFAULT 0,"
+                    " updated INTEGER NOT NULL DEFAULT 0);"
+                    "INSERT INTO profiles VALUES ('ocr', 27000000, 1000, 900, 800, 5, 17);"
+                    "PRAGMA user_version = 1");
+    assert_int_equal(larder__profile_open(t->dir, err, sizeof(err), &s), 0);
+    assert_int_equal(larder__profile_get(s, "ocr", &p), 0);
+    assert_int_equal(p.measured_bytes, 27000000);
+    assert_int_equal(p.instance_bytes, 1000);
+    assert_int_equal(p.loads, 5);
+    assert_int_equal(p.first_bytes, 0);
+    /* a first-load figure is kept until the next one; other loads leave it */
+    assert_int_equal(larder__profile_put(s, "ocr", 26000000, 0, 26000000, 700.0), 0);
+    assert_int_equal(larder__profile_put(s, "ocr", 10000000, 0, 0, 100.0), 0);
+    assert_int_equal(larder__profile_get(s, "ocr", &p), 0);
+    assert_int_equal(p.measured_bytes, 10000000);
+    assert_int_equal(p.first_bytes, 26000000);
+    larder__profile_close(s);
+    assert_int_equal(user_version(t->dir), 2);
+    /* opened again: already migrated, nothing lost */
+    assert_int_equal(larder__profile_open(t->dir, err, sizeof(err), &s), 0);
+    assert_int_equal(larder__profile_get(s, "ocr", &p), 0);
+    assert_int_equal(p.first_bytes, 26000000);
+    assert_int_equal(p.loads, 7);
     larder__profile_close(s);
 }
 
@@ -298,7 +354,7 @@ static void *hammer(void *arg)
 
     for (int i = 0; i < PUTS; i++) {
         snprintf(name, sizeof(name), "c%d", i % 8);
-        if (larder__profile_put(w->s, name, (uint64_t)(w->id + 1) * 1000, 0, 2.0) < 0)
+        if (larder__profile_put(w->s, name, (uint64_t)(w->id + 1) * 1000, 0, 0, 2.0) < 0)
             return (void *)1;
         if (larder__profile_get(w->s, name, &p) < 0 || p.loads == 0)
             return (void *)1;
@@ -344,6 +400,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(two_stores_one_file, setup, teardown),
         cmocka_unit_test_setup_teardown(corrupt_file, setup, teardown),
         cmocka_unit_test_setup_teardown(foreign_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(migrates_version_1, setup, teardown),
         cmocka_unit_test_setup_teardown(not_a_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(threads, setup, teardown),
     };

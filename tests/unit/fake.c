@@ -553,6 +553,14 @@ bool evlog_get(struct evlog *log, size_t i, struct evrec *ret)
     return ok;
 }
 
+unsigned long evlog_total(struct evlog *log)
+{
+    pthread_mutex_lock(&log->lock);
+    unsigned long n = log->total;
+    pthread_mutex_unlock(&log->lock);
+    return n;
+}
+
 void evlog_clear(struct evlog *log)
 {
     pthread_mutex_lock(&log->lock);

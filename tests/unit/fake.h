@@ -160,6 +160,9 @@ bool evlog_wait(struct evlog *log, enum larder_event_type type, const char *name
                 int timeout_ms);
 /* Copies the i-th recorded event; false past the end. */
 bool evlog_get(struct evlog *log, size_t i, struct evrec *ret);
+/* Events recorded so far, counted past the fixed number too (read under the lock: an
+ * event may still be arriving from a manager thread). */
+unsigned long evlog_total(struct evlog *log);
 /* Forgets the recorded events. */
 void evlog_clear(struct evlog *log);
 

@@ -184,6 +184,12 @@ static void test_timeout(void **state)
     evlog_free(log);
 }
 
+/* A component whose every load fails. */
+static struct fake *failing(const char *name)
+{
+    return fake_new(name, &(struct fake_spec){.estimate = 100, .fail_first = FAKE_FAIL_ALWAYS});
+}
+
 static void define_with_fallback(larder *m, struct fake *f, const char *fallback,
                                  uint64_t memory_bytes)
 {
@@ -214,15 +220,23 @@ static unsigned fallback_events(struct evlog *log, const char *name, const char 
     return n;
 }
 
+/* "big" always fails to load; its fallback "lite" loads. */
+static void define_big_and_lite(larder *m, uint64_t big_estimate, struct fake **ret_big,
+                                struct fake **ret_lite)
+{
+    *ret_big = fake_new("big", &(struct fake_spec){.estimate = big_estimate,
+                                                   .fail_first = FAKE_FAIL_ALWAYS});
+    *ret_lite = fake_new("lite", &(struct fake_spec){.estimate = 100});
+    define_with_fallback(m, *ret_big, "lite", 0);
+    assert_ok(fake_define(m, *ret_lite, false));
+}
+
 static void test_fallback_on_failure(void **state)
 {
     struct evlog *log = evlog_new();
     larder *m = open_with_cooldown(log, 60000, 60000);
-    struct fake *big = fake_new("big", &(struct fake_spec){.estimate = 5000,
-                                                           .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *lite = fake_new("lite", &(struct fake_spec){.estimate = 100});
-    define_with_fallback(m, big, "lite", 0);
-    assert_ok(fake_define(m, lite, false));
+    struct fake *big, *lite;
+    define_big_and_lite(m, 5000, &big, &lite);
     expect_served_by(m, "big", lite);            /* the load failed */
     expect_served_by(m, "big", lite);            /* in cooldown */
     expect_served_by(m, "lite", lite);           /* and lite is itself */
@@ -311,10 +325,8 @@ static void test_fallback_chain(void **state)
 {
     struct evlog *log = evlog_new();
     larder *m = open_with_cooldown(log, 60000, 60000);
-    struct fake *a = fake_new("a", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *b = fake_new("b", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *a = failing("a");
+    struct fake *b = failing("b");
     struct fake *c = fake_new("c", &(struct fake_spec){.estimate = 100});
     define_with_fallback(m, c, NULL, 0);
     define_with_fallback(m, b, "c", 0);
@@ -327,10 +339,8 @@ static void test_fallback_chain(void **state)
     assert_int_equal(i.fallbacks_served, 1);
 
     /* When the whole chain fails, the caller gets the component's own error. */
-    struct fake *d = fake_new("d", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *e = fake_new("e", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *d = failing("d");
+    struct fake *e = failing("e");
     define_with_fallback(m, e, NULL, 0);
     define_with_fallback(m, d, "e", 0);
     larder_lease *l = NULL;
@@ -351,12 +361,9 @@ static void test_fallback_chain(void **state)
 static void test_fallback_cycle(void **state)
 {
     larder *m = open_with_cooldown(NULL, 60000, 60000);
-    struct fake *x = fake_new("x", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *y = fake_new("y", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
-    struct fake *s = fake_new("s", &(struct fake_spec){.estimate = 100,
-                                                       .fail_first = FAKE_FAIL_ALWAYS});
+    struct fake *x = failing("x");
+    struct fake *y = failing("y");
+    struct fake *s = failing("s");
     struct larder_component_opts o;
     fake_opts(s, false, &o);
     o.fallback = "s";
@@ -396,6 +403,164 @@ static void test_fallback_cycle(void **state)
     fake_free(s);
 }
 
+/* Refusals (larger than the budget at admission or once measured, no room in time)
+ * count as failures of the component, without a cooldown. */
+static void test_refusals_count_as_failures(void **state)
+{
+    struct evlog *log = evlog_new();
+    struct larder_opts o;
+    larder_opts_init(&o);
+    o.admission_timeout_ms = 0;
+    larder *m = open_manager(BUDGET, log, &o);
+    struct fake *huge = fake_new("huge", &(struct fake_spec){.estimate = 100});
+    struct fake *grows = fake_new("grows", &(struct fake_spec){.estimate = 100,
+                                                               .measured = 5 * BUDGET});
+    struct fake *fill = fake_new("fill", &(struct fake_spec){.estimate = BUDGET});
+    struct fake *late = fake_new("late", &(struct fake_spec){.estimate = 100});
+    define_with_fallback(m, huge, NULL, 5 * BUDGET);
+    assert_ok(fake_define(m, grows, false));
+    assert_ok(fake_define(m, fill, false));
+    assert_ok(fake_define(m, late, false));
+    larder_lease *l = NULL, *held = NULL;
+    assert_err(fake_acquire(m, "huge", patience_ms(), &l), LARDER_ETOOBIG);
+    assert_err(fake_acquire(m, "huge", patience_ms(), &l), LARDER_ETOOBIG);
+    assert_err(fake_acquire(m, "grows", patience_ms(), &l), LARDER_ETOOBIG);
+    assert_ok(fake_acquire(m, "fill", patience_ms(), &held));
+    assert_err(fake_acquire(m, "late", patience_ms(), &l), LARDER_ENOSPC);
+    const char *names[] = {"huge", "grows", "late"};
+    const uint64_t want[] = {2, 1, 1};
+    for (int k = 0; k < 3; k++) {
+        struct larder_component_info i;
+        assert_true(comp_info(m, names[k], &i));
+        assert_int_equal(i.failures, want[k]);
+        assert_int_equal(i.state, LARDER_STATE_UNLOADED);
+        assert_int_equal(i.reserved_bytes, 0);
+    }
+    assert_int_equal(atomic_load(&grows->loads), 1); /* measured, then given back */
+    fake_release(held);
+    larder_close(m);
+    fake_assert_clean(grows);
+    fake_free(huge);
+    fake_free(grows);
+    fake_free(fill);
+    fake_free(late);
+    evlog_free(log);
+}
+
+struct answer {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+    int err;
+};
+
+static void on_answer(void *ud, int err, larder_lease *lease)
+{
+    struct answer *a = ud;
+    if (lease)
+        fake_lease_take(lease);
+    fake_release(lease);
+    pthread_mutex_lock(&a->lock);
+    a->done = true;
+    a->err = err;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* larder_acquire_async_flags, then waits for its answer. */
+static int acquire_async_wait(larder *m, const char *name, unsigned flags)
+{
+    struct answer a = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    assert_ok(larder_acquire_async_flags(m, name, patience_ms(), flags, on_answer, &a));
+    pthread_mutex_lock(&a.lock);
+    while (!a.done)
+        pthread_cond_wait(&a.cond, &a.lock);
+    pthread_mutex_unlock(&a.lock);
+    return a.err;
+}
+
+static unsigned all_fallback_events(struct evlog *log)
+{
+    return evlog_count(log, LARDER_EVENT_FALLBACK, NULL);
+}
+
+/* A fallback event says a fallback served: none when the whole chain failed, whether
+ * it failed to load, was in cooldown or was refused, blocking or async. */
+static void test_no_fallback_event_without_a_lease(void **state)
+{
+    struct evlog *log = evlog_new();
+    larder *m = open_with_cooldown(log, 60000, 60000);
+    struct fake *a = failing("a");
+    struct fake *b = failing("b");
+    struct fake *big = fake_new("big", &(struct fake_spec){.estimate = 100});
+    struct fake *p = failing("p");
+    struct fake *q = failing("q");
+    define_with_fallback(m, b, NULL, 0);
+    define_with_fallback(m, a, "b", 0);
+    define_with_fallback(m, big, NULL, 5 * BUDGET);
+    define_with_fallback(m, p, "big", 0);
+    define_with_fallback(m, q, "b", 0);
+    larder_lease *l = NULL;
+    assert_err(fake_acquire(m, "a", patience_ms(), &l), LARDER_ELOAD);   /* both fail */
+    assert_err(fake_acquire(m, "a", patience_ms(), &l), LARDER_ECOOLDOWN); /* both cool */
+    assert_err(fake_acquire(m, "p", patience_ms(), &l), LARDER_ETOOBIG); /* big refused */
+    assert_err(acquire_async_wait(m, "q", 0), LARDER_ECOOLDOWN); /* q fails, b cools down */
+    assert_err(acquire_async_wait(m, "a", 0), LARDER_ECOOLDOWN);
+    assert_int_equal(all_fallback_events(log), 0);
+    /* and one when a fallback does serve */
+    struct fake *c = fake_new("c", &(struct fake_spec){.estimate = 100});
+    struct fake *d = failing("d");
+    define_with_fallback(m, c, NULL, 0);
+    define_with_fallback(m, d, "c", 0);
+    assert_ok(acquire_async_wait(m, "d", 0));
+    assert_int_equal(all_fallback_events(log), 1);
+    assert_int_equal(fallback_events(log, "d", "c"), 1);
+    larder_close(m);
+    struct fake *all[] = {a, b, big, p, q, c, d};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        fake_assert_clean(all[k]);
+        fake_free(all[k]);
+    }
+    evlog_free(log);
+}
+
+/* LARDER_ACQUIRE_NO_FALLBACK: the component itself or its own error; no fallback is
+ * loaded or served, no FALLBACK event. Flags 0 is the plain acquire. */
+static void test_acquire_without_fallback(void **state)
+{
+    struct evlog *log = evlog_new();
+    larder *m = open_with_cooldown(log, 60000, 60000);
+    struct fake *big, *lite;
+    define_big_and_lite(m, 100, &big, &lite);
+    larder_lease *l = NULL;
+    assert_err(larder_acquire_flags(m, "big", patience_ms(), LARDER_ACQUIRE_NO_FALLBACK, &l),
+               LARDER_ELOAD);
+    assert_err(acquire_async_wait(m, "big", LARDER_ACQUIRE_NO_FALLBACK),
+               LARDER_ECOOLDOWN);
+    assert_int_equal(atomic_load(&lite->load_calls), 0);
+    assert_int_equal(all_fallback_events(log), 0);
+    assert_err(larder_acquire_flags(m, "big", 0, 0x80, &l), -EINVAL);
+    assert_err(larder_acquire_async_flags(m, "big", 0, 0x80, on_answer, NULL), -EINVAL);
+    /* flags 0: the fallback serves, as with larder_acquire */
+    assert_ok(larder_acquire_flags(m, "big", patience_ms(), 0, &l));
+    fake_lease_take(l);
+    assert_string_equal(larder_lease_served_by(l), "lite");
+    fake_release(l);
+    assert_ok(acquire_async_wait(m, "big", 0));
+    assert_int_equal(fallback_events(log, "big", "lite"), 2);
+    /* the component itself serves with the flag when it can */
+    assert_ok(larder_acquire_flags(m, "lite", patience_ms(), LARDER_ACQUIRE_NO_FALLBACK, &l));
+    fake_lease_take(l);
+    assert_string_equal(larder_lease_served_by(l), "lite");
+    fake_release(l);
+    larder_close(m);
+    fake_assert_clean(big);
+    fake_assert_clean(lite);
+    fake_free(big);
+    fake_free(lite);
+    evlog_free(log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +568,9 @@ int main(void)
         cmocka_unit_test(test_timeout),             cmocka_unit_test(test_fallback_on_failure),
         cmocka_unit_test(test_fallback_on_toobig),  cmocka_unit_test(test_fallback_on_timeout),
         cmocka_unit_test(test_fallback_chain),      cmocka_unit_test(test_fallback_cycle),
+        cmocka_unit_test(test_refusals_count_as_failures),
+        cmocka_unit_test(test_no_fallback_event_without_a_lease),
+        cmocka_unit_test(test_acquire_without_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

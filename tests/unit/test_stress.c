@@ -295,7 +295,7 @@ static void test_stress(void **state)
            "%ld unloads refused, %ld snapshot checks, %lu events\n", per_thread,
            atomic_load(&w->ok_acquires), atomic_load(&w->timeouts), atomic_load(&w->nospc),
            atomic_load(&w->draining), atomic_load(&w->busy_unloads), atomic_load(&w->checks),
-           log->total);
+           evlog_total(log));
     atomic_store(&w->stop, true);
     pthread_join(mon, NULL);
 
