@@ -161,7 +161,7 @@ static void reply_acquire_error(struct infer_job *j)
 {
     char msg[1024], why[700] = "";
     if (j->err == LARDER_ETOOBIG) {
-        larder__reply_too_big(j->r, j->name, NULL);
+        larder__reply_too_big(j->r, j->name, false);
         return;
     }
     if (j->err == LARDER_ELOAD || j->err == LARDER_ECOOLDOWN)

@@ -565,8 +565,10 @@ static void size_text(uint64_t bytes, char *buf, size_t len)
     snprintf(buf, len, "%s (%llu bytes)", h, (unsigned long long)bytes);
 }
 
-static void too_big_message(const struct larder_snapshot *s, const char *name,
-                            const char *served, char *buf, size_t len)
+/* alone: the model was asked for by itself (an admin load), so its fallback was not
+ * tried and would serve its requests; else the whole chain failed. */
+static void too_big_message(const struct larder_snapshot *s, const char *name, bool alone,
+                            char *buf, size_t len)
 {
     const struct larder_component_info *c = find_component(s, name);
     if (!c) {
@@ -591,8 +593,9 @@ static void too_big_message(const struct larder_snapshot *s, const char *name,
     }
     if (n < 0 || (size_t)n >= len)
         return;
-    if (served && strcmp(served, name) != 0)
-        snprintf(buf + n, len - (size_t)n, "; its fallback '%s' serves its requests", served);
+    if (c->fallback && alone)
+        snprintf(buf + n, len - (size_t)n, "; its fallback '%s' would serve its requests",
+                 c->fallback);
     else if (c->fallback)
         snprintf(buf + n, len - (size_t)n, "; its fallback '%s' could not serve either",
                  c->fallback);
@@ -600,7 +603,7 @@ static void too_big_message(const struct larder_snapshot *s, const char *name,
         snprintf(buf + n, len - (size_t)n, "; it has no fallback");
 }
 
-void larder__reply_too_big(struct larder__request *r, const char *name, const char *served)
+void larder__reply_too_big(struct larder__request *r, const char *name, bool alone)
 {
     char msg[768];
     struct larder_snapshot *s = NULL;
@@ -609,40 +612,21 @@ void larder__reply_too_big(struct larder__request *r, const char *name, const ch
         s = NULL;
     if (m)
         larder__mgr_put(r->d);
-    too_big_message(s, name, served, msg, sizeof msg);
+    too_big_message(s, name, alone, msg, sizeof msg);
     larder_snapshot_free(s);
     larder__reply_error(r, 503, "too_big", "%s", msg);
 }
 
-/* The last error of the model's last load, 0 when none (or no such model). */
-static int last_load_error(struct larder__daemon *d, const char *name)
-{
-    struct larder_snapshot *s = NULL;
-    larder *m = larder__mgr_get(d);
-    int e = m ? larder_snapshot(m, &s) : LARDER_ECLOSED;
-    if (m)
-        larder__mgr_put(d);
-    const struct larder_component_info *c = e == 0 ? find_component(s, name) : NULL;
-    e = c ? c->last_error : 0;
-    larder_snapshot_free(s);
-    return e;
-}
-
-/* POST load: waits for the load through an async acquire, so no thread blocks. A model
- * larger than the budget answers 503 too_big, also when a fallback would serve it. */
+/* POST load: waits for the load through an async acquire, so no thread blocks. The
+ * model itself must load: no fallback serves (nor is a fallback event sent), and a model
+ * larger than the budget answers 503 too_big, naming the fallback that would serve it. */
 static void on_load_lease(void *ud, int err, larder_lease *lease)
 {
     struct admin_job *j = ud;
-    const char *served = lease ? larder_lease_served_by(lease) : NULL;
-    bool fallback = served && strcmp(served, j->name) != 0;
-    if (err == LARDER_ETOOBIG || (fallback && last_load_error(j->r->d, j->name) == LARDER_ETOOBIG))
-        larder__reply_too_big(j->r, j->name, served);
+    if (err == LARDER_ETOOBIG)
+        larder__reply_too_big(j->r, j->name, true);
     else if (err < 0)
         larder__reply_larder_error(j->r, err, NULL);
-    else if (fallback)
-        larder__reply_error(j->r, 500, "load_failed", "'%s' failed to load (a fallback, '%s', "
-                            "would serve its requests); see GET /v1/models/%s", j->name, served,
-                            j->name);
     else
         larder__reply_json(j->r, 200,
                            json_pack("{s:s,s:s,s:b,s:f}", "name", j->name, "state", "ready",
@@ -681,7 +665,8 @@ static void route_load(struct larder__request *r, const char *name)
     j->r = r;
     larder__request_suspend(r);
     larder *m = larder__mgr_get(r->d);
-    int e = m ? larder_acquire_async(m, name, timeout, on_load_lease, j) : LARDER_ECLOSED;
+    int e = m ? larder_acquire_async_flags(m, name, timeout, LARDER_ACQUIRE_NO_FALLBACK,
+                                               on_load_lease, j) : LARDER_ECLOSED;
     if (m)
         larder__mgr_put(r->d);
     if (e < 0) {

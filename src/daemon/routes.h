@@ -20,10 +20,11 @@ void larder__component_text(struct larder__text *t, const struct larder_componen
  * larder_snapshot. */
 int larder__metrics_text(struct larder__daemon *d, struct larder__text *t);
 
-/* Sets a 503 too_big reply for model `name`: its size and the budget it exceeds, and
- * its fallback (`served`, the component serving its requests, may be NULL). Any thread
- * that owns r, no manager lock held. */
-void larder__reply_too_big(struct larder__request *r, const char *name, const char *served);
+/* Sets a 503 too_big reply for model `name`: its size, the budget it exceeds, and its
+ * fallback: the one that would serve its requests when the model was asked for `alone`
+ * (an admin load), else the one that could not serve either. Any thread that owns r, no
+ * manager lock held. */
+void larder__reply_too_big(struct larder__request *r, const char *name, bool alone);
 
 /* True when r carries an admin token (admin) or an infer token (!admin; infer routes
  * are open when no infer token file is configured). Otherwise sets a 401 reply. */
