@@ -230,16 +230,17 @@ static int judge(const struct larder__report *rep, json_t *warnings, char *err, 
     return n ? -EINVAL : 0;
 }
 
-/* Runs the probe on c and judges what it found. On success *ret_report (when not NULL)
- * has the estimates. */
-static int probe(struct larder__daemon *d, const struct larder__config *c, json_t *warnings,
-                 struct larder__report **ret_report, char *err, size_t errlen)
+/* Waits for probe p of c (see larder__probe_finish) and judges what it found. On
+ * success *ret_report has the estimates. */
+static int probe_judge(struct larder__probe *p, const struct larder__config *c,
+                       json_t *warnings, struct larder__report **ret_report, char *err,
+                       size_t errlen)
 {
     struct larder__report *rep = NULL;
-    int r = larder__probe_config(d->prog, c, &rep, err, errlen);
+    int r = larder__probe_finish(p, c, &rep, err, errlen);
     if (r == 0)
         r = judge(rep, warnings, err, errlen);
-    if (r == 0 && ret_report)
+    if (r == 0)
         *ret_report = rep;
     else
         larder__report_free(rep);
@@ -411,7 +412,9 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
     /* Nothing changes until the new file passed the same checks as at start-up. */
     int r = larder__config_load(d->conf->file, &c, err, errlen);
     if (r == 0)
-        r = probe(d, c, warnings, &rep, err, errlen);
+        r = larder__probe_config(d->prog, c, &rep, err, errlen);
+    if (r == 0)
+        r = judge(rep, warnings, err, errlen);
     if (r == 0)
         r = load_tokens(c, &admin, &infer, err, errlen);
     if (r < 0) {
@@ -540,24 +543,29 @@ static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
 {
     const struct larder__config *c = d->conf;
     struct larder__report *rep = NULL;
+    struct larder__probe *p = NULL;
+    char msg[ERRLEN] = "";
     int r = larder__backends_new(larder__backend_dir(c), &d->backends);
-    if (r == 0)
-        r = probe(d, c, NULL, &rep, err, errlen);
-    if (r == 0)
-        r = load_tokens(c, &d->admin, &d->infer, err, errlen);
-    if (r < 0) {
+    /* Forked before any thread starts; it validates while the daemon sets up. */
+    if (r < 0 || (r = larder__probe_start(d->prog, c, true, &p, err, errlen)) < 0)
+        return r;
+    if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
+        (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
+        (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0)
+        snprintf(msg, sizeof msg, "cannot start threads: %s", strerror(-r));
+    else if ((r = open_manager(d, c)) < 0)
+        snprintf(msg, sizeof msg, "cannot open the manager: %s", larder_strerror(r));
+    /* The config's verdict first: a bad config is what to report, not what it caused. */
+    int pr = probe_judge(p, c, NULL, &rep, err, errlen);
+    if (pr < 0)
+        return pr;
+    if (r < 0 || (r = load_tokens(c, &d->admin, &d->infer, err, errlen)) < 0) {
+        if (*msg)
+            snprintf(err, errlen, "%s", msg);
         larder__report_free(rep);
         return r;
     }
-    if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
-        (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
-        (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0) {
-        snprintf(err, errlen, "cannot start threads: %s", strerror(-r));
-    } else if ((r = open_manager(d, c)) < 0) {
-        snprintf(err, errlen, "cannot open the manager: %s", larder_strerror(r));
-    } else {
-        r = define_all(d, c, rep, want_all, NULL, NULL, NULL, err, errlen);
-    }
+    r = define_all(d, c, rep, want_all, NULL, NULL, NULL, err, errlen);
     larder__report_free(rep);
     return r;
 }
@@ -746,6 +754,11 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
     }
     if (a.probe)
         return larder__probe_main(a.probe);
+    /* OpenMP engines (Tesseract) run many times slower on a busy host with a thread team
+     * per request; one thread each, unless the user says otherwise. Set before any
+     * plugin maps the OpenMP runtime, and before the probe child inherits the
+     * environment. */
+    setenv("OMP_THREAD_LIMIT", "1", 0);
     struct larder__daemon d = {.prog = prog};
     if (larder__config_load(a.config, &d.conf, err, sizeof err) < 0) {
         fprintf(stderr, "%s: %s\n", prog, err);
@@ -755,10 +768,6 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
         larder__config_free(d.conf);
         return 2;
     }
-    /* OpenMP engines (Tesseract) run many times slower on a busy host with a thread team
-     * per request; one thread each, unless the user says otherwise. Set before any
-     * plugin maps the OpenMP runtime. */
-    setenv("OMP_THREAD_LIMIT", "1", 0);
     /* Before any thread starts, so that every thread inherits the mask. */
     sigset_t set;
     sigemptyset(&set);

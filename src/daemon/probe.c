@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,31 +50,64 @@ static json_t *report_json(const struct larder__config *c, const struct larder__
     return json_pack("{s:o,s:o}", "findings", findings, "models", models);
 }
 
-int larder__probe_main(const char *file)
+/* One document, in as few writes as the pipe allows (json_dumpfd writes per token). */
+static int write_all(int fd, const char *p, size_t n)
 {
-    char err[1024];
-    struct larder__config *c = NULL;
-    struct larder__report *r = NULL;
-    /* Engines and backends log to stderr, which the daemon logs; only what matters. */
-    larder__log_setup(LARDER__LOG_TEXT, LARDER__LOG_WARN, 2);
-    int e = larder__config_load(file, &c, err, sizeof err);
-    if (e == 0 && (e = larder__validate(c, &r)) < 0)
-        snprintf(err, sizeof err, "validation: %s", strerror(-e));
-    if (e < 0 && !(r = larder__report_new(0))) {
-        larder__config_free(c);
-        return 1;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        p += w;
+        n -= (size_t)w;
     }
-    if (e < 0)
-        larder__report_add(r, LARDER__SEV_ERROR, false, NULL, 0, NULL, NULL, "%s", err);
-    json_t *doc = c ? report_json(c, r) : NULL;
+    return 0;
+}
+
+/* The child's half, after fork or exec: validates c (NULL: loading it failed with err)
+ * and writes the document on fd. 0 once written. */
+static int write_document(const struct larder__config *c, const char *err, int fd)
+{
+    struct larder__report *r = NULL;
+    char msg[1024];
+    int e = c ? larder__validate(c, &r) : -EINVAL;
+    if (c && e < 0)
+        snprintf(msg, sizeof msg, "validation: %s", strerror(-e));
+    else
+        snprintf(msg, sizeof msg, "%s", err ? err : "");
+    if (e < 0 && (r = larder__report_new(0)))
+        larder__report_add(r, LARDER__SEV_ERROR, false, NULL, 0, NULL, NULL, "%s", msg);
+    json_t *doc = r && c ? report_json(c, r) : NULL;
     if (!doc)
         doc = json_pack("{s:[{s:s,s:b,s:I,s:s}],s:{}}", "findings", "severity", "error", "soft",
-                        0, "line", (json_int_t)0, "message", err, "models");
-    int ok = doc && json_dumpf(doc, stdout, JSON_COMPACT) == 0 && fflush(stdout) == 0;
+                        0, "line", (json_int_t)0, "message", msg, "models");
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     larder__report_free(r);
+    e = text ? write_all(fd, text, strlen(text)) : -ENOMEM;
+    free(text);
+    return e;
+}
+
+/* What a probe child does first: dies with the daemon, is told apart from it in ps,
+ * and logs only what matters (to stderr, which the daemon logs). */
+static void child_setup(void)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    prctl(PR_SET_NAME, "larderd-probe");
+    larder__log_setup(LARDER__LOG_TEXT, LARDER__LOG_WARN, 2);
+}
+
+int larder__probe_main(const char *file)
+{
+    char err[1024] = "";
+    struct larder__config *c = NULL;
+    child_setup();
+    larder__config_load(file, &c, err, sizeof err);
+    int r = write_document(c, err, 1);
     larder__config_free(c);
-    return ok ? 0 : 1;
+    return r == 0 ? 0 : 1;
 }
 
 static enum larder__severity parse_severity(const char *s)
@@ -134,8 +168,11 @@ static int report_from_json(const struct larder__config *c, json_t *doc,
 
 /* ---- the child --------------------------------------------------------------------------- */
 
-struct child {
+struct larder__probe {
     pid_t pid;
+    int64_t timeout_ms;
+    int64_t started_ms;
+    bool forked;
     int out, errfd;       /* read ends; -1 once closed */
     char *buf;            /* stdout */
     size_t len, cap;
@@ -143,10 +180,24 @@ struct child {
     size_t errlen;
 };
 
-static int spawn_probe(const char *prog, const char *file, struct child *ch)
+/* Two pipes (stdout, stderr of the child), close-on-exec. */
+static int open_pipes(int out[2], int err[2])
+{
+    if (pipe2(out, O_CLOEXEC) < 0)
+        return -errno;
+    if (pipe2(err, O_CLOEXEC) == 0)
+        return 0;
+    int r = -errno;
+    close(out[0]);
+    close(out[1]);
+    return r;
+}
+
+static int spawn_probe(const char *prog, const char *file, const int out[2], const int err[2],
+                       pid_t *ret_pid)
 {
     char words[256], *argv[MAX_WORDS + 3], *save = NULL;
-    int out[2], err[2], argc = 0, r;
+    int argc = 0;
     snprintf(words, sizeof words, "%s", prog);
     for (char *w = strtok_r(words, " ", &save); w && argc < MAX_WORDS;
          w = strtok_r(NULL, " ", &save))
@@ -154,14 +205,6 @@ static int spawn_probe(const char *prog, const char *file, struct child *ch)
     argv[argc++] = "--probe";
     argv[argc++] = (char *)file;
     argv[argc] = NULL;
-    if (pipe2(out, O_CLOEXEC) < 0)
-        return -errno;
-    if (pipe2(err, O_CLOEXEC) < 0) {
-        r = -errno;
-        close(out[0]);
-        close(out[1]);
-        return r;
-    }
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t none, dflt;
@@ -180,9 +223,48 @@ static int spawn_probe(const char *prog, const char *file, struct child *ch)
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &dflt);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    r = -posix_spawn(&ch->pid, "/proc/self/exe", &fa, &at, argv, environ);
+    int r = -posix_spawn(ret_pid, "/proc/self/exe", &fa, &at, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
+    return r;
+}
+
+/* A plain fork of a process that runs no other thread: the child validates the config
+ * the daemon has parsed, with no exec and no second parse, and exits. */
+static int fork_probe(const struct larder__config *c, const int out[2], const int err[2],
+                      pid_t *ret_pid)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid > 0) {
+        *ret_pid = pid;
+        return 0;
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0 && null != 0)
+        dup2(null, 0);
+    dup2(err[1], 2);
+    close(out[0]);
+    close(err[0]);
+    child_setup();
+    _exit(write_document(c, NULL, out[1]) == 0 ? 0 : 1);
+}
+
+/* Starts the child: forked when single_threaded, else larderd itself with --probe. */
+static int start_child(const char *prog, const struct larder__config *c, bool single_threaded,
+                       struct larder__probe *ch)
+{
+    int out[2], err[2];
+    int r = open_pipes(out, err);
+    if (r < 0)
+        return r;
+    r = single_threaded ? fork_probe(c, out, err, &ch->pid)
+                        : spawn_probe(prog, c->file, out, err, &ch->pid);
     close(out[1]);
     close(err[1]);
     if (r < 0) {
@@ -213,7 +295,7 @@ static int64_t probe_timeout_ms(void)
 
 /* Reads what is there on one pipe; 0 at EOF (fd closed), 1 more to come, -EFBIG over
  * the limit. */
-static int drain(struct child *ch, bool is_out)
+static int drain(struct larder__probe *ch, bool is_out)
 {
     char tmp[65536];
     int *fd = is_out ? &ch->out : &ch->errfd;
@@ -251,7 +333,7 @@ static int drain(struct child *ch, bool is_out)
 }
 
 /* Collects both pipes until EOF or the deadline. */
-static int collect(struct child *ch, int64_t timeout_ms)
+static int collect(struct larder__probe *ch, int64_t timeout_ms)
 {
     int64_t deadline = now_ms() + timeout_ms;
     while (ch->out >= 0 || ch->errfd >= 0) {
@@ -281,7 +363,7 @@ static int reap(pid_t pid, int *ret_status)
     return 0;
 }
 
-static void log_stderr(struct child *ch)
+static void log_stderr(struct larder__probe *ch)
 {
     ch->errbuf[ch->errlen] = 0;
     char *save = NULL;
@@ -311,16 +393,10 @@ static int failed(int r, int status, int64_t timeout_ms, char *err, size_t errle
     return r < 0 ? r : -ECHILD;
 }
 
-static int run_child(const char *prog, const struct larder__config *c, struct child *ch,
-                     char *err, size_t errlen)
+/* Collects and reaps the child (killed first when it overran); its stderr is logged. */
+static int run_child(struct larder__probe *ch, char *err, size_t errlen)
 {
-    int64_t timeout = probe_timeout_ms();
-    int status = 0, r = spawn_probe(prog, c->file, ch);
-    if (r < 0) {
-        snprintf(err, errlen, "cannot start the config probe /proc/self/exe: %s", strerror(-r));
-        return r;
-    }
-    r = collect(ch, timeout);
+    int status = 0, r = collect(ch, ch->timeout_ms);
     if (r < 0)
         kill(ch->pid, SIGKILL);
     if (ch->out >= 0)
@@ -329,34 +405,71 @@ static int run_child(const char *prog, const struct larder__config *c, struct ch
         close(ch->errfd);
     int w = reap(ch->pid, &status);
     log_stderr(ch);
-    return failed(r < 0 ? r : w, status, timeout, err, errlen);
+    return failed(r < 0 ? r : w, status, ch->timeout_ms, err, errlen);
+}
+
+/* Reads the child's document into a report for c. */
+static int read_document(struct larder__probe *ch, const struct larder__config *c,
+                         struct larder__report **ret_report, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *doc = json_loadb(ch->buf ? ch->buf : "", ch->len, 0, &je);
+    int r = doc ? report_from_json(c, doc, ret_report) : -EBADMSG;
+    if (!doc)
+        snprintf(err, errlen, "the config probe wrote no JSON document: %s", je.text);
+    else if (r < 0)
+        snprintf(err, errlen, "the config probe's document: %s", strerror(-r));
+    json_decref(doc);
+    return r;
+}
+
+int larder__probe_start(const char *prog, const struct larder__config *c, bool single_threaded,
+                        struct larder__probe **ret_probe, char *err, size_t errlen)
+{
+    *ret_probe = NULL;
+    if (c->n_models == 0)
+        return 0; /* nothing to open: finish validates in this process */
+    struct larder__probe *ch = calloc(1, sizeof *ch);
+    if (!ch)
+        return -ENOMEM;
+    *ch = (struct larder__probe){.out = -1, .errfd = -1, .timeout_ms = probe_timeout_ms(),
+                                 .started_ms = now_ms(), .forked = single_threaded};
+    int r = start_child(prog, c, single_threaded, ch);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot start the config probe: %s", strerror(-r));
+        free(ch);
+        return r;
+    }
+    *ret_probe = ch;
+    return 0;
+}
+
+int larder__probe_finish(struct larder__probe *ch, const struct larder__config *c,
+                         struct larder__report **ret_report, char *err, size_t errlen)
+{
+    if (!ch) {
+        int r = larder__validate(c, ret_report); /* opens nothing: c has no models */
+        if (r < 0)
+            snprintf(err, errlen, "%s", strerror(-r));
+        return r;
+    }
+    int r = run_child(ch, err, errlen);
+    if (r == 0)
+        r = read_document(ch, c, ret_report, err, errlen);
+    if (r == 0)
+        larder__log(LARDER__LOG_DEBUG, "probed",
+                    json_pack("{s:s,s:i,s:s,s:I,s:I}", "config", c->file, "pid", (int)ch->pid,
+                              "how", ch->forked ? "fork" : "exec", "bytes", (json_int_t)ch->len,
+                              "ms", (json_int_t)(now_ms() - ch->started_ms)));
+    free(ch->buf);
+    free(ch);
+    return r;
 }
 
 int larder__probe_config(const char *prog, const struct larder__config *c,
                          struct larder__report **ret_report, char *err, size_t errlen)
 {
-    if (c->n_models == 0) {
-        int r = larder__validate(c, ret_report); /* opens nothing */
-        if (r < 0)
-            snprintf(err, errlen, "%s", strerror(-r));
-        return r;
-    }
-    struct child ch = {.out = -1, .errfd = -1};
-    double t0 = (double)now_ms();
-    int r = run_child(prog, c, &ch, err, errlen);
-    json_error_t je;
-    json_t *doc = r == 0 ? json_loadb(ch.buf ? ch.buf : "", ch.len, 0, &je) : NULL;
-    if (r == 0 && !doc) {
-        snprintf(err, errlen, "the config probe wrote no JSON document: %s", je.text);
-        r = -EBADMSG;
-    }
-    if (r == 0 && (r = report_from_json(c, doc, ret_report)) < 0)
-        snprintf(err, errlen, "the config probe's document: %s", strerror(-r));
-    if (r == 0)
-        larder__log(LARDER__LOG_DEBUG, "probed",
-                    json_pack("{s:s,s:i,s:I,s:f}", "config", c->file, "pid", (int)ch.pid,
-                              "bytes", (json_int_t)ch.len, "ms", (double)now_ms() - t0));
-    json_decref(doc);
-    free(ch.buf);
-    return r;
+    struct larder__probe *ch = NULL;
+    int r = larder__probe_start(prog, c, false, &ch, err, errlen);
+    return r < 0 ? r : larder__probe_finish(ch, c, ret_report, err, errlen);
 }
