@@ -1,7 +1,68 @@
 /* larderd's config probe: start-up and reload validate the config in a child process,
  * so that the daemon knows each model's backend estimate before its first load, refuses
  * a bad backend key with file, line, key and a suggestion, and never maps an engine
- * before a model needs it. Real engines where the point is real, synthetic otherwise. */
+ * before a model needs it. Real engines where the point is real, synthetic otherwise.
+ *
+ * Built a second time with -DPROBE_PLUGIN as larder-probehang.so, a backend whose check
+ * hangs, or crashes with `crash = yes`: what a probe must survive. */
+#ifdef PROBE_PLUGIN
+#include <larder/backend.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int hang_check(const struct larder_option *opts, size_t n, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(opts[i].key, "crash") == 0)
+            abort();
+    for (;;)
+        pause();
+}
+
+static int hang_load(const struct larder_option *opts, size_t n, void **ret_model, char *err,
+                     size_t errlen)
+{
+    return LARDER_BACKEND_EINTERNAL;
+}
+
+static void hang_unload(void *model)
+{
+}
+
+static int hang_infer(void *model, void *instance, const struct larder_infer_request *req,
+                      struct larder_infer_result *res, char *err, size_t errlen)
+{
+    return LARDER_BACKEND_EINTERNAL;
+}
+
+static void hang_result_free(struct larder_infer_result *res)
+{
+}
+
+static const char *const hang_keys[] = {"crash", NULL};
+
+static const struct larder_backend_ops hang_ops = {
+    .abi_major = LARDER_BACKEND_ABI_MAJOR,
+    .abi_minor = LARDER_BACKEND_ABI_MINOR,
+    .name = "probehang",
+    .description = "a check that never returns, or crashes",
+    .option_keys = hang_keys,
+    .check = hang_check,
+    .load = hang_load,
+    .unload = hang_unload,
+    .infer = hang_infer,
+    .result_free = hang_result_free,
+};
+
+const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host);
+
+__attribute__((visibility("default"))) const struct larder_backend_ops *
+larder_backend_entry(const struct larder_host *host)
+{
+    return &hang_ops;
+}
+#else
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -349,6 +410,38 @@ static void test_corrupt_xgboost(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* A probe that hangs is killed at its deadline, one that crashes is named by its
+ * signal; either stops a start-up, and a reload keeps the running config. */
+static void test_probe_hangs_or_crashes(void **state)
+{
+    struct daemon d;
+    char *body = NULL;
+#define HANG_SERVER SERVER "backend_dir = " TEST_PLUGIN_DIR "\n"
+    setenv("LARDER_PROBE_TIMEOUT", "2s", 1);
+    int r = daemon_start(&d, HANG_SERVER "[model.h]\nbackend = probehang\n");
+    unsetenv("LARDER_PROBE_TIMEOUT");
+    assert_int_equal(r, -1);
+    assert_true(daemon_log_has(&d, "the config probe did not finish within 2.0 s: killed"));
+    assert_int_equal(daemon_stop(&d), 1);
+
+    assert_int_equal(daemon_start(&d, HANG_SERVER "[model.h]\nbackend = probehang\n"
+                                                  "crash = yes\n"),
+                     -1);
+    assert_true(daemon_log_has(&d, "the config probe was killed by signal 6"));
+    assert_int_equal(daemon_stop(&d), 1);
+
+    assert_int_equal(daemon_start(&d, SERVER "[model.ok]\nbackend = synthetic\n"), 0);
+    assert_int_equal(daemon_write_config(&d, HANG_SERVER "[model.h]\nbackend = probehang\n"
+                                                         "crash = yes\n"),
+                     0);
+    assert_int_equal(reload(&d, &body), 500);
+    if (!strstr(body, "the config probe was killed by signal 6"))
+        fail_msg("reload reply: %s", body);
+    free(body);
+    assert_int_equal(infer(&d, "ok", "text/plain", "x", 1, NULL), 200);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -359,6 +452,8 @@ int main(void)
         cmocka_unit_test_teardown(test_budget_over_ram, daemon_teardown),
         cmocka_unit_test_teardown(test_reload_settings, daemon_teardown),
         cmocka_unit_test_teardown(test_corrupt_xgboost, daemon_teardown),
+        cmocka_unit_test_teardown(test_probe_hangs_or_crashes, daemon_teardown),
     };
     return cmocka_run_group_tests_name("config probe", tests, NULL, NULL);
 }
+#endif
