@@ -209,7 +209,8 @@ const char *const *larder__backends_names(struct larder__backends *b)
 /* "available: a, b, c" or "no larder-*.so there", for an unknown backend's message. */
 static void say_available(const char *const *names, char *buf, size_t len)
 {
-    size_t at = (size_t)snprintf(buf, len, "%s", names && names[0] ? "available:" : "no larder-*.so there");
+    size_t at = (size_t)snprintf(buf, len, "%s",
+                                 names && names[0] ? "available:" : "no larder-*.so there");
     for (size_t i = 0; names && names[i] && at < len; i++)
         at += (size_t)snprintf(buf + at, len - at, "%s %s", i ? "," : "", names[i]);
 }
