@@ -215,6 +215,12 @@ static void test_typo_refused(void **state)
     if (!strstr(body, TYPO_LINE) || !strstr(body, TYPO_HINT))
         fail_msg("reload reply lacks the error: %s", body);
     free(body);
+    /* larder check says the same of the same file */
+    char out[8192], args[256];
+    snprintf(args, sizeof args, "check %s", d.config);
+    assert_int_equal(run_cli(&d, args, out, sizeof out), 1);
+    if (!strstr(out, TYPO_LINE) || !strstr(out, TYPO_HINT) || !strstr(out, "1 error"))
+        fail_msg("larder check: %s", out);
     /* nothing was applied: the old models serve, the new one does not exist */
     assert_int_equal(infer(&d, "m", "text/plain", "x", 1, NULL), 200);
     assert_int_equal(infer(&d, "other", "text/plain", "x", 1, NULL), 200);
