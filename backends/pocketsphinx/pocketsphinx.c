@@ -144,7 +144,7 @@ static int check_hmm(const char *dir, uint64_t *size, char *err, size_t errlen)
     static const char *const files[][3] = {
         {"mdef", "BMDF", "0.3\n"}, {"means", "s3\n", NULL}, {"variances", "s3\n", NULL},
         {"transition_matrices", "s3\n", NULL}};
-    int rc = check_path("acoustic model", dir, true, NULL, err, errlen);
+    int rc = check_path("acoustic model (path)", dir, true, NULL, err, errlen);
 
     for (size_t i = 0; rc == 0 && i < sizeof(files) / sizeof(files[0]); i++) {
         char file[PATH_MAX];
@@ -181,9 +181,9 @@ static int config_parse(const struct larder_option *opts, size_t n, struct confi
     if (rc == 0)
         rc = check_hmm(cfg->hmm, &bytes, err, errlen);
     if (rc == 0)
-        rc = check_path("dictionary", cfg->dict, false, &bytes, err, errlen);
+        rc = check_path("dictionary (dict)", cfg->dict, false, &bytes, err, errlen);
     if (rc == 0)
-        rc = check_path("language model", cfg->lm, false, &bytes, err, errlen);
+        rc = check_path("language model (lm)", cfg->lm, false, &bytes, err, errlen);
     if (rc < 0)
         config_clear(cfg);
     else if (ret_bytes)

@@ -178,11 +178,11 @@ static int config_parse(const struct larder_option *opts, size_t n, struct confi
     if (!path || !*path)
         path = default_datapath();
     if (stat(path, &st) != 0)
-        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "tessdata directory %s: %s", path,
-                              strerror(errno));
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                              "tessdata directory (path) %s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "tessdata %s: not a directory",
-                              path);
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                              "tessdata (path) %s: not a directory", path);
     cfg->datapath = strdup(path);
     cfg->language = strdup(lang && *lang ? lang : DEFAULT_LANGUAGE);
     if (!cfg->datapath || !cfg->language) {

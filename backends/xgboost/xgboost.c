@@ -201,6 +201,17 @@ static int load_file(struct model *md)
     return rc;
 }
 
+/* XGBoost reports a corrupt or foreign file with whatever its parser threw (often a bare
+ * C++ library message such as "basic_string::_M_replace_aux"): the reply names the file
+ * and what it is not; the engine's own words go to the debug log. */
+static int not_a_model(const struct model *md, char *err, size_t errlen)
+{
+    larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_DEBUG, "XGBoost refused %s: %s",
+                  md->cfg.path, XGBGetLastError());
+    return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
+                          "model file %s is not a valid XGBoost model", md->cfg.path);
+}
+
 /* Loads the booster, reads its feature count and kind, and warms it up. */
 static int booster_open(struct model *md, char *err, size_t errlen)
 {
@@ -211,12 +222,8 @@ static int booster_open(struct model *md, char *err, size_t errlen)
         XGBoosterSetParam(md->booster, "nthread", nthread) != 0)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "XGBoost: %s",
                               XGBGetLastError());
-    if (load_file(md) != 0)
-        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "cannot load %s: %s",
-                              md->cfg.path, XGBGetLastError());
-    if (XGBoosterGetNumFeature(md->booster, &md->n_features) != 0)
-        return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s: %s", md->cfg.path,
-                              XGBGetLastError());
+    if (load_file(md) != 0 || XGBoosterGetNumFeature(md->booster, &md->n_features) != 0)
+        return not_a_model(md, err, errlen);
     if (md->n_features == 0)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "model %s has no features",
                               md->cfg.path);

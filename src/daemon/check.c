@@ -1,23 +1,175 @@
-/* `larder check CONFIG` (see check.h). */
+/* Validation of a config, and `larder check CONFIG` (see check.h). */
 #include "check.h"
 
 #include <errno.h>
-#include <stdbool.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "auth.h"
-#include "config.h"
 #include "plugin.h"
 
 #define FILE_FACTOR 1.2
+#define MSGLEN 1024
 
-struct estimate {
-    uint64_t bytes;
-    const char *source; /* "memory", "backend", "file", NULL = unknown */
+/* ---- reports ----------------------------------------------------------------------------- */
+
+struct larder__report *larder__report_new(size_t n_estimates)
+{
+    struct larder__report *r = calloc(1, sizeof *r);
+    if (r && !(r->estimates = calloc(n_estimates + 1, sizeof *r->estimates))) {
+        free(r);
+        return NULL;
+    }
+    if (r)
+        r->n_estimates = n_estimates;
+    return r;
+}
+
+struct larder__report *larder__report_free(struct larder__report *r)
+{
+    if (!r)
+        return NULL;
+    for (size_t i = 0; i < r->n_findings; i++) {
+        struct larder__finding *f = &r->findings[i];
+        free(f->file);
+        free(f->section);
+        free(f->key);
+        free(f->message);
+    }
+    free(r->findings);
+    free(r->estimates);
+    free(r);
+    return NULL;
+}
+
+static char *dup_or_null(const char *s, bool *ok)
+{
+    char *d = s ? strdup(s) : NULL;
+    *ok = *ok && (d || !s);
+    return d;
+}
+
+int larder__report_add(struct larder__report *r, enum larder__severity severity, bool soft,
+                       const char *file, unsigned line, const char *section, const char *key,
+                       const char *fmt, ...)
+{
+    if (r->n_findings == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 8;
+        struct larder__finding *more = realloc(r->findings, cap * sizeof *more);
+        if (!more)
+            return -ENOMEM;
+        r->findings = more;
+        r->cap = cap;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    int n = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    bool ok = n >= 0;
+    struct larder__finding f = {severity, soft, dup_or_null(file, &ok), line,
+                                dup_or_null(section, &ok), dup_or_null(key, &ok),
+                                n >= 0 ? msg : NULL};
+    if (!ok) {
+        free(f.file);
+        free(f.section);
+        free(f.key);
+        free(f.message);
+        return -ENOMEM;
+    }
+    r->findings[r->n_findings++] = f;
+    return 0;
+}
+
+enum larder__severity larder__finding_severity(const struct larder__finding *f, bool strict)
+{
+    return f->soft && !strict && f->severity == LARDER__SEV_ERROR ? LARDER__SEV_WARNING
+                                                                  : f->severity;
+}
+
+size_t larder__report_errors(const struct larder__report *r, bool strict)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_findings; i++)
+        n += larder__finding_severity(&r->findings[i], strict) == LARDER__SEV_ERROR;
+    return n;
+}
+
+void larder__finding_format(const struct larder__finding *f, char *buf, size_t len)
+{
+    size_t at = 0;
+#define PUT(...) at += (size_t)snprintf(buf + at, at < len ? len - at : 0, __VA_ARGS__)
+    *buf = 0;
+    if (f->file && f->line)
+        PUT("%s:%u: ", f->file, f->line);
+    else if (f->file)
+        PUT("%s: ", f->file);
+    if (f->section)
+        PUT("[%s] ", f->section);
+    if (f->key)
+        PUT("%s: ", f->key);
+    PUT("%s", f->message);
+#undef PUT
+}
+
+/* ---- did you mean ------------------------------------------------------------------------ */
+
+/* larderd's own keys of a [model.NAME] section (as config.c reads them). */
+static const char *const model_keys[] = {
+    "backend", "path", "instances", "ttl", "preload", "pin", "priority",
+    "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", NULL,
 };
+
+/* Edit distance of two short strings (adjacent transpositions count one). */
+static size_t distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return SIZE_MAX;
+    size_t d[64][64];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        for (size_t j = 1; j <= lb; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[la][lb];
+}
+
+/* The candidate nearest to key when it is a plausible typo of it (at most 2 edits, and
+ * fewer than a third of the key changed), else NULL. */
+static const char *suggest(const char *key, const char *const *a, const char *const *b)
+{
+    const char *best = NULL;
+    size_t best_d = SIZE_MAX, limit = strlen(key) / 3 + 1;
+    const char *const *lists[] = {a, b};
+    for (int l = 0; l < 2; l++) {
+        for (size_t i = 0; lists[l] && lists[l][i]; i++) {
+            size_t dd = distance(key, lists[l][i]);
+            if (dd < best_d) {
+                best_d = dd;
+                best = lists[l][i];
+            }
+        }
+    }
+    return best_d <= 2 && best_d <= limit ? best : NULL;
+}
+
+/* ---- memory ------------------------------------------------------------------------------ */
 
 /* cgroup v2 limit of this process, 0 when there is none. */
 static uint64_t cgroup_limit(void)
@@ -43,6 +195,11 @@ static uint64_t cgroup_limit(void)
     return limit;
 }
 
+static uint64_t ram_bytes(void)
+{
+    return (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
 static uint64_t budget_of(const struct larder__config *c, const char **ret_basis)
 {
     if (c->budget_bytes) {
@@ -50,142 +207,316 @@ static uint64_t budget_of(const struct larder__config *c, const char **ret_basis
         return c->budget_bytes;
     }
     double fraction = c->budget_fraction > 0 ? c->budget_fraction : 0.75;
-    uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
-    uint64_t cg = cgroup_limit();
+    uint64_t ram = ram_bytes(), cg = cgroup_limit();
     *ret_basis = cg && cg < ram ? "of the cgroup limit" : "of physical memory";
     return (uint64_t)((double)(cg && cg < ram ? cg : ram) * fraction);
 }
 
-static struct estimate estimate_model(struct larder__backend *be,
-                                      const struct larder__model_conf *m)
+/* A budget the machine cannot give: eviction would start only after the kernel's OOM
+ * killer had. */
+static int check_budget(struct larder__report *r, const struct larder__config *c)
 {
-    struct estimate e = {0};
-    const struct larder_backend_ops *ops = be ? larder__backend_ops(be) : NULL;
-    struct stat st;
-    if (m->memory_bytes)
-        e = (struct estimate){m->memory_bytes, "memory"};
-    else if (ops && ops->estimate && larder__backend_estimate(be, m, &e.bytes) == 0)
-        e.source = "backend";
-    else if (m->path && stat(m->path, &st) == 0 && S_ISREG(st.st_mode))
-        e = (struct estimate){(uint64_t)((double)st.st_size * FILE_FACTOR), "file"};
+    char b1[32], b2[32];
+    uint64_t ram = ram_bytes(), cg = cgroup_limit();
+    int e = 0;
+    if (!c->budget_bytes)
+        return 0;
+    larder__format_size(c->budget_bytes, b1, sizeof b1);
+    if (ram && c->budget_bytes > ram) {
+        larder__format_size(ram, b2, sizeof b2);
+        e = larder__report_add(r, LARDER__SEV_ERROR, true, c->file, 0, "memory", "budget",
+                               "%s is more than this machine's memory (%s)", b1, b2);
+    }
+    if (e == 0 && cg && cg < ram && c->budget_bytes > cg) {
+        larder__format_size(cg, b2, sizeof b2);
+        e = larder__report_add(r, LARDER__SEV_ERROR, true, c->file, 0, "memory", "budget",
+                               "%s is more than this cgroup's memory.max (%s)", b1, b2);
+    }
     return e;
 }
 
-/* Checks one model; returns its error count. */
-static int check_model(struct larder__backends *bs, const struct larder__config *c,
-                       const struct larder__model_conf *m, struct estimate *ret_est, FILE *out)
+/* ---- models ------------------------------------------------------------------------------ */
+
+static char *model_section(const struct larder__model_conf *m, char *buf, size_t len)
 {
-    char err[1024];
-    struct larder__backend *be = NULL;
-    int errors = 0;
-    if (m->path && access(m->path, R_OK) != 0) {
-        fprintf(out, "error: %s:%u: [model.%s] path: %s: %s\n", c->file, m->path_line, m->name,
-                m->path, strerror(errno));
-        errors++;
-    }
-    if (larder__backend_get(bs, m->backend, &be, err, sizeof err) < 0) {
-        fprintf(out, "error: %s:%u: [model.%s] backend: %s\n", c->file, m->backend_line, m->name,
-                err);
-        errors++;
-    } else if (!errors && larder__backend_check_model(be, c, m, err, sizeof err) < 0) {
-        fprintf(out, "error: %s\n", err);
-        errors++;
-    }
-    *ret_est = estimate_model(errors ? NULL : be, m);
-    return errors;
+    snprintf(buf, len, "model.%s", m->name);
+    return buf;
 }
 
-static int check_tokens(const char *path, FILE *out)
+static struct larder__estimate estimate_model(struct larder__backend *be,
+                                              const struct larder__model_conf *m)
 {
-    char err[1024];
+    struct larder__estimate e = {0};
+    const struct larder_backend_ops *ops = be ? larder__backend_ops(be) : NULL;
+    struct stat st;
+    if (m->memory_bytes)
+        e = (struct larder__estimate){m->memory_bytes, "memory"};
+    else if (ops && ops->estimate && larder__backend_estimate(be, m, &e.bytes) == 0 && e.bytes)
+        e.source = "backend";
+    else if (m->path && stat(m->path, &st) == 0 && S_ISREG(st.st_mode))
+        e = (struct larder__estimate){(uint64_t)((double)st.st_size * FILE_FACTOR), "file"};
+    return e;
+}
+
+static bool word_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_';
+}
+
+/* True when msg names `word` as a whole word. */
+static bool names_word(const char *msg, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *at = msg; n && (at = strstr(at, word)); at++)
+        if ((at == msg || !word_char(at[-1])) && !word_char(at[n]))
+            return true;
+    return false;
+}
+
+/* The option of m that a plugin's message names (the longest such key), or -1. */
+static int named_option(const struct larder__model_conf *m, const char *msg)
+{
+    int best = -1;
+    for (size_t i = 0; i < m->n_opts; i++)
+        if (names_word(msg, m->opts[i].key) &&
+            (best < 0 || strlen(m->opts[i].key) > strlen(m->opts[best].key)))
+            best = (int)i;
+    return best;
+}
+
+static unsigned option_line(const struct larder__model_conf *m, size_t i)
+{
+    return m->opt_lines[i] ? m->opt_lines[i] : m->path_line;
+}
+
+/* Each backend option key the plugin does not list is an error of its own. */
+static int check_keys(struct larder__report *r, struct larder__backend *be,
+                      const struct larder__config *c, const struct larder__model_conf *m,
+                      int *errors)
+{
+    char sec[160];
+    const struct larder_backend_ops *ops = larder__backend_ops(be);
+    for (size_t i = 0; i < m->n_opts; i++) {
+        const char *key = m->opts[i].key;
+        if (larder__backend_has_key(be, key))
+            continue;
+        const char *near = suggest(key, model_keys, ops->option_keys);
+        char hint[96] = "";
+        if (near)
+            snprintf(hint, sizeof hint, "; did you mean '%s'?", near);
+        (*errors)++;
+        if (larder__report_add(r, LARDER__SEV_ERROR, false, c->file, option_line(m, i),
+                               model_section(m, sec, sizeof sec), key,
+                               "unknown key for backend '%s'%s", larder__backend_name(be),
+                               hint) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+/* The plugin's own check; its error names the line of the key it mentions, else the
+ * model's header line. */
+static int check_plugin(struct larder__report *r, struct larder__backend *be,
+                        const struct larder__config *c, const struct larder__model_conf *m,
+                        int *errors)
+{
+    char msg[MSGLEN], sec[160];
+    if (larder__backend_check(be, m, msg, sizeof msg) == 0)
+        return 0;
+    (*errors)++;
+    int k = named_option(m, msg);
+    return larder__report_add(r, LARDER__SEV_ERROR, false, c->file,
+                              k >= 0 ? option_line(m, (size_t)k) : m->line,
+                              model_section(m, sec, sizeof sec), k >= 0 ? m->opts[k].key : NULL,
+                              "%s", msg);
+}
+
+static int unknown_backend(struct larder__report *r, struct larder__backends *bs,
+                           const struct larder__config *c, const struct larder__model_conf *m,
+                           const char *msg)
+{
+    char sec[160], hint[96] = "";
+    const char *near = suggest(m->backend, larder__backends_names(bs), NULL);
+    if (near)
+        snprintf(hint, sizeof hint, "; did you mean '%s'?", near);
+    return larder__report_add(r, LARDER__SEV_ERROR, false, c->file, m->backend_line,
+                              model_section(m, sec, sizeof sec), "backend", "%s%s", msg, hint);
+}
+
+/* Checks one model and estimates it. */
+static int check_model(struct larder__report *r, struct larder__backends *bs,
+                       const struct larder__config *c, size_t idx)
+{
+    const struct larder__model_conf *m = &c->models[idx];
+    char msg[MSGLEN], sec[160];
+    struct larder__backend *be = NULL;
+    int errors = 0, e = 0;
+    if (m->path && access(m->path, R_OK) != 0) {
+        errors++;
+        e = larder__report_add(r, LARDER__SEV_ERROR, false, c->file, m->path_line,
+                               model_section(m, sec, sizeof sec), "path", "%s: %s", m->path,
+                               strerror(errno));
+    }
+    if (e == 0 && larder__backend_get(bs, m->backend, &be, msg, sizeof msg) < 0) {
+        errors++;
+        be = NULL;
+        e = unknown_backend(r, bs, c, m, msg);
+    } else if (e == 0 && larder__backend_open(be, msg, sizeof msg) < 0) {
+        errors++;
+        be = NULL;
+        e = larder__report_add(r, LARDER__SEV_ERROR, false, c->file, m->backend_line,
+                               model_section(m, sec, sizeof sec), "backend", "%s", msg);
+    }
+    if (e == 0 && be)
+        e = check_keys(r, be, c, m, &errors);
+    if (e == 0 && be && !errors)
+        e = check_plugin(r, be, c, m, &errors);
+    r->estimates[idx] = estimate_model(errors ? NULL : be, m);
+    return e;
+}
+
+static int check_tokens(struct larder__report *r, const char *path)
+{
+    char err[MSGLEN];
     struct larder__tokens *t = NULL;
     if (!path)
         return 0;
-    if (larder__tokens_load(path, &t, err, sizeof err) < 0) {
-        fprintf(out, "error: %s\n", err);
-        return 1;
-    }
+    if (larder__tokens_load(path, &t, err, sizeof err) < 0)
+        return larder__report_add(r, LARDER__SEV_ERROR, false, NULL, 0, NULL, NULL, "%s", err);
     larder__tokens_free(t);
     return 0;
 }
 
-static int check_sizes(const struct larder__config *c, const struct estimate *est, FILE *out)
+/* ---- sizes against the budget ------------------------------------------------------------ */
+
+static int check_model_size(struct larder__report *r, const struct larder__config *c,
+                            const struct larder__model_conf *m, uint64_t bytes)
 {
-    const char *basis;
-    char b1[32], b2[32];
-    uint64_t budget = budget_of(c, &basis), resident = 0, all = 0;
-    int errors = 0;
-    larder__format_size(budget, b1, sizeof b1);
-    fprintf(out, "budget: %s (%s)\n", b1, basis);
-    for (size_t i = 0; i < c->n_models; i++) {
+    char b[32], sec[160];
+    larder__format_size(bytes, b, sizeof b);
+    model_section(m, sec, sizeof sec);
+    if (bytes > r->budget && m->fallback)
+        return larder__report_add(r, LARDER__SEV_NOTE, false, c->file, m->line, sec, NULL,
+                                  "needs %s, more than the whole budget: its fallback '%s' "
+                                  "serves its requests", b, m->fallback);
+    if (bytes > r->budget)
+        return larder__report_add(r, LARDER__SEV_ERROR, true, c->file, m->line, sec, NULL,
+                                  "needs %s, more than the whole budget", b);
+    uint64_t gb = m->gpu >= 0 ? c->gpu_budget[m->gpu] : 0;
+    if (gb && m->gpu_bytes > gb && !m->fallback) {
+        larder__format_size(m->gpu_bytes, b, sizeof b);
+        return larder__report_add(r, LARDER__SEV_ERROR, true, c->file, m->line, sec, NULL,
+                                  "needs %s of GPU %d, more than its budget", b, m->gpu);
+    }
+    return 0;
+}
+
+static int check_sizes(struct larder__report *r, const struct larder__config *c)
+{
+    char b[32];
+    uint64_t resident = 0, all = 0;
+    int e = check_budget(r, c);
+    r->budget = budget_of(c, &r->budget_basis);
+    for (size_t i = 0; e == 0 && i < c->n_models; i++) {
         const struct larder__model_conf *m = &c->models[i];
-        all += est[i].bytes;
-        if ((m->pin || m->preload) && est[i].bytes <= budget)
-            resident += est[i].bytes;
-        larder__format_size(est[i].bytes, b2, sizeof b2);
-        fprintf(out, "model %-24s %-14s %12s  (%s)\n", m->name, m->backend,
-                est[i].source ? b2 : "?", est[i].source ? est[i].source : "unknown until loaded");
-        if (est[i].bytes > budget && m->fallback) {
-            fprintf(out, "note: %s:%u: [model.%s] needs %s, more than the whole budget: "
-                         "its fallback '%s' serves its requests\n", c->file, m->line, m->name,
-                    b2, m->fallback);
-        } else if (est[i].bytes > budget) {
-            fprintf(out, "error: %s:%u: [model.%s] needs %s, more than the whole budget\n",
-                    c->file, m->line, m->name, b2);
-            errors++;
-        }
+        uint64_t bytes = r->estimates[i].bytes;
+        all += bytes;
+        if ((m->pin || m->preload) && bytes <= r->budget)
+            resident += bytes;
+        e = check_model_size(r, c, m, bytes);
     }
+    if (e == 0 && resident > r->budget) {
+        larder__format_size(resident, b, sizeof b);
+        e = larder__report_add(r, LARDER__SEV_ERROR, true, NULL, 0, NULL, NULL,
+                               "pinned and preloaded models need %s together, over the budget",
+                               b);
+    }
+    if (e == 0 && all > r->budget) {
+        larder__format_size(all, b, sizeof b);
+        e = larder__report_add(r, LARDER__SEV_NOTE, false, NULL, 0, NULL, NULL,
+                               "all models together need %s; the least valuable idle ones "
+                               "will be evicted when room is needed", b);
+    }
+    return e;
+}
+
+int larder__validate(const struct larder__config *c, struct larder__report **ret_report)
+{
+    struct larder__report *r = larder__report_new(c->n_models);
+    struct larder__backends *bs = NULL;
+    if (!r || larder__backends_new(larder__backend_dir(c), &bs) < 0) {
+        larder__report_free(r);
+        return -ENOMEM;
+    }
+    int e = check_tokens(r, c->admin_tokens);
+    if (e == 0)
+        e = check_tokens(r, c->infer_tokens);
+    for (size_t i = 0; e == 0 && i < c->n_models; i++)
+        e = check_model(r, bs, c, i);
+    if (e == 0)
+        e = check_sizes(r, c);
+    if (e == 0 && !c->admin_tokens)
+        e = larder__report_add(r, LARDER__SEV_NOTE, false, NULL, 0, NULL, NULL,
+                               "no [server] admin_tokens: admin routes are refused");
+    larder__backends_free(bs);
+    if (e < 0) {
+        larder__report_free(r);
+        return e;
+    }
+    *ret_report = r;
+    return 0;
+}
+
+/* ---- larder check ------------------------------------------------------------------------ */
+
+static void print_findings(const struct larder__report *r, FILE *out)
+{
+    static const char *const label[] = {"note", "warning", "error"};
+    char line[2 * MSGLEN];
+    for (size_t i = 0; i < r->n_findings; i++) {
+        const struct larder__finding *f = &r->findings[i];
+        larder__finding_format(f, line, sizeof line);
+        fprintf(out, "%s: %s\n", label[larder__finding_severity(f, true)], line);
+    }
+}
+
+static void print_models(const struct larder__config *c, const struct larder__report *r,
+                         FILE *out)
+{
+    char b[32];
+    larder__format_size(r->budget, b, sizeof b);
+    fprintf(out, "budget: %s (%s)\n", b, r->budget_basis);
     for (size_t i = 0; i < c->n_models; i++) {
-        const struct larder__model_conf *m = &c->models[i];
-        uint64_t gb = m->gpu >= 0 ? c->gpu_budget[m->gpu] : 0;
-        if (gb && m->gpu_bytes > gb && !m->fallback) {
-            larder__format_size(m->gpu_bytes, b2, sizeof b2);
-            fprintf(out, "error: %s:%u: [model.%s] needs %s of GPU %d, more than its budget\n",
-                    c->file, m->line, m->name, b2, m->gpu);
-            errors++;
-        }
+        const struct larder__estimate *e = &r->estimates[i];
+        larder__format_size(e->bytes, b, sizeof b);
+        fprintf(out, "model %-24s %-14s %12s  (%s)\n", c->models[i].name, c->models[i].backend,
+                e->source ? b : "?", e->source ? e->source : "unknown until loaded");
     }
-    if (resident > budget) {
-        larder__format_size(resident, b2, sizeof b2);
-        fprintf(out, "error: pinned and preloaded models need %s together, over the budget\n", b2);
-        errors++;
-    }
-    if (all > budget) {
-        larder__format_size(all, b2, sizeof b2);
-        fprintf(out, "note: all models together need %s; the least valuable idle ones will be "
-                     "evicted when room is needed\n", b2);
-    }
-    return errors;
 }
 
 int larder__check_config(const char *file, FILE *out)
 {
-    char err[1024];
+    char err[MSGLEN];
     struct larder__config *c = NULL;
-    struct larder__backends *bs = NULL;
+    struct larder__report *r = NULL;
     larder__log_setup(LARDER__LOG_TEXT, LARDER__LOG_WARN, 2);
-    int r = larder__config_load(file, &c, err, sizeof err);
-    if (r < 0) {
+    int e = larder__config_load(file, &c, err, sizeof err);
+    if (e < 0) {
         fprintf(out, "error: %s\n", err);
-        return r == -EINVAL ? 1 : r;
+        return e == -EINVAL ? 1 : e;
     }
-    int errors = check_tokens(c->admin_tokens, out) + check_tokens(c->infer_tokens, out);
-    struct estimate *est = calloc(c->n_models + 1, sizeof *est);
-    if (!est || larder__backends_new(larder__backend_dir(c), &bs) < 0) {
-        free(est);
+    if ((e = larder__validate(c, &r)) < 0) {
         larder__config_free(c);
-        return -ENOMEM;
+        return e;
     }
     fprintf(out, "backends: %s\n", larder__backend_dir(c));
-    for (size_t i = 0; i < c->n_models; i++)
-        errors += check_model(bs, c, &c->models[i], &est[i], out);
-    errors += check_sizes(c, est, out);
-    if (!c->admin_tokens)
-        fprintf(out, "note: no [server] admin_tokens: admin routes are refused\n");
+    print_models(c, r, out);
+    print_findings(r, out);
+    int errors = (int)larder__report_errors(r, true);
     fprintf(out, "%s: %zu model%s, %d error%s\n", file, c->n_models, c->n_models == 1 ? "" : "s",
             errors, errors == 1 ? "" : "s");
-    free(est);
-    larder__backends_free(bs);
+    larder__report_free(r);
     larder__config_free(c);
     return errors;
 }

@@ -13,8 +13,13 @@
 
 #include "http.h"
 #include "log.h"
+#include "probe.h"
 
 #define ERRLEN 1024
+
+#ifndef LARDER_VERSION
+#define LARDER_VERSION "unknown"
+#endif
 
 double larder__now(void)
 {
@@ -66,8 +71,10 @@ static bool regular_file(const char *path)
     return path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-int larder__daemon_define(struct larder__daemon *d, const struct larder__config *c,
-                          const struct larder__model_conf *m, char *err, size_t errlen)
+/* Defines m; probed is the backend's estimate the probe got (0: none). */
+static int define_model(struct larder__daemon *d, const struct larder__config *c,
+                        const struct larder__model_conf *m, uint64_t probed, char *err,
+                        size_t errlen)
 {
     struct larder__backend *be;
     int r = check_model(d, c, m, err, errlen);
@@ -91,6 +98,8 @@ int larder__daemon_define(struct larder__daemon *d, const struct larder__config 
     o.queue_max = m->queue;
     if (!o.ud)
         r = -ENOMEM;
+    else
+        larder__model_ud_set_estimate(o.ud, probed);
     larder *mgr = r == 0 ? larder__mgr_get(d) : NULL;
     if (r == 0)
         r = mgr ? larder_define(mgr, m->name, &o) : LARDER_ECLOSED;
@@ -104,10 +113,24 @@ int larder__daemon_define(struct larder__daemon *d, const struct larder__config 
     return r;
 }
 
+int larder__daemon_define(struct larder__daemon *d, const struct larder__config *c,
+                          const struct larder__model_conf *m, char *err, size_t errlen)
+{
+    return define_model(d, c, m, 0, err, errlen);
+}
+
+/* The backend's estimate of model i of a probe's report, or 0. */
+static uint64_t probed_bytes(const struct larder__report *rep, size_t i)
+{
+    const struct larder__estimate *e = rep && i < rep->n_estimates ? &rep->estimates[i] : NULL;
+    return e && e->source && strcmp(e->source, "backend") == 0 ? e->bytes : 0;
+}
+
 /* Defines the models `want` picks, each fallback before the models that name it. With
  * `failed`, errors are listed there and the others are still defined; without, the
  * first error stops. */
 static int define_all(struct larder__daemon *d, const struct larder__config *c,
+                      const struct larder__report *rep,
                       bool (*want)(const struct larder__model_conf *m, void *ud), void *ud,
                       json_t *done, json_t *failed, char *err, size_t errlen)
 {
@@ -124,7 +147,7 @@ static int define_all(struct larder__daemon *d, const struct larder__config *c,
             if (defined[i] || !want(m, ud) ||
                 (fb && want(fb, ud) && !defined[fb - c->models]))
                 continue;
-            r = larder__daemon_define(d, c, m, err, errlen);
+            r = define_model(d, c, m, probed_bytes(rep, i), err, errlen);
             defined[i] = progress = true;
             if (r == 0 && done)
                 json_array_append_new(done, json_string(m->name));
@@ -178,15 +201,120 @@ static bool want_new(const struct larder__model_conf *m, void *ud)
     return !o || !larder__model_conf_equal(o, m);
 }
 
-static int check_all(struct larder__daemon *d, const struct larder__config *c, char *err,
-                     size_t errlen)
+/* ---- the probe's verdict ------------------------------------------------------------------- */
+
+/* Logs each warning of a probe's report (and lists it in warnings); with errors, logs
+ * each, lists them all in err and returns -EINVAL. */
+static int judge(const struct larder__report *rep, json_t *warnings, char *err, size_t errlen)
 {
-    for (size_t i = 0; i < c->n_models; i++) {
-        int r = check_model(d, c, &c->models[i], err, errlen);
-        if (r < 0)
-            return r;
+    char line[ERRLEN];
+    size_t n = larder__report_errors(rep, false), at = 0;
+    if (n)
+        at = (size_t)snprintf(err, errlen, "%zu error%s in the config: ", n, n == 1 ? "" : "s");
+    for (size_t i = 0, k = 0; i < rep->n_findings; i++) {
+        const struct larder__finding *f = &rep->findings[i];
+        enum larder__severity sev = larder__finding_severity(f, false);
+        if (sev == LARDER__SEV_NOTE)
+            continue;
+        larder__finding_format(f, line, sizeof line);
+        if (sev == LARDER__SEV_WARNING) {
+            larder__log(LARDER__LOG_WARN, "config warning", json_pack("{s:s}", "warning", line));
+            if (warnings)
+                json_array_append_new(warnings, json_string(line));
+            continue;
+        }
+        larder__log(LARDER__LOG_ERROR, "config error", json_pack("{s:s}", "error", line));
+        if (at < errlen)
+            at += (size_t)snprintf(err + at, errlen - at, "%s%s", k++ ? "; " : "", line);
     }
-    return 0;
+    return n ? -EINVAL : 0;
+}
+
+/* Waits for probe p of c (see larder__probe_finish) and judges what it found. On
+ * success *ret_report has the estimates. */
+static int probe_judge(struct larder__probe *p, const struct larder__config *c,
+                       json_t *warnings, struct larder__report **ret_report, char *err,
+                       size_t errlen)
+{
+    struct larder__report *rep = NULL;
+    int r = larder__probe_finish(p, c, &rep, err, errlen);
+    if (r == 0)
+        r = judge(rep, warnings, err, errlen);
+    if (r == 0)
+        *ret_report = rep;
+    else
+        larder__report_free(rep);
+    return r;
+}
+
+/* ---- settings a reload changes -------------------------------------------------------------- */
+
+static bool str_same(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Lists a changed [server] or [memory] key as applied, or as waiting for a restart (and
+ * says so in the log). */
+static void changed(json_t *applied, json_t *restart, const char *key, bool differs, bool live)
+{
+    if (!differs)
+        return;
+    json_array_append_new(live ? applied : restart, json_string(key));
+    if (!live)
+        larder__log(LARDER__LOG_WARN, "reload: needs a restart",
+                    json_pack("{s:s,s:s}", "key", key, "detail",
+                              "changed in the file; the running daemon keeps its old value "
+                              "until it restarts"));
+}
+
+static void diff_server(const struct larder__config *o, const struct larder__config *n,
+                        json_t *ap, json_t *rs)
+{
+    changed(ap, rs, "server.listen",
+            o->listen_port != n->listen_port || !str_same(o->listen_host, n->listen_host), false);
+    changed(ap, rs, "server.admin_tokens", !str_same(o->admin_tokens, n->admin_tokens), true);
+    changed(ap, rs, "server.infer_tokens", !str_same(o->infer_tokens, n->infer_tokens), true);
+    changed(ap, rs, "server.backend_dir", !str_same(o->backend_dir, n->backend_dir), false);
+    changed(ap, rs, "server.max_body", o->max_body != n->max_body, true);
+    changed(ap, rs, "server.request_timeout", o->request_timeout_ms != n->request_timeout_ms,
+            true);
+    changed(ap, rs, "server.threads", o->threads != n->threads, false);
+    changed(ap, rs, "server.http_threads", o->http_threads != n->http_threads, false);
+    changed(ap, rs, "server.drain_timeout", o->drain_timeout_ms != n->drain_timeout_ms, true);
+    changed(ap, rs, "server.log_format", o->log_format != n->log_format, true);
+    changed(ap, rs, "server.log_level", o->log_level != n->log_level, true);
+    changed(ap, rs, "server.state_dir", !str_same(o->state_dir, n->state_dir), false);
+    changed(ap, rs, "server.events_queue", o->events_queue != n->events_queue, false);
+}
+
+static void diff_memory(const struct larder__config *o, const struct larder__config *n,
+                        json_t *ap, json_t *rs)
+{
+    changed(ap, rs, "memory.budget",
+            o->budget_bytes != n->budget_bytes || o->budget_fraction != n->budget_fraction, true);
+    changed(ap, rs, "memory.gpu_budget",
+            memcmp(o->gpu_budget, n->gpu_budget, sizeof o->gpu_budget) != 0, true);
+    changed(ap, rs, "memory.policy", !str_same(o->policy, n->policy), false);
+    changed(ap, rs, "memory.ttl", o->default_ttl_ms != n->default_ttl_ms, false);
+    changed(ap, rs, "memory.loader_threads", o->loader_threads != n->loader_threads, false);
+    changed(ap, rs, "memory.admission_timeout",
+            o->admission_timeout_ms != n->admission_timeout_ms, false);
+    changed(ap, rs, "memory.high_watermark", o->high_watermark != n->high_watermark, false);
+    changed(ap, rs, "memory.low_watermark", o->low_watermark != n->low_watermark, false);
+    changed(ap, rs, "memory.psi_trigger", !str_same(o->psi_trigger, n->psi_trigger), false);
+    changed(ap, rs, "memory.watch_pressure", o->watch_pressure != n->watch_pressure, false);
+    changed(ap, rs, "memory.history", o->history_s != n->history_s, false);
+}
+
+/* {"applied": [...], "restart_required": [...]}: the [server] and [memory] keys a reload
+ * changed, by whether the running daemon took them. */
+static json_t *diff_settings(const struct larder__config *o, const struct larder__config *n)
+{
+    json_t *applied = json_array(), *restart = json_array();
+    diff_server(o, n, applied, restart);
+    diff_memory(o, n, applied, restart);
+    return json_pack("{s:o,s:o}", "applied", applied, "restart_required", restart);
 }
 
 /* Undefines models of old that new drops or changes; returns how many failed. */
@@ -279,10 +407,19 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
 {
     struct larder__config *c = NULL, *old;
     struct larder__tokens *admin = NULL, *infer = NULL;
+    struct larder__report *rep = NULL;
+    json_t *warnings = json_array();
+    /* Nothing changes until the new file passed the same checks as at start-up. */
     int r = larder__config_load(d->conf->file, &c, err, errlen);
-    if (r == 0 && (r = check_all(d, c, err, errlen)) == 0)
+    if (r == 0)
+        r = larder__probe_config(d->prog, c, &rep, err, errlen);
+    if (r == 0)
+        r = judge(rep, warnings, err, errlen);
+    if (r == 0)
         r = load_tokens(c, &admin, &infer, err, errlen);
     if (r < 0) {
+        json_decref(warnings);
+        larder__report_free(rep);
         larder__config_free(c);
         return r;
     }
@@ -291,7 +428,10 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
     json_t *removed = json_array(), *changed = json_array(), *added = json_array();
     json_t *failed = json_array();
     undefine_changed(d, &df, c->drain_timeout_ms, removed, changed, failed);
-    define_all(d, c, want_new, &df, added, failed, err, errlen);
+    define_all(d, c, rep, want_new, &df, added, failed, err, errlen);
+    rep = larder__report_free(rep);
+    json_object_set_new(summary, "settings", diff_settings(old, c));
+    json_object_set_new(summary, "warnings", warnings);
     apply_budget(d, old, c);
     apply_logging(d, c);
     pthread_rwlock_wrlock(&d->conf_lock);
@@ -402,24 +542,32 @@ static unsigned worker_threads(const struct larder__config *c)
 static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
 {
     const struct larder__config *c = d->conf;
+    struct larder__report *rep = NULL;
+    struct larder__probe *p = NULL;
+    char msg[ERRLEN] = "";
     int r = larder__backends_new(larder__backend_dir(c), &d->backends);
-    if (r == 0)
-        r = check_all(d, c, err, errlen);
-    if (r == 0)
-        r = load_tokens(c, &d->admin, &d->infer, err, errlen);
-    if (r < 0)
+    /* Forked before any thread starts; it validates while the daemon sets up. */
+    if (r < 0 || (r = larder__probe_start(d->prog, c, true, &p, err, errlen)) < 0)
         return r;
     if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
         (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
-        (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0) {
-        snprintf(err, errlen, "cannot start threads: %s", strerror(-r));
+        (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0)
+        snprintf(msg, sizeof msg, "cannot start threads: %s", strerror(-r));
+    else if ((r = open_manager(d, c)) < 0)
+        snprintf(msg, sizeof msg, "cannot open the manager: %s", larder_strerror(r));
+    /* The config's verdict first: a bad config is what to report, not what it caused. */
+    int pr = probe_judge(p, c, NULL, &rep, err, errlen);
+    if (pr < 0)
+        return pr;
+    if (r < 0 || (r = load_tokens(c, &d->admin, &d->infer, err, errlen)) < 0) {
+        if (*msg)
+            snprintf(err, errlen, "%s", msg);
+        larder__report_free(rep);
         return r;
     }
-    if ((r = open_manager(d, c)) < 0) {
-        snprintf(err, errlen, "cannot open the manager: %s", larder_strerror(r));
-        return r;
-    }
-    return define_all(d, c, want_all, NULL, NULL, NULL, err, errlen);
+    r = define_all(d, c, rep, want_all, NULL, NULL, NULL, err, errlen);
+    larder__report_free(rep);
+    return r;
 }
 
 static int start_http(struct larder__daemon *d, char *err, size_t errlen)
@@ -513,8 +661,9 @@ static void usage(const char *prog, FILE *f)
     fprintf(f,
             "usage: %s --config FILE [--listen HOST:PORT] [--log-format text|json]\n"
             "          [--log-level error|warn|info|debug]\n"
+            "       %s --version\n"
             "Serves the models of FILE over HTTP, loading each on first use.\n",
-            prog);
+            prog, prog);
 }
 
 struct args {
@@ -522,6 +671,8 @@ struct args {
     const char *listen;
     const char *log_format;
     const char *log_level;
+    const char *probe; /* hidden: the daemon's own config probe child (probe.h) */
+    bool version;
 };
 
 static int parse_args(const char *prog, int argc, char **argv, struct args *a)
@@ -529,7 +680,8 @@ static int parse_args(const char *prog, int argc, char **argv, struct args *a)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},  {"listen", required_argument, NULL, 'l'},
         {"log-format", required_argument, NULL, 'f'}, {"log-level", required_argument, NULL, 'L'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},           {"version", no_argument, NULL, 'V'},
+        {"probe", required_argument, NULL, 'P'},    {NULL, 0, NULL, 0},
     };
     int ch;
     optind = 1;
@@ -539,10 +691,14 @@ static int parse_args(const char *prog, int argc, char **argv, struct args *a)
         case 'l': a->listen = optarg; break;
         case 'f': a->log_format = optarg; break;
         case 'L': a->log_level = optarg; break;
+        case 'P': a->probe = optarg; break;
+        case 'V': a->version = true; break;
         case 'h': usage(prog, stdout); return 1;
         default: usage(prog, stderr); return -1;
         }
     }
+    if (a->version || a->probe)
+        return optind == argc ? 0 : (usage(prog, stderr), -1);
     if (!a->config || optind != argc) {
         usage(prog, stderr);
         return -1;
@@ -592,7 +748,18 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
     int pr = parse_args(prog, argc, argv, &a);
     if (pr)
         return pr > 0 ? 0 : 2;
-    struct larder__daemon d = {0};
+    if (a.version) {
+        printf("larderd %s\n", LARDER_VERSION);
+        return 0;
+    }
+    if (a.probe)
+        return larder__probe_main(a.probe);
+    /* OpenMP engines (Tesseract) run many times slower on a busy host with a thread team
+     * per request; one thread each, unless the user says otherwise. Set before any
+     * plugin maps the OpenMP runtime, and before the probe child inherits the
+     * environment. */
+    setenv("OMP_THREAD_LIMIT", "1", 0);
+    struct larder__daemon d = {.prog = prog};
     if (larder__config_load(a.config, &d.conf, err, sizeof err) < 0) {
         fprintf(stderr, "%s: %s\n", prog, err);
         return 1;
@@ -601,10 +768,6 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
         larder__config_free(d.conf);
         return 2;
     }
-    /* OpenMP engines (Tesseract) run many times slower on a busy host with a thread team
-     * per request; one thread each, unless the user says otherwise. Set before any
-     * plugin maps the OpenMP runtime. */
-    setenv("OMP_THREAD_LIMIT", "1", 0);
     /* Before any thread starts, so that every thread inherits the mask. */
     sigset_t set;
     sigemptyset(&set);

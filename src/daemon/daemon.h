@@ -21,6 +21,7 @@
 struct larder__http;
 
 struct larder__daemon {
+    const char *prog;               /* the command that runs it: "larderd", "larder serve" */
     pthread_rwlock_t conf_lock;     /* conf, admin, infer */
     struct larder__config *conf;
     struct larder__tokens *admin;   /* NULL: admin routes refused */
@@ -48,11 +49,16 @@ struct larder__daemon {
  * SIGINT, returns the process exit status. prog names the command in messages. */
 int larder__daemon_main(const char *prog, int argc, char **argv);
 
-/* Re-reads the config file: adds, drops (after draining) and redefines changed models,
- * applies the budget, re-reads token files. On success *ret_summary (if not NULL) is a
- * JSON object {"added":[...],"removed":[...],"changed":[...]}; on failure the running
- * config is kept, err names the problem, and a negative errno is returned. Any thread but
- * an HTTP one (it may wait for drains). */
+/* Re-reads the config file: runs the config probe on it first (probe.h: the checks of
+ * start-up; any error refuses the reload with -EINVAL, every error listed in err, and
+ * nothing is changed), then adds, drops (after draining) and redefines changed models,
+ * applies the budget and logging, re-reads token files. On success *ret_summary (if not
+ * NULL) is a JSON object {"added":[...], "removed":[...], "changed":[...],
+ * "failed":[...], "settings": {"applied":[...], "restart_required":[...]},
+ * "warnings":[...]}: settings names each changed [server] or [memory] key as
+ * "server.listen"; a key in restart_required keeps its old value until a restart (and a
+ * warning is logged). On failure the running config is kept, err names the problem, and a
+ * negative errno is returned. Any thread but an HTTP one (it may wait for drains). */
 int larder__daemon_reload(struct larder__daemon *d, json_t **ret_summary, char *err,
                           size_t errlen);
 

@@ -1,6 +1,7 @@
 /* larderd backend plugins (see plugin.h). */
 #include "plugin.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
@@ -31,6 +32,8 @@ struct larder__backends {
     char *dir;
     pthread_mutex_t lock;
     struct larder__backend *list;
+    char **names;          /* the larder-*.so of dir, sorted; read once, on first need */
+    bool scanned;
 };
 
 /* What larder_define() gets as userdata: a copy of the model's config. */
@@ -41,6 +44,7 @@ struct model_ud {
     size_t n_opts;
     struct larder_option *opts;
     unsigned *opt_lines;
+    uint64_t probed;       /* the plugin's estimate as the probe computed it; 0 = none */
 };
 
 /* What the class's load returns as the component's model. */
@@ -117,6 +121,9 @@ struct larder__backends *larder__backends_free(struct larder__backends *b)
         free(be->path);
         free(be);
     }
+    for (size_t i = 0; b->names && b->names[i]; i++)
+        free(b->names[i]);
+    free(b->names);
     pthread_mutex_destroy(&b->lock);
     free(b->dir);
     free(b);
@@ -141,6 +148,65 @@ static struct larder__backend *backend_new(const char *dir, const char *name)
     return be;
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The NAME of each larder-NAME.so of dir, sorted, NULL-terminated; NULL on ENOMEM. */
+static char **scan_dir(const char *dir)
+{
+    size_t n = 0, cap = 8;
+    char **names = calloc(cap, sizeof *names);
+    DIR *dp = names ? opendir(dir) : NULL;
+    for (struct dirent *e; dp && names && (e = readdir(dp));) {
+        size_t len = strlen(e->d_name);
+        if (len <= 10 || strncmp(e->d_name, "larder-", 7) != 0 ||
+            strcmp(e->d_name + len - 3, ".so") != 0)
+            continue;
+        if (n + 2 > cap) {
+            char **more = realloc(names, (cap *= 2) * sizeof *names);
+            if (!more)
+                break;
+            names = more;
+        }
+        if ((names[n] = strndup(e->d_name + 7, len - 10)))
+            names[++n] = NULL;
+    }
+    if (dp)
+        closedir(dp);
+    if (names)
+        qsort(names, n, sizeof *names, cmp_name);
+    return names;
+}
+
+/* b->lock held. */
+static const char *const *names_locked(struct larder__backends *b)
+{
+    if (!b->scanned) {
+        b->names = scan_dir(b->dir);
+        b->scanned = true;
+    }
+    return (const char *const *)b->names;
+}
+
+const char *const *larder__backends_names(struct larder__backends *b)
+{
+    pthread_mutex_lock(&b->lock);
+    const char *const *names = names_locked(b);
+    pthread_mutex_unlock(&b->lock);
+    return names;
+}
+
+/* "available: a, b, c" or "no larder-*.so there", for an unknown backend's message. */
+static void say_available(const char *const *names, char *buf, size_t len)
+{
+    size_t at = (size_t)snprintf(buf, len, "%s",
+                                 names && names[0] ? "available:" : "no larder-*.so there");
+    for (size_t i = 0; names && names[i] && at < len; i++)
+        at += (size_t)snprintf(buf + at, len - at, "%s %s", i ? "," : "", names[i]);
+}
+
 static struct larder__backend *find_backend(struct larder__backends *b, const char *name)
 {
     for (struct larder__backend *be = b->list; be; be = be->next)
@@ -160,9 +226,12 @@ int larder__backend_get(struct larder__backends *b, const char *name,
         if (!be)
             r = -ENOMEM;
         else if (access(be->path, R_OK) != 0) {
+            char avail[512];
+            int e = errno;
             r = -ENOENT;
-            snprintf(err, errlen, "unknown backend '%s': %s: %s", name, be->path,
-                     strerror(errno));
+            say_available(names_locked(b), avail, sizeof avail);
+            snprintf(err, errlen, "unknown backend '%s': %s: %s (%s in %s)", name, be->path,
+                     strerror(e), avail, b->dir);
             pthread_mutex_destroy(&be->lock);
             free(be->name);
             free(be->path);
@@ -289,10 +358,24 @@ static int check_options(struct larder__backend *be, const char *file, const cha
     return 0;
 }
 
-int larder__backend_check_model(struct larder__backend *be, const struct larder__config *c,
-                                const struct larder__model_conf *m, char *err, size_t errlen)
+bool larder__backend_has_key(struct larder__backend *be, const char *key)
 {
-    return check_options(be, c->file, m->name, m->opts, m->opt_lines, m->n_opts, err, errlen);
+    const struct larder_backend_ops *ops = atomic_load(&be->ops);
+    return strcmp(key, "path") == 0 || (ops && key_listed(ops->option_keys, key));
+}
+
+int larder__backend_check(struct larder__backend *be, const struct larder__model_conf *m,
+                          char *msg, size_t msglen)
+{
+    const struct larder_backend_ops *ops = atomic_load(&be->ops);
+    if (!ops || !ops->check)
+        return 0;
+    size_t skip = first_option(ops, m->opts, m->n_opts);
+    *msg = 0;
+    int r = ops->check(m->opts + skip, m->n_opts - skip, msg, msglen);
+    if (r < 0 && !*msg)
+        snprintf(msg, msglen, "options refused by the backend (%d)", r);
+    return r < 0 ? r : 0;
 }
 
 int larder__backend_estimate(struct larder__backend *be, const struct larder__model_conf *m,
@@ -369,7 +452,11 @@ static int cls_estimate(void *ud, uint64_t *ret_bytes)
 {
     struct model_ud *mu = ud;
     const struct larder_backend_ops *ops = atomic_load(&mu->be->ops);
-    /* Before the plugin is open, the manager estimates from the file size. */
+    /* Before the plugin is open in this process, the figure the probe got from it. */
+    if (!ops && mu->probed) {
+        *ret_bytes = mu->probed;
+        return 0;
+    }
     if (!ops || !ops->estimate)
         return -ENOTSUP;
     size_t skip = first_option(ops, mu->opts, mu->n_opts);
@@ -446,6 +533,11 @@ void *larder__model_ud_new(struct larder__backend *be, const struct larder__conf
         return NULL;
     }
     return mu;
+}
+
+void larder__model_ud_set_estimate(void *ud, uint64_t bytes)
+{
+    ((struct model_ud *)ud)->probed = bytes;
 }
 
 /* ---- inference ------------------------------------------------------------------------ */

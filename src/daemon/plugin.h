@@ -1,8 +1,10 @@
 /* larderd backend plugins: a registry of `larder-NAME.so` files in one directory, and
  * the larder component class that bridges a model to its plugin's operations.
  *
- * A plugin is opened with dlopen() only when a model of its backend first loads (or when
- * `larder check` validates options); knowing that a backend exists costs one access(2).
+ * A plugin is opened with dlopen() only when a model of its backend first loads. Option
+ * checks and estimates before that run in another process (`larder check`, or the probe
+ * child of larderd, see probe.h), which hands its figures over with
+ * larder__model_ud_set_estimate; knowing that a backend exists costs one access(2).
  * An opened plugin stays open until the registry is freed. The host refuses a plugin
  * whose abi_major differs from LARDER_BACKEND_ABI_MAJOR.
  *
@@ -35,9 +37,15 @@ int larder__backends_new(const char *dir, struct larder__backends **ret_backends
 struct larder__backends *larder__backends_free(struct larder__backends *b);
 
 /* The backend named `name`, created on first use without opening it. Fails with -ENOENT
- * (message in err) when `larder-NAME.so` is not a readable file of the directory. */
+ * when `larder-NAME.so` is not a readable file of the directory; the message in err then
+ * lists the backends the directory has. */
 int larder__backend_get(struct larder__backends *b, const char *name,
                         struct larder__backend **ret_backend, char *err, size_t errlen);
+
+/* The NAME of every larder-NAME.so of the registry's directory, sorted and
+ * NULL-terminated, read once on the first call; NULL when it could not be read. Owned by
+ * the registry. */
+const char *const *larder__backends_names(struct larder__backends *b);
 
 /* The backend's name and shared object path. */
 const char *larder__backend_name(const struct larder__backend *be);
@@ -50,11 +58,14 @@ int larder__backend_open(struct larder__backend *be, char *err, size_t errlen);
 /* The plugin's operations, or NULL when it is not open. */
 const struct larder_backend_ops *larder__backend_ops(struct larder__backend *be);
 
-/* Checks a model's backend options against the plugin's option list and the plugin's
- * check(); opens the plugin. Errors: LARDER_BACKEND_EOPTION or the plugin's code, with a
- * message naming the config file, line and key where known. */
-int larder__backend_check_model(struct larder__backend *be, const struct larder__config *c,
-                                const struct larder__model_conf *m, char *err, size_t errlen);
+/* True when the open plugin accepts option `key` ("path" always is: it also serves the
+ * host's file-size estimate). False when the plugin is not open. */
+bool larder__backend_has_key(struct larder__backend *be, const char *key);
+
+/* Runs the open plugin's check() on a model's options (0 when it has none). Errors: the
+ * plugin's code, with the plugin's message (or a generic one) in msg. */
+int larder__backend_check(struct larder__backend *be, const struct larder__model_conf *m,
+                          char *msg, size_t msglen);
 
 /* The plugin's estimate for a model (the plugin must be open). Errors: -ENOTSUP when the
  * plugin has no estimate, or the plugin's error. */
@@ -69,6 +80,11 @@ const struct larder_class *larder__backend_class(struct larder__backend *be);
 void *larder__model_ud_new(struct larder__backend *be, const struct larder__config *c,
                            const struct larder__model_conf *m);
 void larder__model_ud_free(void *ud);
+
+/* Records the plugin's estimate for the model (from the probe): the class's estimate
+ * returns it while the plugin is not open in this process. 0 = none. Call before
+ * larder_define. */
+void larder__model_ud_set_estimate(void *ud, uint64_t bytes);
 
 /* Runs the plugin's infer on the model and instance of a lease. On success the caller
  * frees res with larder__lease_result_free. Errors: the plugin's negative code, message
