@@ -117,56 +117,25 @@ void larder__finding_format(const struct larder__finding *f, char *buf, size_t l
 
 /* ---- did you mean ------------------------------------------------------------------------ */
 
-/* larderd's own keys of a [model.NAME] section (as config.c reads them). */
-static const char *const model_keys[] = {
-    "backend", "path", "instances", "ttl", "preload", "pin", "priority",
-    "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", NULL,
-};
-
-/* Edit distance of two short strings (adjacent transpositions count one). */
-static size_t distance(const char *a, const char *b)
+/* The key nearest to `key` among larderd's model keys, then the backend's (larderd's
+ * winning a tie), for a "did you mean". */
+static const char *suggest_model_key(const char *key, const char *const *backend_keys)
 {
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > 63 || lb > 63)
-        return SIZE_MAX;
-    size_t d[64][64];
-    for (size_t i = 0; i <= la; i++)
-        d[i][0] = i;
-    for (size_t j = 0; j <= lb; j++)
-        d[0][j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        for (size_t j = 1; j <= lb; j++) {
-            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
-            if (d[i - 1][j] + 1 < best)
-                best = d[i - 1][j] + 1;
-            if (d[i][j - 1] + 1 < best)
-                best = d[i][j - 1] + 1;
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-                d[i - 2][j - 2] + 1 < best)
-                best = d[i - 2][j - 2] + 1;
-            d[i][j] = best;
-        }
-    }
-    return d[la][lb];
+    const char *all[128];
+    size_t n = 0;
+    const char *const *own = larder__config_model_keys();
+    for (size_t i = 0; own[i] && n < 127; i++)
+        all[n++] = own[i];
+    for (size_t i = 0; backend_keys && backend_keys[i] && n < 127; i++)
+        all[n++] = backend_keys[i];
+    all[n] = NULL;
+    return larder__config_suggest(key, all);
 }
 
-/* The candidate nearest to key when it is a plausible typo of it (at most 2 edits, and
- * fewer than a third of the key changed), else NULL. */
-static const char *suggest(const char *key, const char *const *a, const char *const *b)
+void larder__report_config_error(void *report, const struct larder__config_error *e)
 {
-    const char *best = NULL;
-    size_t best_d = SIZE_MAX, limit = strlen(key) / 3 + 1;
-    const char *const *lists[] = {a, b};
-    for (int l = 0; l < 2; l++) {
-        for (size_t i = 0; lists[l] && lists[l][i]; i++) {
-            size_t dd = distance(key, lists[l][i]);
-            if (dd < best_d) {
-                best_d = dd;
-                best = lists[l][i];
-            }
-        }
-    }
-    return best_d <= 2 && best_d <= limit ? best : NULL;
+    larder__report_add(report, LARDER__SEV_ERROR, false, e->file, e->line, e->section, e->key,
+                       "%s", e->message);
 }
 
 /* ---- memory ------------------------------------------------------------------------------ */
@@ -301,10 +270,10 @@ static int check_keys(struct larder__report *r, struct larder__backend *be,
         const char *key = m->opts[i].key;
         if (larder__backend_has_key(be, key))
             continue;
-        const char *near = suggest(key, model_keys, ops->option_keys);
+        const char *near = suggest_model_key(key, ops->option_keys);
         char hint[96] = "";
         if (near)
-            snprintf(hint, sizeof hint, "; did you mean '%s'?", near);
+            snprintf(hint, sizeof hint, " (did you mean '%s'?)", near);
         (*errors)++;
         if (larder__report_add(r, LARDER__SEV_ERROR, false, c->file, option_line(m, i),
                                model_section(m, sec, sizeof sec), key,
@@ -337,9 +306,9 @@ static int unknown_backend(struct larder__report *r, struct larder__backends *bs
                            const char *msg)
 {
     char sec[160], hint[96] = "";
-    const char *near = suggest(m->backend, larder__backends_names(bs), NULL);
+    const char *near = larder__config_suggest(m->backend, larder__backends_names(bs));
     if (near)
-        snprintf(hint, sizeof hint, "; did you mean '%s'?", near);
+        snprintf(hint, sizeof hint, " (did you mean '%s'?)", near);
     return larder__report_add(r, LARDER__SEV_ERROR, false, c->file, m->backend_line,
                               model_section(m, sec, sizeof sec), "backend", "%s%s", msg, hint);
 }
@@ -495,17 +464,32 @@ static void print_models(const struct larder__config *c, const struct larder__re
     }
 }
 
+struct printed {
+    FILE *out;
+    int errors;
+};
+
+/* Every error of the file itself, before any model is checked. */
+static void print_config_error(void *ud, const struct larder__config_error *e)
+{
+    struct printed *p = ud;
+    fprintf(p->out, "error: %s\n", e->text);
+    p->errors++;
+}
+
 int larder__check_config(const char *file, FILE *out)
 {
-    char err[MSGLEN];
     struct larder__config *c = NULL;
     struct larder__report *r = NULL;
     larder__log_setup(LARDER__LOG_TEXT, LARDER__LOG_WARN, 2);
-    int e = larder__config_load(file, &c, err, sizeof err);
-    if (e < 0) {
-        fprintf(out, "error: %s\n", err);
-        return e == -EINVAL ? 1 : e;
+    struct printed p = {out, 0};
+    int e = larder__config_load_all(file, &c, print_config_error, &p);
+    if (e == -EINVAL) {
+        fprintf(out, "%s: %d error%s\n", file, p.errors, p.errors == 1 ? "" : "s");
+        return p.errors;
     }
+    if (e < 0)
+        return e; /* printed: the file cannot be read */
     if ((e = larder__validate(c, &r)) < 0) {
         larder__config_free(c);
         return e;

@@ -64,6 +64,10 @@ int larder__validate(const struct larder__config *c, struct larder__report **ret
 struct larder__report *larder__report_new(size_t n_estimates);
 struct larder__report *larder__report_free(struct larder__report *r);
 
+/* A larder__config_report_fn that appends each config error to the larder__report
+ * `report` as an error finding (file, line, section, key and message kept apart). */
+void larder__report_config_error(void *report, const struct larder__config_error *e);
+
 /* Appends a finding (strings copied; message printf-style). Errors: -ENOMEM. */
 int larder__report_add(struct larder__report *r, enum larder__severity severity, bool soft,
                        const char *file, unsigned line, const char *section, const char *key,

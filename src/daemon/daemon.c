@@ -230,6 +230,22 @@ static int judge(const struct larder__report *rep, json_t *warnings, char *err, 
     return n ? -EINVAL : 0;
 }
 
+/* Loads a config file; every error in it is logged, and listed in err. */
+static int load_config(const char *file, struct larder__config **ret_config, char *err,
+                       size_t errlen)
+{
+    struct larder__report *rep = larder__report_new(0);
+    if (!rep) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int r = larder__config_load_all(file, ret_config, larder__report_config_error, rep);
+    if (r < 0 && judge(rep, NULL, err, errlen) == 0)
+        snprintf(err, errlen, "%s: %s", file, strerror(-r));
+    larder__report_free(rep);
+    return r;
+}
+
 /* Waits for probe p of c (see larder__probe_finish) and judges what it found. On
  * success *ret_report has the estimates. */
 static int probe_judge(struct larder__probe *p, const struct larder__config *c,
@@ -410,7 +426,7 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
     struct larder__report *rep = NULL;
     json_t *warnings = json_array();
     /* Nothing changes until the new file passed the same checks as at start-up. */
-    int r = larder__config_load(d->conf->file, &c, err, errlen);
+    int r = load_config(d->conf->file, &c, err, errlen);
     if (r == 0)
         r = larder__probe_config(d->prog, c, &rep, err, errlen);
     if (r == 0)
@@ -760,7 +776,7 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
      * environment. */
     setenv("OMP_THREAD_LIMIT", "1", 0);
     struct larder__daemon d = {.prog = prog};
-    if (larder__config_load(a.config, &d.conf, err, sizeof err) < 0) {
+    if (load_config(a.config, &d.conf, err, sizeof err) < 0) {
         fprintf(stderr, "%s: %s\n", prog, err);
         return 1;
     }

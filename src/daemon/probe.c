@@ -40,7 +40,7 @@ static json_t *report_json(const struct larder__config *c, const struct larder__
     json_t *findings = json_array(), *models = json_object();
     for (size_t i = 0; i < r->n_findings; i++)
         json_array_append_new(findings, finding_json(&r->findings[i]));
-    for (size_t i = 0; i < c->n_models && i < r->n_estimates; i++) {
+    for (size_t i = 0; c && i < c->n_models && i < r->n_estimates; i++) {
         const struct larder__estimate *e = &r->estimates[i];
         if (e->source)
             json_object_set_new(models, c->models[i].name,
@@ -65,20 +65,17 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* The child's half, after fork or exec: validates c (NULL: loading it failed with err)
- * and writes the document on fd. 0 once written. */
-static int write_document(const struct larder__config *c, const char *err, int fd)
+/* The child's half, after fork or exec: validates c and writes the document on fd; with
+ * c NULL (loading it failed), the document holds the config errors of errs. 0 once
+ * written. */
+static int write_document(const struct larder__config *c, struct larder__report *errs, int fd)
 {
     struct larder__report *r = NULL;
-    char msg[1024];
     int e = c ? larder__validate(c, &r) : -EINVAL;
+    char msg[256] = "the config could not be loaded";
     if (c && e < 0)
         snprintf(msg, sizeof msg, "validation: %s", strerror(-e));
-    else
-        snprintf(msg, sizeof msg, "%s", err ? err : "");
-    if (e < 0 && (r = larder__report_new(0)))
-        larder__report_add(r, LARDER__SEV_ERROR, false, NULL, 0, NULL, NULL, "%s", msg);
-    json_t *doc = r && c ? report_json(c, r) : NULL;
+    json_t *doc = r ? report_json(c, r) : errs && errs->n_findings ? report_json(NULL, errs) : NULL;
     if (!doc)
         doc = json_pack("{s:[{s:s,s:b,s:I,s:s}],s:{}}", "findings", "severity", "error", "soft",
                         0, "line", (json_int_t)0, "message", msg, "models");
@@ -101,11 +98,12 @@ static void child_setup(void)
 
 int larder__probe_main(const char *file)
 {
-    char err[1024] = "";
     struct larder__config *c = NULL;
     child_setup();
-    larder__config_load(file, &c, err, sizeof err);
-    int r = write_document(c, err, 1);
+    struct larder__report *errs = larder__report_new(0);
+    larder__config_load_all(file, &c, errs ? larder__report_config_error : NULL, errs);
+    int r = write_document(c, errs, 1);
+    larder__report_free(errs);
     larder__config_free(c);
     return r == 0 ? 0 : 1;
 }

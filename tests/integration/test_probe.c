@@ -242,13 +242,54 @@ static void test_all_errors_listed(void **state)
                                              "size = lots\n"),
                      -1);
     assert_true(daemon_log_has(&d, "larder.ini:6: [model.a] sizee: unknown key for backend "
-                                   "'synthetic'; did you mean 'size'?"));
+                                   "'synthetic' (did you mean 'size'?)"));
     assert_true(daemon_log_has(&d, "larder.ini:8: [model.b] backend: unknown backend 'synthtic'"));
     assert_true(daemon_log_has(&d, "synthetic, synthetic-pooled"));
     assert_true(daemon_log_has(&d, "did you mean 'synthetic'?"));
     assert_true(daemon_log_has(&d, "larder.ini:12: [model.c] size: size 'lots': not a size"));
     assert_true(daemon_log_has(&d, "3 errors in the config"));
     assert_int_equal(daemon_stop(&d), 1);
+}
+
+/* Errors of the file itself (syntax, larderd's own keys, key combinations) are listed
+ * all at once too: at start-up, by a refused reload, and by larder check. */
+static void test_all_file_errors_listed(void **state)
+{
+    static const char *const bad = SERVER "lisen = 1\n"
+                                          "[memory]\nlow_watermark = 95%\n"
+                                          "[model.m]\nbackend = synthetic\ninstnaces = 2\n"
+                                          "[modle.x]\n";
+    static const char *const want[] = {
+        "[server] lisen: unknown key (did you mean 'listen'?)",
+        "[memory] low_watermark: must be below high_watermark",
+        "unknown section [modle.x]",
+    };
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, bad), -1);
+    for (size_t i = 0; i < 3; i++)
+        if (!daemon_log_has(&d, want[i]))
+            fail_msg("start-up does not list '%s'", want[i]);
+    assert_true(daemon_log_has(&d, "3 errors in the config"));
+    assert_int_equal(daemon_stop(&d), 1);
+
+    assert_int_equal(daemon_start(&d, SERVER "[model.m]\nbackend = synthetic\n"), 0);
+    assert_int_equal(daemon_write_config(&d, bad), 0);
+    char *body = NULL;
+    assert_int_equal(reload(&d, &body), 400);
+    for (size_t i = 0; i < 3; i++)
+        if (!strstr(body, want[i]))
+            fail_msg("reload reply lacks '%s': %s", want[i], body);
+    free(body);
+    char out[8192], args[256];
+    snprintf(args, sizeof args, "check %s", d.config);
+    assert_int_equal(run_cli(&d, args, out, sizeof out), 1);
+    for (size_t i = 0; i < 3; i++)
+        if (!strstr(out, want[i]))
+            fail_msg("larder check lacks '%s': %s", want[i], out);
+    if (!strstr(out, "3 errors"))
+        fail_msg("larder check does not count 3 errors: %s", out);
+    assert_int_equal(infer(&d, "m", "text/plain", "x", 1, NULL), 200);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 struct asr_call {
@@ -454,6 +495,7 @@ int main(void)
         cmocka_unit_test_teardown(test_estimate_before_load, daemon_teardown),
         cmocka_unit_test_teardown(test_typo_refused, daemon_teardown),
         cmocka_unit_test_teardown(test_all_errors_listed, daemon_teardown),
+        cmocka_unit_test_teardown(test_all_file_errors_listed, daemon_teardown),
         cmocka_unit_test_teardown(test_two_asr_one_budget, daemon_teardown),
         cmocka_unit_test_teardown(test_budget_over_ram, daemon_teardown),
         cmocka_unit_test_teardown(test_reload_settings, daemon_teardown),
