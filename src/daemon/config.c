@@ -261,6 +261,9 @@ int larder__parse_duration(const char *s, int64_t *ret_ms)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
+    /* Plain decimals only: strtod also reads hexadecimal and exponents ("0x10", "1e3") */
+    if (end != s + strspn(s, "0123456789."))
+        return -EINVAL;
     if (end == s || errno || !isfinite(v) || v < 0 || !isdigit((unsigned char)*s))
         return errno == ERANGE ? -ERANGE : -EINVAL;
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {

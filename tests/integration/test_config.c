@@ -238,7 +238,8 @@ static void test_durations(void **state)
         assert_int_equal(larder__parse_duration(ok[i].s, &ms), 0);
         assert_int_equal(ms, ok[i].ms);
     }
-    static const char *const bad[] = {"", "s", "5x", "-5s", "1e999", " 5s", "never5"};
+    static const char *const bad[] = {"",     "s",   "5x",   "-5s",   "1e999", " 5s",
+                                      "never5", "0x10", "1e3s", "1.5.2s", "inf", "nan"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_true(larder__parse_duration(bad[i], &ms) < 0);
 }
