@@ -176,6 +176,8 @@ static void test_admin_auth(void **state)
         assert_int_equal(r.status, 401);
         larder__http_response_clear(&r);
     }
+    /* each request's line is written after its reply: wait for the last route's three */
+    assert_int_equal(daemon_wait_log(&shared, "path=/v1/reload status=401", 3), 3);
     assert_false(daemon_log_has(&shared, ADMIN_TOKEN));
     assert_false(daemon_log_has(&shared, "not-the-token"));
     /* with the token: load and unload work */
