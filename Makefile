@@ -1,12 +1,14 @@
 # larder: the two commands of the quick start, and a few more.
 #   make run     install missing packages, build, start larderd with examples/larder.ini
 #   make check   install missing packages, build, run every test
+#   make check-repeat   the same, every test REPEAT times (20), stopping at the first failure
 BUILD ?= build
 MESON_OPTS ?= --buildtype=debugoptimized
 CONFIG ?= examples/larder.ini
 LISTEN ?= 127.0.0.1:8377
+REPEAT ?= 20
 
-.PHONY: all deps build check run bench check-asan check-tsan clean
+.PHONY: all deps build check check-repeat run bench check-asan check-tsan clean
 
 all: build
 
@@ -21,6 +23,10 @@ build: deps $(BUILD)/build.ninja
 
 check: build
 	meson test -C $(BUILD) --print-errorlogs $(TESTS)
+
+# Flakes show up under repetition: the plain build only (the sanitizer builds are slow).
+check-repeat: build
+	meson test -C $(BUILD) --print-errorlogs --repeat $(REPEAT) $(TESTS)
 
 run: build
 	OMP_THREAD_LIMIT=1 $(BUILD)/src/daemon/larderd --config $(CONFIG) --listen $(LISTEN)

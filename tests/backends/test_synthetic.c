@@ -32,14 +32,6 @@ static int setup(void **state)
     return 0;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static int load_rc(const struct larder_backend_ops *ops, const struct larder_option *opts,
                    size_t n, void **ret_model)
 {
@@ -154,11 +146,10 @@ static void test_load_allocates(void **state)
     struct fixture *f = *state;
     const struct larder_option opts[] = {{"size", "32MiB"}, {"load_ms", "20"}};
     uint64_t before = harness_rss(), measured = 0;
-    double t0 = now_ms();
     void *model = harness_load(f->shared, opts, 2);
 
-    /* A lower bound only: the load sleeps at least load_ms. */
-    assert_true(now_ms() - t0 >= 20.0);
+    /* What load_ms costs is time, and no test asserts on time: larderd's tests see it
+     * as a load that outlasts a timeout, or a preload that /ready waits for. */
     assert_true(harness_rss() >= before + 31 * MiB);
     assert_int_equal(f->shared->measure(model, &measured), 0);
     assert_int_equal(measured, 32 * MiB);
@@ -265,33 +256,38 @@ static void *slow_main(void *arg)
 }
 
 /* A host that hands one instance to two requests at once gets an error, not a silent
- * race: the pooled variant checks the ABI's contract. */
+ * race: the pooled variant checks the ABI's contract. A quick request of the main thread
+ * meets the slow one of another thread only when the threads run at the same time; a
+ * round in which they did not (a busy host) proves nothing, so there is another. */
 static void test_pooled_detects_shared_instance(void **state)
 {
     struct fixture *f = *state;
     const struct larder_option opts[] = {{"pooled", "yes"}};
     struct slow_call c = {.ops = f->pooled};
     const struct timespec pause = {.tv_nsec = 5 * 1000000};
-    pthread_t tid;
     int refused = 0;
 
     c.model = harness_load(f->pooled, opts, 1);
     assert_int_equal(f->pooled->instance_new(c.model, &c.instance, NULL, 0), 0);
-    atomic_init(&c.done, false);
-    assert_int_equal(pthread_create(&tid, NULL, slow_main, &c), 0);
-    while (!atomic_load(&c.done)) {
-        json_t *reply = NULL;
-        int rc = harness_infer(f->pooled, c.model, c.instance, "x", 1, NULL, &reply);
+    for (int round = 0; round < 100 && refused == 0; round++) {
+        pthread_t tid;
 
-        if (rc == LARDER_BACKEND_EINTERNAL)
-            refused++;
-        else
-            assert_int_equal(rc, 0); /* ran before or after the slow request */
-        json_decref(reply);
-        nanosleep(&pause, NULL);
+        atomic_init(&c.done, false);
+        assert_int_equal(pthread_create(&tid, NULL, slow_main, &c), 0);
+        while (!atomic_load(&c.done)) {
+            json_t *reply = NULL;
+            int rc = harness_infer(f->pooled, c.model, c.instance, "x", 1, NULL, &reply);
+
+            if (rc == LARDER_BACKEND_EINTERNAL)
+                refused++;
+            else
+                assert_int_equal(rc, 0); /* ran before or after the slow request */
+            json_decref(reply);
+            nanosleep(&pause, NULL);
+        }
+        pthread_join(tid, NULL);
+        assert_int_equal(c.rc, 0);
     }
-    pthread_join(tid, NULL);
-    assert_int_equal(c.rc, 0);
     assert_true(refused > 0);
     f->pooled->instance_free(c.model, c.instance);
     f->pooled->unload(c.model);

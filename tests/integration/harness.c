@@ -285,6 +285,62 @@ bool daemon_log_has(const struct daemon *d, const char *needle)
     return has;
 }
 
+char *daemon_read_log(const struct daemon *d)
+{
+    char *log = read_file(d->log, NULL);
+    char *end = log ? strrchr(log, '\n') : NULL;
+    if (log)
+        *(end ? end + 1 : log) = 0;
+    return log;
+}
+
+int daemon_log_count(const struct daemon *d, const char *needle)
+{
+    char *log = daemon_read_log(d);
+    int n = 0;
+    for (char *line = log, *eol; line && (eol = strchr(line, '\n')); line = eol + 1) {
+        *eol = 0;
+        n += strstr(line, needle) != NULL;
+    }
+    free(log);
+    return n;
+}
+
+int daemon_wait_log(const struct daemon *d, const char *needle, int count)
+{
+    int n = 0;
+    WAIT_UNTIL((n = daemon_log_count(d, needle)) >= count);
+    return n;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct wait_bound wait_start(void)
+{
+    return (struct wait_bound){mono_ms() + WAIT_BOUND_MS};
+}
+
+bool wait_again(struct wait_bound *p)
+{
+    if (mono_ms() >= p->until_ms)
+        return false;
+    sleep_ms(5);
+    return true;
+}
+
+long long wait_json_field(struct daemon *d, const char *path, const char *field,
+                          long long want)
+{
+    long long v = INT64_MIN;
+    WAIT_UNTIL((v = json_field(d, path, field)) == want);
+    return v;
+}
+
 int http(struct daemon *d, const char *method, const char *path, const char *content_type,
          const void *body, size_t len, bool admin, struct larder__http_response *resp)
 {

@@ -57,6 +57,46 @@ void daemon_dump_log(const struct daemon *d);
 /* True when the daemon's log contains `needle`. */
 bool daemon_log_has(const struct daemon *d, const char *needle);
 
+/* The complete lines of the daemon's log (a line still being written is left out),
+ * NUL-terminated; NULL when there is no log. Free it. */
+char *daemon_read_log(const struct daemon *d);
+
+/* How many complete lines of the daemon's log contain `needle`. */
+int daemon_log_count(const struct daemon *d, const char *needle);
+
+/* Waits until at least `count` complete lines of the daemon's log contain `needle`, or
+ * WAIT_BOUND_MS pass. Returns how many do (fewer than count only once the bound has
+ * passed). Lines written by different threads come in any order: wait for each. */
+int daemon_wait_log(const struct daemon *d, const char *needle, int count);
+
+/* Waiting for a condition. The bound is generous: it is only reached when the condition
+ * will never hold, and the test's own assertion then fails. Nothing in a test waits for
+ * a fixed time and then asserts. */
+#define WAIT_BOUND_MS 60000
+
+struct wait_bound {
+    long long until_ms; /* CLOCK_MONOTONIC */
+};
+
+/* Starts a wait of at most WAIT_BOUND_MS. */
+struct wait_bound wait_start(void);
+
+/* Sleeps a few milliseconds and returns true, or returns false once the bound passed. */
+bool wait_again(struct wait_bound *p);
+
+/* Evaluates `cond` until it holds or the bound passes; the caller asserts it after. */
+#define WAIT_UNTIL(cond)                                                                   \
+    do {                                                                                   \
+        struct wait_bound wait_until_bound_ = wait_start();                                \
+        while (!(cond) && wait_again(&wait_until_bound_))                                  \
+            ;                                                                              \
+    } while (0)
+
+/* Waits until json_field(d, path, field) is `want` (or the bound passes) and returns its
+ * last value, for assert_int_equal. */
+long long wait_json_field(struct daemon *d, const char *path, const char *field,
+                          long long want);
+
 /* One request. body may be NULL. Returns the HTTP status or a negative errno. The
  * response is stored in *resp when resp is not NULL (free it with
  * larder__http_response_clear). */
