@@ -148,9 +148,11 @@ uint64_t larder__learned(const struct comp *c)
     return c->measured > c->first_bytes ? c->measured : c->first_bytes;
 }
 
-/* Bytes c will take before it loads: the override, the class's estimate, the learned
- * size, the file size x factor; 0 when none gives a figure. No lock held; the
- * definition is stable (the caller defines c, or is its loader). */
+/* Bytes c will take before it loads: the override, else the class's estimate or the
+ * learned size, whichever is larger (a measured size the class's guess undercuts is
+ * what the load will take again), else the file size x factor; 0 when none gives a
+ * figure. No lock held; the definition is stable (the caller defines c, or is its
+ * loader). */
 uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src)
 {
     uint64_t b = 0;
@@ -163,7 +165,8 @@ uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src)
         b = c->mem_override;
         *ret_src = LARDER_ESTIMATE_OVERRIDE;
     } else if (c->cls->estimate && c->cls->estimate(c->ud, &b) == 0 && b) {
-        *ret_src = LARDER_ESTIMATE_CLASS;
+        *ret_src = learned > b ? LARDER_ESTIMATE_LEARNED : LARDER_ESTIMATE_CLASS;
+        b = learned > b ? learned : b;
     } else if (learned) {
         b = learned;
         *ret_src = LARDER_ESTIMATE_LEARNED;

@@ -34,32 +34,27 @@ static int infer(struct daemon *d, const char *model, const char *const *headers
 static void test_refused_plugins(void **state)
 {
     struct daemon d;
+    /* the probe opens each plugin (in its own process): start-up refuses every one of
+     * them, each with its line and reason, and the daemon itself opened none */
     assert_int_equal(daemon_start(&d, "[server]\nlisten = 127.0.0.1:0\n"
                                       "backend_dir = " TEST_PLUGIN_DIR "\n"
                                       "[model.a]\nbackend = badabi\n"
                                       "[model.b]\nbackend = nullops\n"
                                       "[model.c]\nbackend = noentry\n"),
-                     0);
-    /* start-up checked that the files exist, and opened none of them */
+                     -1);
     assert_false(daemon_log_has(&d, "backend opened"));
-    static const char *const expect[][2] = {
-        {"a", "ABI 2.0, this larderd speaks 1.0"},
-        {"b", "returned NULL"},
-        {"c", "no larder_backend_entry"},
+    static const char *const expect[] = {
+        "larder.ini:5: [model.a] backend: backend 'badabi': ABI 2.0, this larderd speaks 1.0",
+        "larder.ini:7: [model.b] backend: ",
+        "returned NULL",
+        "larder.ini:9: [model.c] backend: ",
+        "no larder_backend_entry",
+        "3 errors in the config",
     };
-    for (int i = 0; i < 3; i++) {
-        struct larder__http_response r = {0};
-        assert_int_equal(infer(&d, expect[i][0], NULL, &r), 500);
-        if (!strstr(r.body, expect[i][1]))
-            fail_msg("%s: '%s' lacks '%s'", expect[i][0], r.body, expect[i][1]);
-        larder__http_response_clear(&r);
-        char path[64];
-        snprintf(path, sizeof path, "/v1/models/%s", expect[i][0]);
-        assert_int_equal(json_field(&d, path, "failures"), 1);
-        assert_int_equal(json_field(&d, path, "last_error.code"), -20007);
-    }
-    assert_int_equal(http_get(&d, "/health"), 200);
-    assert_int_equal(daemon_stop(&d), 0);
+    for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++)
+        if (!daemon_log_has(&d, expect[i]))
+            fail_msg("start-up log lacks '%s'", expect[i]);
+    assert_int_equal(daemon_stop(&d), 1);
 }
 
 static void test_json_logs(void **state)
@@ -185,7 +180,8 @@ static void test_learned_profiles(void **state)
              "[model.m]\nbackend = synthetic\nsize = 3MiB\n", state_dir);
     struct daemon d;
     assert_int_equal(daemon_start(&d, config), 0);
-    assert_int_equal(json_field(&d, "/v1/models/m", "memory.estimate_bytes"), 0);
+    /* before its first load: the backend's estimate, known without opening the plugin */
+    assert_int_equal(json_field(&d, "/v1/models/m", "memory.estimate_bytes"), 3 << 20);
     assert_int_equal(infer(&d, "m", NULL, NULL), 200);
     long long measured = json_field(&d, "/v1/models/m", "memory.measured_bytes");
     assert_true(measured >= 3 << 20);
@@ -194,8 +190,10 @@ static void test_learned_profiles(void **state)
     assert_int_equal(access(db, R_OK), 0);
     assert_int_equal(daemon_stop(&d), 0); /* records what is pending */
 
+    /* after a restart: what was measured, where it is more than the backend's guess */
     assert_int_equal(daemon_start(&d, config), 0);
-    assert_int_equal(json_field(&d, "/v1/models/m", "memory.estimate_bytes"), measured);
+    assert_int_equal(json_field(&d, "/v1/models/m", "memory.estimate_bytes"),
+                     measured > 3 << 20 ? measured : 3 << 20);
     assert_int_equal(daemon_stop(&d), 0);
     char cmd[160];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", state_dir);
