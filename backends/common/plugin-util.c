@@ -162,3 +162,28 @@ int larder_pu_wait_ms(const struct larder_host *host, const struct larder_infer_
         nanosleep(&ts, NULL);
     }
 }
+
+bool larder_pu_parse_bytes(const char *s, unsigned long long *ret)
+{
+    static const char units[] = "kmgt";
+    unsigned long long v = 0, mult = 1;
+    const char *u;
+
+    if (!s || !isdigit((unsigned char)*s))
+        return false;
+    for (; isdigit((unsigned char)*s); s++) {
+        v = v * 10 + (unsigned long long)(*s - '0');
+        if (v > 1ULL << 50)
+            return false;
+    }
+    if (*s && (u = strchr(units, tolower((unsigned char)*s)))) {
+        mult <<= 10 * (u - units + 1);
+        s++;
+        if (strcasecmp(s, "ib") == 0 || strcasecmp(s, "b") == 0)
+            s += strlen(s);
+    }
+    if (*s || v == 0 || v > (1ULL << 50) / mult)
+        return false;
+    *ret = v * mult;
+    return true;
+}

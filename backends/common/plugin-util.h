@@ -43,6 +43,11 @@ int larder_pu_check_keys(const struct larder_option *opts, size_t n, const char 
 bool larder_pu_parse_ull(const char *s, unsigned long long lo, unsigned long long hi,
                          unsigned long long *ret);
 
+/* Parses a byte count: digits, then optionally K, M, G or T (alone, or followed by "iB" or
+ * "B"; case ignored), each 1024 times the one before, into *ret; false (and *ret
+ * untouched) on anything else, 0, or a value past 2^50. */
+bool larder_pu_parse_bytes(const char *s, unsigned long long *ret);
+
 /* True when the media type of ct (parameters and case ignored) is `type`. */
 bool larder_pu_media_is(const char *ct, const char *type);
 

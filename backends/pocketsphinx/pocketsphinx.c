@@ -443,9 +443,25 @@ static void sphinx_instance_free(void *model, void *instance)
 /* Audio up to WHOLE_MAX samples (30 s at 16 kHz) is decoded in one call, as one whole
  * utterance (the most accurate mode: its cepstral mean is the utterance's own); longer
  * audio is fed DECODE_CHUNK samples (one second) at a time, live, with a cancel check
- * between two chunks, so a long recording stops within a second of its cancellation. */
+ * between two chunks, so a long recording stops within a second of its cancellation. A
+ * cancelled utterance resets its decoder (ps_reinit: as long as building one), so the
+ * next request decodes as it would on a new instance. */
 #define WHOLE_MAX 480000
 #define DECODE_CHUNK 16000
+
+/* Brings a decoder back to the state of a new one. An utterance cut short leaves its
+ * running cepstral mean behind, which would shift what the next utterance decodes to. */
+static void decoder_reset(struct decoder *d)
+{
+    int rc;
+
+    pthread_mutex_lock(&g_create_lock);
+    rc = ps_reinit(d->ps, NULL);
+    pthread_mutex_unlock(&g_create_lock);
+    if (rc < 0)
+        larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_WARN,
+                      "could not reset a decoder after a cancelled utterance");
+}
 
 /* Feeds the audio, asking the host between chunks whether to stop. */
 static int feed(struct decoder *d, const struct audio *a, const struct larder_infer_request *req,
@@ -482,6 +498,8 @@ static int decode(struct decoder *d, const struct audio *a, const struct larder_
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot start an utterance");
     if ((rc = feed(d, a, req, err, errlen)) < 0) {
         ps_end_utt(d->ps);
+        if (rc == LARDER_BACKEND_ECANCELED)
+            decoder_reset(d);
         return rc;
     }
     if (ps_end_utt(d->ps) < 0)

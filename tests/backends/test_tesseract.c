@@ -321,6 +321,97 @@ static void test_null_tolerance(void **state)
     f->ops->result_free(NULL);
 }
 
+static uint32_t crc32_of(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (24 - 8 * i));
+}
+
+/* A PNG of w x h 8-bit RGB that is all header: the bomb's dimensions without its pixels. */
+static size_t png_header_only(unsigned char *out, uint32_t w, uint32_t h)
+{
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    static const unsigned char iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D',
+                                           0xAE, 0x42, 0x60, 0x82};
+
+    memcpy(out, sig, 8);
+    put_be32(out + 8, 13);
+    memcpy(out + 12, "IHDR", 4);
+    put_be32(out + 16, w);
+    put_be32(out + 20, h);
+    memcpy(out + 24, "\x08\x02\x00\x00\x00", 5);
+    put_be32(out + 29, crc32_of(out + 12, 17));
+    memcpy(out + 33, iend, 12);
+    return 45;
+}
+
+/* An image whose header says it decodes past max_image_bytes is refused before decoding;
+ * an accepted one reports its decoded size to the host, which may refuse it too. */
+static void test_max_image_bytes(void **state)
+{
+    struct fixture *f = *state;
+    const struct larder_option bad[] = {{"max_image_bytes", "lots"}};
+    unsigned char bomb[64];
+    size_t bomb_len = png_header_only(bomb, 6000, 6000);
+    void *model = harness_load(f->ops, NULL, 0);
+    void *inst = NULL;
+    json_t *reply = NULL;
+
+    assert_int_equal(harness_check(f->ops, bad, 1), LARDER_BACKEND_EOPTION);
+    assert_true(harness_has_option(f->ops, "max_image_bytes"));
+    assert_int_equal(f->ops->instance_new(model, &inst, NULL, 0), 0);
+    harness_reserved(0);
+    assert_int_equal(harness_infer(f->ops, model, inst, bomb, bomb_len, "image/png", &reply),
+                     LARDER_BACKEND_ETOOBIG);
+    assert_int_equal(harness_reserved(0), 0);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                   &reply), 0);
+    json_decref(reply);
+    assert_true(harness_reserved(1000) > 1000);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                   &reply), LARDER_BACKEND_ETOOBIG);
+    harness_reserved(0);
+    f->ops->instance_free(model, inst);
+    f->ops->unload(model);
+}
+
+/* Recognition stops at the host's cancel check, and the engine reads the next page. */
+static void test_cancelled_recognition(void **state)
+{
+    struct fixture *f = *state;
+    void *model = harness_load(f->ops, NULL, 0);
+    void *inst = NULL;
+    json_t *reply = NULL;
+
+    assert_int_equal(f->ops->instance_new(model, &inst, NULL, 0), 0);
+    for (unsigned at = 1; at <= 3; at++) { /* before recognition, then inside it */
+        harness_cancel_at(at);
+        assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                       &reply), LARDER_BACKEND_ECANCELED);
+    }
+    harness_cancel_at(0);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                   &reply), 0);
+    assert_sentence(reply);
+    /* before, after, and Tesseract's monitor in between */
+    assert_true(harness_last_checks() > 2);
+    json_decref(reply);
+    f->ops->instance_free(model, inst);
+    f->ops->unload(model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +424,8 @@ int main(void)
         cmocka_unit_test(test_other_formats),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_max_pixels),
+        cmocka_unit_test(test_max_image_bytes),
+        cmocka_unit_test(test_cancelled_recognition),
         cmocka_unit_test(test_concurrent_instances),
         cmocka_unit_test(test_null_tolerance),
     };
