@@ -1,5 +1,6 @@
 /* The tesseract plugin, built, on the real eng model and examples/ocr.png. */
 #include "harness.h"
+#include "png_header.h"
 
 #include <stdarg.h>
 #include <setjmp.h>
@@ -321,54 +322,19 @@ static void test_null_tolerance(void **state)
     f->ops->result_free(NULL);
 }
 
-static uint32_t crc32_of(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return ~c;
-}
-
-static void put_be32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (24 - 8 * i));
-}
-
-/* A PNG of w x h 8-bit RGB that is all header: the bomb's dimensions without its pixels. */
-static size_t png_header_only(unsigned char *out, uint32_t w, uint32_t h)
-{
-    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-    static const unsigned char iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D',
-                                           0xAE, 0x42, 0x60, 0x82};
-
-    memcpy(out, sig, 8);
-    put_be32(out + 8, 13);
-    memcpy(out + 12, "IHDR", 4);
-    put_be32(out + 16, w);
-    put_be32(out + 20, h);
-    memcpy(out + 24, "\x08\x02\x00\x00\x00", 5);
-    put_be32(out + 29, crc32_of(out + 12, 17));
-    memcpy(out + 33, iend, 12);
-    return 45;
-}
-
 /* An image whose header says it decodes past max_image_bytes is refused before decoding;
  * an accepted one reports its decoded size to the host, which may refuse it too. */
 static void test_max_image_bytes(void **state)
 {
     struct fixture *f = *state;
     const struct larder_option bad[] = {{"max_image_bytes", "lots"}};
-    unsigned char bomb[64];
-    size_t bomb_len = png_header_only(bomb, 6000, 6000);
+    unsigned char bomb[PNG_HEADER_LEN];
+    size_t bomb_len = sizeof(bomb);
     void *model = harness_load(f->ops, NULL, 0);
     void *inst = NULL;
     json_t *reply = NULL;
 
+    png_header_only(bomb, 6000, 6000);
     assert_int_equal(harness_check(f->ops, bad, 1), LARDER_BACKEND_EOPTION);
     assert_true(harness_has_option(f->ops, "max_image_bytes"));
     assert_int_equal(f->ops->instance_new(model, &inst, NULL, 0), 0);

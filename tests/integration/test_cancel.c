@@ -1,7 +1,8 @@
 /* Inference that outlives its welcome: a client that hangs up cancels its request's work,
  * a model's infer_timeout answers 504, and either way the instance goes back to the pool
  * for the next request. Every model here has one instance, and requests that would hold it
- * for a minute: the next request is served only because the first one stopped. */
+ * for a minute: the next request is served only because the first one stopped. Last, an
+ * image that would decode to far more than its body is refused (413) before decoding. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "../backends/png_header.h"
 
 #ifndef EXAMPLES_DIR
 #error "EXAMPLES_DIR must name the examples directory"
@@ -41,7 +43,10 @@ static const char models[] =
     "backend = pocketsphinx\n"
     "instances = 1\n"
     "timeout = 30s\n"
-    "infer_timeout = 1s\n";
+    "infer_timeout = 1s\n"
+    "\n"
+    "[model.ocr]\n"
+    "backend = tesseract\n";
 
 static struct daemon d;
 
@@ -160,12 +165,26 @@ static void test_long_speech_times_out(void **state)
     free(wav);
 }
 
+/* A 6000x6000 8-bit RGB PNG that is all header (144 MB decoded): 413 before decoding. */
+static void test_image_bomb_refused(void **state)
+{
+    unsigned char png[PNG_HEADER_LEN];
+    png_header_only(png, 6000, 6000);
+    struct larder__http_response r = {0};
+    int st = http(&d, "POST", "/v1/models/ocr/infer", "image/png", png, sizeof png, false, &r);
+    assert_int_equal(st, 413);
+    assert_string_equal(error_code(&r), "input_too_large");
+    assert_non_null(strstr(r.body, "max_image_bytes"));
+    larder__http_response_clear(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_client_gone_frees_the_instance),
         cmocka_unit_test(test_infer_timeout_answers_504),
         cmocka_unit_test(test_long_speech_times_out),
+        cmocka_unit_test(test_image_bomb_refused),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
