@@ -15,7 +15,9 @@
  * requests simply run to their end.
  *
  * Minor 1 added: LARDER_BACKEND_ECANCELED and LARDER_BACKEND_ETOOBIG, the request's
- * host_ctx, and the host's cancelled and reserve_request_bytes services.
+ * host_ctx, and the host's cancelled and reserve_request_bytes services. A backend returns
+ * an error code of minor N only to a host of minor N or later (to a minor-0 host, an
+ * input too big is LARDER_BACKEND_EINPUT).
  *
  * Every call carries bytes in and JSON (or bytes) out, so the very same call can be
  * carried over a socket to a worker process unchanged.
