@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 void larder_pu_say(const struct larder_host *host, const char *backend,
                    enum larder_log_level level, const char *fmt, ...)
@@ -111,4 +112,78 @@ const struct larder_backend_ops *larder_pu_entry(const struct larder_host *host,
         return NULL;
     *slot = host;
     return ops;
+}
+
+bool larder_pu_cancelled(const struct larder_host *host, const struct larder_infer_request *req)
+{
+    return host && req && host->abi_minor >= 1 && host->cancelled &&
+           host->cancelled(req->host_ctx) != 0;
+}
+
+int larder_pu_reserve(const struct larder_host *host, const struct larder_infer_request *req,
+                      unsigned long long bytes, char *err, size_t errlen)
+{
+    if (!host || !req || host->abi_minor < 1 || !host->reserve_request_bytes)
+        return 0;
+    if (host->reserve_request_bytes(req->host_ctx, bytes) >= 0)
+        return 0;
+    return larder_pu_fail(err, errlen, LARDER_BACKEND_ETOOBIG,
+                          "the request needs %llu bytes of memory, more than the host allows",
+                          bytes);
+}
+
+#define WAIT_SLICE_MS 10
+
+int larder_pu_wait_ms(const struct larder_host *host, const struct larder_infer_request *req,
+                      unsigned long long ms)
+{
+    struct timespec now, end;
+
+    if (!ms)
+        return 0; /* a no-op wait must cost nothing, not even a system call */
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += (time_t)(ms / 1000);
+    end.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (end.tv_nsec >= 1000000000) {
+        end.tv_sec++;
+        end.tv_nsec -= 1000000000;
+    }
+    for (;;) {
+        if (larder_pu_cancelled(host, req))
+            return LARDER_BACKEND_ECANCELED;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long left = (long long)(end.tv_sec - now.tv_sec) * 1000000000LL +
+                         (end.tv_nsec - now.tv_nsec);
+        if (left <= 0)
+            return 0;
+        if (left > WAIT_SLICE_MS * 1000000LL)
+            left = WAIT_SLICE_MS * 1000000LL;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)left};
+        nanosleep(&ts, NULL);
+    }
+}
+
+bool larder_pu_parse_bytes(const char *s, unsigned long long *ret)
+{
+    static const char units[] = "kmgt";
+    unsigned long long v = 0, mult = 1;
+    const char *u;
+
+    if (!s || !isdigit((unsigned char)*s))
+        return false;
+    for (; isdigit((unsigned char)*s); s++) {
+        v = v * 10 + (unsigned long long)(*s - '0');
+        if (v > 1ULL << 50)
+            return false;
+    }
+    if (*s && (u = strchr(units, tolower((unsigned char)*s)))) {
+        mult <<= 10 * (u - units + 1);
+        s++;
+        if (strcasecmp(s, "ib") == 0 || strcasecmp(s, "b") == 0)
+            s += strlen(s);
+    }
+    if (*s || v == 0 || v > (1ULL << 50) / mult)
+        return false;
+    *ret = v * mult;
+    return true;
 }

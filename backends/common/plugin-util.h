@@ -43,11 +43,32 @@ int larder_pu_check_keys(const struct larder_option *opts, size_t n, const char 
 bool larder_pu_parse_ull(const char *s, unsigned long long lo, unsigned long long hi,
                          unsigned long long *ret);
 
+/* Parses a byte count: digits, then optionally K, M, G or T (alone, or followed by "iB" or
+ * "B"; case ignored), each 1024 times the one before, into *ret; false (and *ret
+ * untouched) on anything else, 0, or a value past 2^50. */
+bool larder_pu_parse_bytes(const char *s, unsigned long long *ret);
+
 /* True when the media type of ct (parameters and case ignored) is `type`. */
 bool larder_pu_media_is(const char *ct, const char *type);
 
 /* Frees what an infer call put in res and zeroes it; NULL is allowed. */
 void larder_pu_result_free(struct larder_infer_result *res);
+
+/* True when the host (of ABI minor 1 or later) says req should stop: its deadline passed
+ * or its client went away. False for a minor-0 host, which never cancels. Thread of the
+ * infer call only. */
+bool larder_pu_cancelled(const struct larder_host *host, const struct larder_infer_request *req);
+
+/* Asks the host (minor 1 or later) for `bytes` of request memory before the backend
+ * allocates them; 0 when granted or when the host offers no such service, else
+ * LARDER_BACKEND_ETOOBIG with a message in err. */
+int larder_pu_reserve(const struct larder_host *host, const struct larder_infer_request *req,
+                      unsigned long long bytes, char *err, size_t errlen);
+
+/* Sleeps ms milliseconds, waking every few milliseconds to ask larder_pu_cancelled();
+ * returns 0 after the whole wait, LARDER_BACKEND_ECANCELED as soon as it is cancelled. */
+int larder_pu_wait_ms(const struct larder_host *host, const struct larder_infer_request *req,
+                      unsigned long long ms);
 
 /* The body of larder_backend_entry: NULL for a host of another ABI major, else stores host
  * in *slot and returns ops. */

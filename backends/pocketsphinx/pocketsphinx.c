@@ -440,18 +440,67 @@ static void sphinx_instance_free(void *model, void *instance)
     decoder_free(instance);
 }
 
-/* Decodes one whole utterance; *ret_text is malloc'd. */
-static int decode(struct decoder *d, const struct audio *a, char **ret_text, char *err,
-                  size_t errlen)
+/* Audio up to WHOLE_MAX samples (30 s at 16 kHz) is decoded in one call, as one whole
+ * utterance (the most accurate mode: its cepstral mean is the utterance's own); longer
+ * audio is fed DECODE_CHUNK samples (one second) at a time, live, with a cancel check
+ * between two chunks, so a long recording stops within a second of its cancellation. A
+ * cancelled utterance resets its decoder (ps_reinit: as long as building one), so the
+ * next request decodes as it would on a new instance. */
+#define WHOLE_MAX 480000
+#define DECODE_CHUNK 16000
+
+/* Brings a decoder back to the state of a new one. An utterance cut short leaves its
+ * running cepstral mean behind, which would shift what the next utterance decodes to. */
+static void decoder_reset(struct decoder *d)
+{
+    int rc;
+
+    pthread_mutex_lock(&g_create_lock);
+    rc = ps_reinit(d->ps, NULL);
+    pthread_mutex_unlock(&g_create_lock);
+    if (rc < 0)
+        larder_pu_say(g_host, BACKEND_NAME, LARDER_LOG_WARN,
+                      "could not reset a decoder after a cancelled utterance");
+}
+
+/* Feeds the audio, asking the host between chunks whether to stop. */
+static int feed(struct decoder *d, const struct audio *a, const struct larder_infer_request *req,
+                char *err, size_t errlen)
+{
+    if (a->n <= WHOLE_MAX) {
+        if (larder_pu_cancelled(g_host, req))
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_ECANCELED, "cancelled");
+        if (ps_process_raw(d->ps, a->samples, a->n, FALSE, TRUE) < 0)
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "decoding failed");
+        return 0;
+    }
+    for (size_t at = 0; at < a->n; at += DECODE_CHUNK) {
+        size_t n = a->n - at < DECODE_CHUNK ? a->n - at : DECODE_CHUNK;
+        if (larder_pu_cancelled(g_host, req))
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_ECANCELED,
+                                  "cancelled after %zu of %zu samples", at, a->n);
+        if (ps_process_raw(d->ps, a->samples + at, n, FALSE, FALSE) < 0)
+            return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "decoding failed");
+    }
+    return 0;
+}
+
+/* Decodes one whole utterance; *ret_text is malloc'd. A cancelled or failed utterance is
+ * ended all the same, so the decoder is ready for the next request. */
+static int decode(struct decoder *d, const struct audio *a, const struct larder_infer_request *req,
+                  char **ret_text, char *err, size_t errlen)
 {
     const char *hyp;
     int32 score = 0;
+    int rc;
 
     if (ps_start_utt(d->ps) < 0)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot start an utterance");
-    if (ps_process_raw(d->ps, a->samples, a->n, FALSE, TRUE) < 0) {
+    if ((rc = feed(d, a, req, err, errlen)) < 0) {
         ps_end_utt(d->ps);
-        return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "decoding failed");
+        if (rc == LARDER_BACKEND_ECANCELED)
+            decoder_reset(d);
+        return rc;
     }
     if (ps_end_utt(d->ps) < 0)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "cannot end the utterance");
@@ -475,7 +524,7 @@ static int sphinx_infer(void *model, void *instance, const struct larder_infer_r
                               "called without model or instance");
     if ((rc = audio_from_request(req, &a, err, errlen)) < 0)
         return rc;
-    rc = decode(instance, &a, &text, err, errlen);
+    rc = decode(instance, &a, req, &text, err, errlen);
     free(a.samples);
     if (rc < 0)
         return rc;

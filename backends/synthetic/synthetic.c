@@ -13,7 +13,8 @@
  *   instance_size  bytes each instance allocates and touches (pooled); default 64KiB
  *   load_ms        load sleeps this long; default 0
  *   instance_ms    instance_new sleeps this long (pooled); default 0
- *   infer_ms       each request sleeps this long; default 0
+ *   infer_ms       each request waits this long; default 0. The wait stops early, with
+ *                  LARDER_BACKEND_ECANCELED, when the host cancels the request
  *   fail           "never" (default), "always", or "first-N": the first N loads of the
  *                  models with this label in this process fail, later ones succeed
  *   pooled         "yes" for synthetic-pooled, "no" for synthetic: a check that the
@@ -467,8 +468,11 @@ static int syn_infer(void *model, void *instance, const struct larder_infer_requ
     sleep_param = param_get(req, "sleep_ms");
     if (!sleep_param || !larder_pu_parse_ull(sleep_param, 0, MAX_MS, &ms))
         ms = m->cfg.infer_ms;
-    sleep_ms(ms);
-    rc = requested_error(req, err, errlen);
+    rc = larder_pu_wait_ms(g_host, req, ms);
+    if (rc < 0)
+        larder_pu_fail(err, errlen, rc, "cancelled while waiting %llu ms", ms);
+    else
+        rc = requested_error(req, err, errlen);
     if (rc == 0)
         rc = reply(m, in, req->body ? req->body_len : 0, res, err, errlen);
     if (in)

@@ -9,6 +9,15 @@
  *   psm         page segmentation mode, 1 or 3-13; default 3 (fully automatic)
  *   path        tessdata directory; default $TESSDATA_PREFIX, else the system one
  *   max_pixels  largest image accepted, width x height; default 40000000
+ *   max_image_bytes  largest decoded image accepted, width x height x bytes per pixel
+ *               (1 for gray or fewer bits, 2 for 16-bit, 4 for color), read from the
+ *               header before decoding; "64MiB", "1G" or bytes; default 64MiB. A bigger
+ *               image is refused with LARDER_BACKEND_ETOOBIG (413), and the decoded size
+ *               of an accepted one is reported to the host (reserve_request_bytes)
+ *
+ * Cancellation: recognition runs under a Tesseract monitor whose cancel function asks the
+ * host's cancel check (ABI minor 1), so a cancelled request stops between two words and
+ * returns LARDER_BACKEND_ECANCELED; the engine is cleared for the next request.
  *
  * Model and instances: the model is the validated configuration; each instance is one
  * TessBaseAPI (the engine is not thread-safe, one per concurrent request). load() builds
@@ -52,6 +61,7 @@
 #define DEFAULT_LANGUAGE "eng"
 #define DEFAULT_PSM 3
 #define DEFAULT_MAX_PIXELS 40000000ULL
+#define DEFAULT_MAX_IMAGE_BYTES (64ULL << 20)
 /* Bytes at the end of a JPEG searched for its end marker. */
 #define JPEG_TAIL 4096
 /* Resident bytes of one engine, after its first page, per byte of traineddata (eng: 4.1 MB
@@ -63,6 +73,7 @@ struct config {
     char *language;
     int psm;
     unsigned long long max_pixels;
+    unsigned long long max_image_bytes;
 };
 
 struct model {
@@ -76,7 +87,8 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t g_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool g_serial_omp; /* set once by global_setup */
 
-static const char *const option_keys[] = {"language", "psm", "path", "max_pixels", NULL};
+static const char *const option_keys[] = {"language", "psm", "path", "max_pixels",
+                                          "max_image_bytes", NULL};
 
 /* ---- configuration ---------------------------------------------------------------------- */
 
@@ -163,6 +175,7 @@ static int config_parse(const struct larder_option *opts, size_t n, struct confi
     const char *path = larder_pu_opt_get(opts, n, "path");
     const char *lang = larder_pu_opt_get(opts, n, "language");
     const char *maxp = larder_pu_opt_get(opts, n, "max_pixels");
+    const char *maxb = larder_pu_opt_get(opts, n, "max_image_bytes");
     struct stat st;
     int rc;
 
@@ -175,6 +188,10 @@ static int config_parse(const struct larder_option *opts, size_t n, struct confi
     if (maxp && !larder_pu_parse_ull(maxp, 1, 1ULL << 40, &cfg->max_pixels))
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "max_pixels '%s': not a count",
                               maxp);
+    cfg->max_image_bytes = DEFAULT_MAX_IMAGE_BYTES;
+    if (maxb && !larder_pu_parse_bytes(maxb, &cfg->max_image_bytes))
+        return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
+                              "max_image_bytes '%s': not a size (\"64MiB\", \"1G\", bytes)", maxb);
     if (!path || !*path)
         path = default_datapath();
     if (stat(path, &st) != 0)
@@ -435,13 +452,31 @@ static bool body_complete(l_int32 format, const unsigned char *b, size_t len)
     return true;
 }
 
+/* Refuses, from its header alone, an image that would decode past max_image_bytes, and
+ * reports the decoded size of an accepted one to the host. bits: bits per pixel. */
+static int image_bytes_ok(const struct model *m, const struct larder_infer_request *req,
+                          l_int32 w, l_int32 h, l_int32 bits, char *err, size_t errlen)
+{
+    unsigned long long per_pixel = bits <= 8 ? 1 : bits <= 16 ? 2 : 4;
+    unsigned long long bytes = (unsigned long long)w * (unsigned long long)h * per_pixel;
+
+    if (bytes > m->cfg.max_image_bytes)
+        return larder_pu_fail(err, errlen,
+                              g_host && g_host->abi_minor >= 1 ? LARDER_BACKEND_ETOOBIG
+                                                               : LARDER_BACKEND_EINPUT,
+                              "image %dx%d decodes to %llu bytes, over max_image_bytes %llu",
+                              w, h, bytes, m->cfg.max_image_bytes);
+    return larder_pu_reserve(g_host, req, bytes, err, errlen);
+}
+
 /* Decodes the request body into a Pix, with the right error for each kind of bad input. */
 static int decode_image(const struct model *m, const struct larder_infer_request *req,
                         PIX **ret_pix, char *err, size_t errlen)
 {
     l_uint8 head[16] = {0};
-    l_int32 format = IFF_UNKNOWN, w = 0, h = 0;
+    l_int32 format = IFF_UNKNOWN, w = 0, h = 0, bps = 0, spp = 0;
     PIX *pix;
+    int rc;
 
     if (!content_type_accepted(req->content_type))
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EMEDIA,
@@ -460,12 +495,14 @@ static int decode_image(const struct model *m, const struct larder_infer_request
     if (!body_complete(format, req->body, req->body_len))
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "%s image is truncated",
                               getFormatExtension(format));
-    if (pixReadHeaderMem(req->body, req->body_len, NULL, &w, &h, NULL, NULL, NULL) != 0 ||
+    if (pixReadHeaderMem(req->body, req->body_len, NULL, &w, &h, &bps, &spp, NULL) != 0 ||
         w <= 0 || h <= 0)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "cannot read the image header");
     if ((unsigned long long)w * (unsigned long long)h > m->cfg.max_pixels)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT,
                               "image %dx%d is over max_pixels %llu", w, h, m->cfg.max_pixels);
+    if ((rc = image_bytes_ok(m, req, w, h, bps * spp, err, errlen)) < 0)
+        return rc;
     pix = pixReadMem(req->body, req->body_len);
     if (!pix)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINPUT, "cannot decode the image");
@@ -495,6 +532,35 @@ static int reply_json(const char *text, int confidence, char **ret_json, char *e
     return 0;
 }
 
+/* Tesseract's cancel function: asks the host whether the request should stop. */
+static bool monitor_cancel(void *cancel_this, int words)
+{
+    (void)words;
+    return larder_pu_cancelled(g_host, cancel_this);
+}
+
+/* Recognizes the image set on api under a monitor that the host's cancel check can stop
+ * (a host of ABI minor 0 gets none). 0, -1 for a failure, LARDER_BACKEND_ECANCELED. */
+static int recognize(TessBaseAPI *api, const struct larder_infer_request *req)
+{
+    ETEXT_DESC *monitor = NULL;
+    int rc;
+
+    if (g_host && g_host->abi_minor >= 1 && g_host->cancelled &&
+        (monitor = TessMonitorCreate())) {
+        TessMonitorSetCancelFunc(monitor, monitor_cancel);
+        TessMonitorSetCancelThis(monitor, (void *)req);
+    }
+    rc = larder_pu_cancelled(g_host, req) ? LARDER_BACKEND_ECANCELED
+                                          : TessBaseAPIRecognize(api, monitor);
+    /* A recognition the monitor stopped may still return 0, with the words it got to. */
+    if (rc != LARDER_BACKEND_ECANCELED && larder_pu_cancelled(g_host, req))
+        rc = LARDER_BACKEND_ECANCELED;
+    if (monitor)
+        TessMonitorDelete(monitor);
+    return rc;
+}
+
 static int tess_infer(void *model, void *instance, const struct larder_infer_request *req,
                       struct larder_infer_result *res, char *err, size_t errlen)
 {
@@ -512,11 +578,13 @@ static int tess_infer(void *model, void *instance, const struct larder_infer_req
     if (g_serial_omp)
         omp_set_max_active_levels(0); /* a per-thread setting */
     TessBaseAPISetImage2(api, pix);
-    rc = TessBaseAPIRecognize(api, NULL);
+    rc = recognize(api, req);
     text = rc == 0 ? TessBaseAPIGetUTF8Text(api) : NULL;
     confidence = text ? TessBaseAPIMeanTextConf(api) : 0;
     TessBaseAPIClear(api);
     pixDestroy(&pix);
+    if (rc == LARDER_BACKEND_ECANCELED)
+        return larder_pu_fail(err, errlen, rc, "recognition cancelled");
     if (!text)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL,
                               "Tesseract failed to recognize");

@@ -441,8 +441,17 @@ static int xgb_infer(void *model, void *instance, const struct larder_infer_requ
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EINTERNAL, "called without a model");
     if ((rc = parse_request(req, md, &m, err, errlen)) < 0)
         return rc;
-    rc = predict_reply(md, &m, &json, err, errlen);
+    /* Predictions are fast: one cancel check before, one after (a result nobody waits
+     * for is dropped). */
+    if (larder_pu_cancelled(g_host, req))
+        rc = larder_pu_fail(err, errlen, LARDER_BACKEND_ECANCELED, "cancelled before predicting");
+    else
+        rc = predict_reply(md, &m, &json, err, errlen);
     free(m.data);
+    if (rc == 0 && larder_pu_cancelled(g_host, req)) {
+        free(json);
+        rc = larder_pu_fail(err, errlen, LARDER_BACKEND_ECANCELED, "cancelled while predicting");
+    }
     if (rc < 0)
         return rc;
     memset(res, 0, sizeof(*res));

@@ -6,8 +6,18 @@
  *
  * Versioning: abi_major changes break compatibility: the host refuses a plugin whose
  * abi_major differs from its own. abi_minor grows when fields are appended at the end
- * of struct larder_backend_ops or struct larder_host; a reader checks the other side's
- * abi_minor before touching a field newer than that side.
+ * of struct larder_backend_ops, struct larder_host or struct larder_infer_request; a
+ * reader checks the other side's abi_minor before touching a field newer than that side.
+ * struct larder_infer_request has no size or version of its own: the host fills it, so a
+ * backend reads a request field added in minor N only when host->abi_minor >= N (the
+ * host it was given at entry). The host fills every field it knows and never assumes a
+ * backend reads the newer ones: a minor-0 backend never sees a cancel check, and its
+ * requests simply run to their end.
+ *
+ * Minor 1 added: LARDER_BACKEND_ECANCELED and LARDER_BACKEND_ETOOBIG, the request's
+ * host_ctx, and the host's cancelled and reserve_request_bytes services. A backend returns
+ * an error code of minor N only to a host of minor N or later (to a minor-0 host, an
+ * input too big is LARDER_BACKEND_EINPUT).
  *
  * Every call carries bytes in and JSON (or bytes) out, so the very same call can be
  * carried over a socket to a worker process unchanged.
@@ -23,7 +33,7 @@ extern "C" {
 #endif
 
 #define LARDER_BACKEND_ABI_MAJOR 1
-#define LARDER_BACKEND_ABI_MINOR 0
+#define LARDER_BACKEND_ABI_MINOR 1
 #define LARDER_BACKEND_ENTRY "larder_backend_entry"
 
 /* Errors a backend returns (negative). The host maps them to HTTP statuses. */
@@ -34,6 +44,9 @@ enum {
     LARDER_BACKEND_EMODEL = -30004,  /* the model file is missing or unreadable */
     LARDER_BACKEND_EINTERNAL = -30005, /* the engine failed (500) */
     LARDER_BACKEND_ENOMEM = -30006,
+    /* minor 1 */
+    LARDER_BACKEND_ECANCELED = -30007, /* the host's cancelled() said stop (504, or dropped) */
+    LARDER_BACKEND_ETOOBIG = -30008,   /* the input would decode past a limit (413) */
 };
 
 enum larder_log_level {
@@ -57,6 +70,20 @@ struct larder_host {
     void (*log)(enum larder_log_level level, const char *backend, const char *msg);
     /* Process resident set size in bytes, or 0 if unknown. Any thread. */
     uint64_t (*rss_bytes)(void);
+    /* ---- minor 1 ---- */
+    /* Non-zero when the request whose host_ctx this is should stop: its deadline passed or
+     * its client went away. Cheap (rate-limited by the host), so a backend may call it
+     * as often as every few milliseconds of work. A backend that sees non-zero stops, frees
+     * what it made, leaves res empty and returns LARDER_BACKEND_ECANCELED; its instance
+     * must be fit for the next request. Only the thread running that infer call may call
+     * it, and only during that call. May be NULL. */
+    int (*cancelled)(void *host_ctx);
+    /* Tells the host that this request needs `bytes` more memory than its body while it
+     * runs (a decoded image, decoded audio), before the backend allocates it. 0: go on;
+     * negative: the host refuses it, and the backend returns LARDER_BACKEND_ETOOBIG
+     * without allocating. Bytes reported add up over one infer call and are released by
+     * the host when the call returns. Same thread rule as cancelled. May be NULL. */
+    int (*reserve_request_bytes)(void *host_ctx, uint64_t bytes);
 };
 
 struct larder_infer_request {
@@ -65,6 +92,9 @@ struct larder_infer_request {
     const char *content_type; /* e.g. "image/png", "audio/wav", "application/json"; may be NULL */
     const struct larder_option *params; /* query parameters of the request */
     size_t n_params;
+    /* ---- minor 1: read only when host->abi_minor >= 1 ---- */
+    void *host_ctx;           /* the request's handle for the host's cancelled and
+                               * reserve_request_bytes; opaque to the backend */
 };
 
 struct larder_infer_result {

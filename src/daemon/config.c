@@ -578,11 +578,11 @@ static int memory_value(struct parser *p, int k, const char *v)
 
 enum model_key {
     MD_BACKEND, MD_PATH, MD_INSTANCES, MD_TTL, MD_PRELOAD, MD_PIN, MD_PRIORITY,
-    MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_N
+    MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT, MD_N
 };
 static const char *const model_keys[MD_N + 1] = {
     "backend", "path", "instances", "ttl", "preload", "pin", "priority",
-    "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory",
+    "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", "infer_timeout",
 };
 _Static_assert(SK_N <= MAX_KEYS && MK_N <= MAX_KEYS && MD_N <= MAX_KEYS, "struct keyset");
 
@@ -624,6 +624,7 @@ static int model_value(struct parser *p, struct larder__model_conf *m, int k, co
         return r;
     }
     case MD_GPU_MEMORY: return larder_parse_size(v, &m->gpu_bytes) < 0 ? -EINVAL : 0;
+    case MD_INFER_TIMEOUT: return positive_duration(v, &m->infer_timeout_ms);
     }
     return -EINVAL;
 }

@@ -49,6 +49,7 @@ struct larder__model_conf {
     unsigned backend_line;        /* line of the backend key */
     unsigned path_line;           /* line of the path key (0 = none) */
     unsigned fallback_line;       /* line of the fallback key (0 = none) */
+    int64_t infer_timeout_ms;     /* one inference's deadline; 0 = none */
 };
 
 struct larder__config {

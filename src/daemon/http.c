@@ -792,3 +792,10 @@ void larder__http_counts(struct larder__http *h, struct larder__http_counts *ret
     *ret = h->counts;
     pthread_mutex_unlock(&h->lock);
 }
+
+int larder__request_socket(struct larder__request *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? (int)ci->connect_fd : -1;
+}

@@ -161,4 +161,8 @@ bool larder__request_arg_parse(struct larder__request *r, const char *name,
 /* Routes one complete request (routes.c). Sets a reply or suspends r. */
 void larder__route(struct larder__request *r);
 
+/* The socket of r's connection, for polling whether its client hung up (never read or
+ * written through it); -1 when unknown. Valid while r is. Any thread while r is suspended. */
+int larder__request_socket(struct larder__request *r);
+
 #endif

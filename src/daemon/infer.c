@@ -113,6 +113,45 @@ static void reply_bytes_result(struct infer_job *j, struct larder_infer_result *
     larder__reply_header(j->r, "X-Larder-Load-Ms", buf);
 }
 
+/* The model's infer_timeout in ms; 0 when none (or the model is gone from the config). */
+static int64_t infer_timeout(struct larder__daemon *d, const char *name)
+{
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    int64_t t = m ? m->infer_timeout_ms : 0;
+    pthread_rwlock_unlock(&d->conf_lock);
+    return t;
+}
+
+/* A backend stopped on the host's word: 504 past the deadline; for a client that went
+ * away a reply nobody reads, and a log line. */
+static void reply_cancelled(struct infer_job *j, const struct larder__infer_ctl *ctl,
+                            double infer_ms)
+{
+    if (ctl->why == LARDER__CANCEL_DEADLINE) {
+        larder__reply_error(j->r, 504, "infer_timeout",
+                            "model '%s': the inference ran past its infer_timeout (%lld ms)",
+                            j->name, (long long)ctl->timeout_ms);
+        return;
+    }
+    larder__log(LARDER__LOG_INFO, "inference cancelled",
+                json_pack("{s:s,s:s,s:f}", "model", j->name, "reason", "client gone",
+                          "infer_ms", infer_ms));
+    larder__reply_error(j->r, 499, "client_closed", "the client closed the connection");
+}
+
+static void reply_backend_error(struct infer_job *j, int e, const char *err,
+                                const struct larder__infer_ctl *ctl, double infer_ms)
+{
+    if (e == LARDER_BACKEND_ECANCELED)
+        reply_cancelled(j, ctl, infer_ms);
+    else if (e == LARDER_BACKEND_ETOOBIG)
+        larder__reply_error(j->r, 413, "input_too_large", "%s",
+                            *err ? err : "the input decodes past the model's limit");
+    else
+        larder__reply_larder_error(j->r, e, err);
+}
+
 static void run_backend(struct infer_job *j)
 {
     struct larder__request *r = j->r;
@@ -123,13 +162,17 @@ static void run_backend(struct infer_job *j)
         .params = j->params,
         .n_params = j->n_params,
     };
+    struct larder__infer_ctl ctl = {
+        .timeout_ms = infer_timeout(r->d, j->name),
+        .client_fd = larder__request_socket(r),
+    };
     struct larder_infer_result res = {0};
     char err[1024] = "";
     double t0 = larder__now();
-    int e = larder__lease_infer(j->lease, &req, &res, err, sizeof err);
+    int e = larder__lease_infer(j->lease, &req, &ctl, &res, err, sizeof err);
     double infer_ms = (larder__now() - t0) * 1000.0;
     if (e < 0) {
-        larder__reply_larder_error(r, e, err);
+        reply_backend_error(j, e, err, &ctl, infer_ms);
         return;
     }
     if (res.json)

@@ -4,12 +4,14 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -78,11 +80,57 @@ static uint64_t host_rss(void)
     return n == 2 ? (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
+#define CLIENT_POLL_S 0.05
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* True when the client's socket says it hung up. Never blocks. */
+static bool client_gone(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+static int host_cancelled(void *host_ctx)
+{
+    struct larder__infer_ctl *ctl = host_ctx;
+    if (!ctl)
+        return 0;
+    if (ctl->why != LARDER__CANCEL_NONE)
+        return 1;
+    double now = mono_now();
+    if (ctl->deadline > 0 && now >= ctl->deadline)
+        ctl->why = LARDER__CANCEL_DEADLINE;
+    else if (ctl->client_fd >= 0 && now >= ctl->next_poll) {
+        ctl->next_poll = now + CLIENT_POLL_S;
+        if (client_gone(ctl->client_fd))
+            ctl->why = LARDER__CANCEL_GONE;
+    }
+    return ctl->why != LARDER__CANCEL_NONE;
+}
+
+/* Request memory is counted per call only: the daemon has no request-memory budget to
+ * charge it to yet, so every reservation is granted (see docs/backends.md). */
+static int host_reserve(void *host_ctx, uint64_t bytes)
+{
+    struct larder__infer_ctl *ctl = host_ctx;
+    if (ctl)
+        ctl->reserved_bytes += bytes;
+    return 0;
+}
+
 static const struct larder_host host = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
     .log = host_log,
     .rss_bytes = host_rss,
+    .cancelled = host_cancelled,
+    .reserve_request_bytes = host_reserve,
 };
 
 /* ---- registry ------------------------------------------------------------------------- */
@@ -542,8 +590,38 @@ void larder__model_ud_set_estimate(void *ud, uint64_t bytes)
 
 /* ---- inference ------------------------------------------------------------------------ */
 
+static atomic_ullong cancels_deadline, cancels_gone;
+
+void larder__infer_cancel_counts(uint64_t *ret_deadline, uint64_t *ret_gone)
+{
+    *ret_deadline = atomic_load(&cancels_deadline);
+    *ret_gone = atomic_load(&cancels_gone);
+}
+
+static void ctl_start(struct larder__infer_ctl *ctl)
+{
+    double now = mono_now();
+    ctl->deadline = ctl->timeout_ms > 0 ? now + (double)ctl->timeout_ms / 1000.0 : 0;
+    ctl->next_poll = now;
+    ctl->why = LARDER__CANCEL_NONE;
+    ctl->reserved_bytes = 0;
+}
+
+/* A backend's ECANCELED stands only when the host asked for it. */
+static int cancel_outcome(const struct larder__infer_ctl *ctl, char *msg, size_t len)
+{
+    if (!ctl || ctl->why == LARDER__CANCEL_NONE) {
+        snprintf(msg, len, "the backend cancelled a request nobody cancelled");
+        return LARDER_BACKEND_EINTERNAL;
+    }
+    atomic_fetch_add(ctl->why == LARDER__CANCEL_DEADLINE ? &cancels_deadline : &cancels_gone,
+                     1);
+    return LARDER_BACKEND_ECANCELED;
+}
+
 int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *req,
-                        struct larder_infer_result *res, char *err, size_t errlen)
+                        struct larder__infer_ctl *ctl, struct larder_infer_result *res,
+                        char *err, size_t errlen)
 {
     struct loaded *l = larder_lease_model(lease);
     char msg[PLUGIN_ERRLEN] = "";
@@ -552,8 +630,14 @@ int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *
         return LARDER_BACKEND_EINTERNAL;
     }
     void *inst = l->ops->instance_new ? larder_lease_instance(lease) : NULL;
+    struct larder_infer_request rq = *req;
+    rq.host_ctx = ctl;
+    if (ctl)
+        ctl_start(ctl);
     memset(res, 0, sizeof *res);
-    int r = l->ops->infer(l->model, inst, req, res, msg, sizeof msg);
+    int r = l->ops->infer(l->model, inst, &rq, res, msg, sizeof msg);
+    if (r == LARDER_BACKEND_ECANCELED)
+        r = cancel_outcome(ctl, msg, sizeof msg);
     if (r < 0) {
         l->ops->result_free(res);
         snprintf(err, errlen, "%s", *msg ? msg : "the backend failed");

@@ -86,11 +86,41 @@ void larder__model_ud_free(void *ud);
  * larder_define. */
 void larder__model_ud_set_estimate(void *ud, uint64_t bytes);
 
-/* Runs the plugin's infer on the model and instance of a lease. On success the caller
- * frees res with larder__lease_result_free. Errors: the plugin's negative code, message
- * in err. */
+/* Why the host's cancel check told a backend to stop. */
+enum larder__cancel {
+    LARDER__CANCEL_NONE = 0,
+    LARDER__CANCEL_DEADLINE, /* the model's infer_timeout passed */
+    LARDER__CANCEL_GONE,     /* the client closed its connection */
+};
+
+/* The controls of one infer call, read by the host services a backend of ABI minor 1
+ * calls (struct larder_host.cancelled, reserve_request_bytes). The caller sets the first
+ * fields; larder__lease_infer sets the rest. */
+struct larder__infer_ctl {
+    int64_t timeout_ms;          /* the call's deadline from its start; 0 = none */
+    int client_fd;               /* the client's socket, polled for a hang-up; -1 = none */
+    /* set by larder__lease_infer and the checks */
+    double deadline;             /* monotonic seconds; 0 = none */
+    double next_poll;            /* the next time the socket is polled */
+    enum larder__cancel why;     /* the first reason a check saw; kept once set */
+    uint64_t reserved_bytes;     /* request memory the backend reported */
+};
+
+/* Runs the plugin's infer on the model and instance of a lease. ctl (may be NULL: no
+ * deadline, no client to watch) is handed to the backend as the request's host_ctx; the
+ * host's cancel check says stop once ctl's deadline passes or its client_fd hangs up,
+ * polling the socket at most every 50 ms. On success the caller frees res with
+ * larder__lease_result_free. Errors: the plugin's negative code, message in err;
+ * LARDER_BACKEND_ECANCELED only when a check said stop (ctl->why tells why; a backend that
+ * returns it unasked gets LARDER_BACKEND_EINTERNAL). Infer thread; ctl belongs to the
+ * caller and is used only during the call. */
 int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *req,
-                        struct larder_infer_result *res, char *err, size_t errlen);
+                        struct larder__infer_ctl *ctl, struct larder_infer_result *res,
+                        char *err, size_t errlen);
+
+/* Requests cancelled since the process started: by their deadline, by their client going
+ * away. Any thread. */
+void larder__infer_cancel_counts(uint64_t *ret_deadline, uint64_t *ret_gone);
 void larder__lease_result_free(larder_lease *lease, struct larder_infer_result *res);
 
 /* The backend name of the component that served a lease. */

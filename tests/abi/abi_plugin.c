@@ -5,12 +5,17 @@
  *   INCOMPLETE   lacks infer
  *   HALF_POOL    has instance_new without instance_free
  *   NO_ENTRY     exports its table under another name
- * Its operations do nothing useful: the host only opens it.
+ *   MINOR0       a complete plugin of ABI 1.0: it knows no request field past n_params
+ *   CANCELLER    ABI 1.1: its infer waits (30 s at most) for the host's cancel check to say
+ *                stop, and returns LARDER_BACKEND_ECANCELED; with the query parameter
+ *                `lie` it returns that code at once, unasked
+ * Its operations do nothing useful: the host only opens it, and runs its infer.
  */
 #include <larder/backend.h>
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define GOOD 1
 #define BAD_MAJOR 2
@@ -18,6 +23,8 @@
 #define INCOMPLETE 4
 #define HALF_POOL 5
 #define NO_ENTRY 6
+#define MINOR0 7
+#define CANCELLER 8
 
 #ifndef ABI_VARIANT
 #error "define ABI_VARIANT"
@@ -27,6 +34,7 @@
 
 static const char *const keys[] = {"path", NULL};
 static int model_token;
+static const struct larder_host *g_host;
 
 static int abi_load(const struct larder_option *opts, size_t n, void **ret_model, char *err,
                     size_t errlen)
@@ -45,9 +53,32 @@ static int abi_instance_new(void *model, void **ret_instance, char *err, size_t 
     return 0;
 }
 
+#if ABI_VARIANT == CANCELLER
+/* Waits for the host's word: 1 when it came, 0 after 30 s without it. */
+static int wait_cancel(const struct larder_infer_request *req)
+{
+    const struct timespec tick = {.tv_nsec = 1000000};
+
+    if (g_host->abi_minor < 1 || !g_host->cancelled)
+        return 0;
+    for (int i = 0; i < 30000; i++) {
+        if (g_host->cancelled(req->host_ctx))
+            return 1;
+        nanosleep(&tick, NULL);
+    }
+    return 0;
+}
+#endif
+
 static int abi_infer(void *model, void *instance, const struct larder_infer_request *req,
                      struct larder_infer_result *res, char *err, size_t errlen)
 {
+#if ABI_VARIANT == CANCELLER
+    if (req->n_params && strcmp(req->params[0].key, "lie") == 0)
+        return LARDER_BACKEND_ECANCELED;
+    if (wait_cancel(req))
+        return LARDER_BACKEND_ECANCELED;
+#endif
     memset(res, 0, sizeof(*res));
     res->json = strdup("{}");
     return res->json ? 0 : LARDER_BACKEND_ENOMEM;
@@ -62,7 +93,7 @@ static void abi_result_free(struct larder_infer_result *res)
 static const struct larder_backend_ops ops = {
     .abi_major = ABI_VARIANT == BAD_MAJOR ? LARDER_BACKEND_ABI_MAJOR + 1
                                           : LARDER_BACKEND_ABI_MAJOR,
-    .abi_minor = LARDER_BACKEND_ABI_MINOR,
+    .abi_minor = ABI_VARIANT == MINOR0 ? 0 : LARDER_BACKEND_ABI_MINOR,
     .name = "abi-test",
     .description = "ABI test plugin",
     .option_keys = keys,
@@ -83,5 +114,6 @@ EXPORT const struct larder_backend_ops *larder_backend_entry(const struct larder
 const struct larder_backend_ops *larder_backend_entry(const struct larder_host *host)
 #endif
 {
+    g_host = host;
     return ABI_VARIANT == NULL_OPS ? NULL : &ops;
 }

@@ -1,6 +1,9 @@
 /* Plugins against the host: larderd's plugin loader accepts a plugin built against this
  * header and refuses one of another abi_major or with an incomplete table; every backend
- * shipped with larder opens and exports nothing but its entry point.
+ * shipped with larder opens and exports nothing but its entry point. Inference through the
+ * loader: a plugin of ABI 1.0 runs with a host of 1.1 (which fills fields it never reads),
+ * and a plugin of 1.1 is told to stop by the host's cancel check when the deadline passes
+ * or the client's socket hangs up.
  *
  * Environment (set by tests/abi/meson.build):
  *   LARDER_ABI_PLUGIN_DIR   where the larder-abi-*.so test plugins are built
@@ -17,6 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -185,6 +191,123 @@ static void test_only_the_entry_is_exported(void **state)
     }
 }
 
+/* ---- inference through the loader ------------------------------------------------------ */
+
+/* One abi plugin's model defined in a manager, and a lease on it. */
+struct rig {
+    struct larder__backends *b;
+    struct larder__backend *be;
+    larder *m;
+    larder_lease *lease;
+};
+
+static void rig_open(struct rig *r, const char *plugin)
+{
+    struct larder__backend *be = NULL;
+    struct larder__config c = {.file = "abi-test.conf"};
+    struct larder__model_conf mc = {.name = "m", .backend = (char *)plugin, .instances = 1};
+    struct larder_component_opts o;
+    char err[512] = "";
+
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(larder__backends_new(env_dir("LARDER_ABI_PLUGIN_DIR"), &r->b), 0);
+    if (larder__backend_get(r->b, plugin, &be, err, sizeof(err)) != 0 ||
+        larder__backend_open(be, err, sizeof(err)) != 0)
+        fail_msg("%s: %s", plugin, err);
+    r->be = be;
+    assert_int_equal(larder_open(NULL, &r->m), 0);
+    larder_component_opts_init(&o);
+    o.cls = larder__backend_class(be);
+    o.ud = larder__model_ud_new(be, &c, &mc);
+    o.ud_free = larder__model_ud_free;
+    o.memory_bytes = 4096;
+    assert_non_null(o.ud);
+    assert_int_equal(larder_define(r->m, "m", &o), 0);
+    assert_int_equal(larder_acquire(r->m, "m", 10000, &r->lease), 0);
+}
+
+static void rig_close(struct rig *r)
+{
+    larder_release(r->lease);
+    larder_close(r->m);
+    larder__backends_free(r->b);
+}
+
+static int rig_infer(struct rig *r, struct larder__infer_ctl *ctl, const char *param)
+{
+    const struct larder_option params[] = {{param, ""}};
+    const struct larder_infer_request req = {.body = "x", .body_len = 1,
+                                             .params = params, .n_params = param ? 1 : 0};
+    struct larder_infer_result res;
+    char err[512] = "";
+    int rc = larder__lease_infer(r->lease, &req, ctl, &res, err, sizeof(err));
+
+    if (rc == 0) {
+        assert_string_equal(res.json, "{}");
+        larder__lease_result_free(r->lease, &res);
+    } else {
+        assert_true(err[0] != '\0');
+    }
+    return rc;
+}
+
+/* A 1.0 plugin never sees a cancel check: its request runs to its end and is answered,
+ * a deadline that passed meanwhile or not. */
+static void test_minor0_plugin_infers(void **state)
+{
+    const struct timespec ms5 = {.tv_nsec = 5000000};
+    struct larder__infer_ctl ctl = {.timeout_ms = 1, .client_fd = -1};
+    struct rig r;
+
+    rig_open(&r, "abi-minor0");
+    assert_int_equal(larder__backend_ops(r.be)->abi_minor, 0);
+    assert_int_equal(rig_infer(&r, NULL, NULL), 0);
+    nanosleep(&ms5, NULL);
+    assert_int_equal(rig_infer(&r, &ctl, NULL), 0);
+    assert_int_equal(ctl.why, LARDER__CANCEL_NONE);
+    rig_close(&r);
+}
+
+static void test_deadline_cancels(void **state)
+{
+    struct larder__infer_ctl ctl = {.timeout_ms = 50, .client_fd = -1};
+    uint64_t deadline0, gone0, deadline1, gone1;
+    struct rig r;
+
+    rig_open(&r, "abi-canceller");
+    larder__infer_cancel_counts(&deadline0, &gone0);
+    assert_int_equal(rig_infer(&r, &ctl, NULL), LARDER_BACKEND_ECANCELED);
+    assert_int_equal(ctl.why, LARDER__CANCEL_DEADLINE);
+    larder__infer_cancel_counts(&deadline1, &gone1);
+    assert_int_equal(deadline1, deadline0 + 1);
+    assert_int_equal(gone1, gone0);
+    /* a plugin's ECANCELED that the host never asked for is a backend failure */
+    assert_int_equal(rig_infer(&r, &ctl, "lie"), LARDER_BACKEND_EINTERNAL);
+    rig_close(&r);
+}
+
+static void test_client_hangup_cancels(void **state)
+{
+    int sv[2];
+    struct larder__infer_ctl ctl = {.client_fd = -1};
+    struct rig r;
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ctl.client_fd = sv[0];
+    rig_open(&r, "abi-canceller");
+    /* a client still connected, with unread bytes waiting, is not gone */
+    assert_int_equal(write(sv[1], "GET", 3), 3);
+    ctl.timeout_ms = 200;
+    assert_int_equal(rig_infer(&r, &ctl, NULL), LARDER_BACKEND_ECANCELED);
+    assert_int_equal(ctl.why, LARDER__CANCEL_DEADLINE);
+    ctl.timeout_ms = 0;
+    close(sv[1]);
+    assert_int_equal(rig_infer(&r, &ctl, NULL), LARDER_BACKEND_ECANCELED);
+    assert_int_equal(ctl.why, LARDER__CANCEL_GONE);
+    rig_close(&r);
+    close(sv[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +315,9 @@ int main(void)
         cmocka_unit_test(test_bad_plugins_refused),
         cmocka_unit_test(test_shipped_backends_open),
         cmocka_unit_test(test_only_the_entry_is_exported),
+        cmocka_unit_test(test_minor0_plugin_infers),
+        cmocka_unit_test(test_deadline_cancels),
+        cmocka_unit_test(test_client_hangup_cancels),
     };
 
     return cmocka_run_group_tests_name("abi-plugins", tests, NULL, NULL);

@@ -27,12 +27,58 @@ static uint64_t host_rss(void)
     return harness_rss();
 }
 
+/* The request context harness_infer hands the plugin (ABI minor 1). */
+struct harness_ctx {
+    unsigned checks;
+};
+
+static atomic_uint cancel_at, last_checks;
+static atomic_ullong reserved, reserve_limit;
+
+static int host_cancelled(void *host_ctx)
+{
+    struct harness_ctx *c = host_ctx;
+    if (!c)
+        return 0; /* a request a test built itself */
+    c->checks++;
+    unsigned at = atomic_load(&cancel_at);
+    return at && c->checks >= at;
+}
+
+static int host_reserve(void *host_ctx, uint64_t bytes)
+{
+    unsigned long long limit = atomic_load(&reserve_limit);
+    (void)host_ctx;
+    if (limit && atomic_load(&reserved) + bytes > limit)
+        return -1;
+    atomic_fetch_add(&reserved, bytes);
+    return 0;
+}
+
 const struct larder_host harness_host = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
     .log = host_log,
     .rss_bytes = host_rss,
+    .cancelled = host_cancelled,
+    .reserve_request_bytes = host_reserve,
 };
+
+unsigned harness_last_checks(void)
+{
+    return atomic_load(&last_checks);
+}
+
+void harness_cancel_at(unsigned check)
+{
+    atomic_store(&cancel_at, check);
+}
+
+uint64_t harness_reserved(uint64_t limit)
+{
+    atomic_store(&reserve_limit, limit);
+    return atomic_exchange(&reserved, 0);
+}
 
 unsigned harness_log_count(enum larder_log_level level)
 {
@@ -133,14 +179,17 @@ int harness_infer_params(const struct larder_backend_ops *ops, void *model, void
     struct larder_infer_request req = {.body = body, .body_len = len,
                                        .content_type = content_type, .params = params,
                                        .n_params = n_params};
+    struct harness_ctx ctx = {0};
     struct larder_infer_result res;
     char err[512] = "";
     json_error_t jerr;
     int rc;
 
+    req.host_ctx = &ctx;
     memset(&res, 0x5A, sizeof(res)); /* the plugin must fill every field */
     *ret_reply = NULL;
     rc = ops->infer(model, instance, &req, &res, err, sizeof(err));
+    atomic_store(&last_checks, ctx.checks);
     if (rc < 0) {
         if (err[0] == '\0')
             fail_msg("infer failed with %d and no message", rc);

@@ -21,6 +21,18 @@
 extern const struct larder_host harness_host;
 unsigned harness_log_count(enum larder_log_level level);
 
+/* harness_host's cancel check (ABI minor 1) says stop from its check-th call within one
+ * harness_infer on; 0 (the start) never. */
+void harness_cancel_at(unsigned check);
+
+/* How many times the plugin called the cancel check during the last harness_infer. */
+unsigned harness_last_checks(void);
+
+/* The request bytes plugins reserved through harness_host since the last call, which it
+ * returns and resets; from now on a reservation that would pass limit (0: none) is
+ * refused. */
+uint64_t harness_reserved(uint64_t limit);
+
 /* dlopen()s the plugin at $env_var (or at `path` when env_var is NULL), calls its entry
  * with harness_host and checks the ABI fields and required operations. */
 const struct larder_backend_ops *harness_open(const char *env_var, const char *path);

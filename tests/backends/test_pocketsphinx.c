@@ -327,6 +327,39 @@ static void test_null_tolerance(void **state)
     f->ops->result_free(NULL);
 }
 
+/* Forty seconds of speech (decoded a second at a time) stop at the host's cancel check;
+ * the decoder then recognizes the next utterance as well as ever. */
+static void test_cancelled_decode(void **state)
+{
+    struct fixture *f = *state;
+    const size_t head = 44, len = 40 * 16000 * 2;
+    unsigned char *big = malloc(head + len);
+    void *model = harness_load(f->ops, NULL, 0);
+    void *inst = NULL;
+    json_t *reply = NULL;
+
+    assert_non_null(big);
+    memcpy(big, f->wav, head);
+    for (size_t at = 0; at < len; at += f->pcm_len)
+        memcpy(big + head + at, f->pcm, len - at < f->pcm_len ? len - at : f->pcm_len);
+    for (int i = 0; i < 4; i++) {
+        big[4 + i] = (unsigned char)((36 + len) >> (8 * i));
+        big[WAV_DATA + 4 + i] = (unsigned char)(len >> (8 * i));
+    }
+    assert_int_equal(f->ops->instance_new(model, &inst, NULL, 0), 0);
+    harness_cancel_at(5);
+    assert_int_equal(harness_infer(f->ops, model, inst, big, head + len, "audio/wav", &reply),
+                     LARDER_BACKEND_ECANCELED);
+    harness_cancel_at(0);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->wav, f->wav_len, "audio/wav", &reply),
+                     0);
+    assert_spoken(reply);
+    json_decref(reply);
+    free(big);
+    f->ops->instance_free(model, inst);
+    f->ops->unload(model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_two_decoders_at_once),
         cmocka_unit_test(test_load_failure),
         cmocka_unit_test(test_null_tolerance),
+        cmocka_unit_test(test_cancelled_decode),
     };
 
     return cmocka_run_group_tests_name("backend-pocketsphinx", tests, setup, teardown);

@@ -334,6 +334,30 @@ static void test_shared_concurrent(void **state)
     f->shared->result_free(NULL);
 }
 
+/* A minute-long wait stops at the host's cancel check, and the same instance serves the
+ * next request. */
+static void test_cancelled_wait(void **state)
+{
+    struct fixture *f = *state;
+    const struct larder_option opts[] = {{"pooled", "yes"}, {"infer_ms", "60000"}};
+    const struct larder_option fast[] = {{"sleep_ms", "0"}};
+    void *model = harness_load(f->pooled, opts, 2);
+    void *in = NULL;
+    json_t *reply = NULL;
+
+    assert_int_equal(f->pooled->instance_new(model, &in, NULL, 0), 0);
+    harness_cancel_at(3);
+    assert_int_equal(harness_infer(f->pooled, model, in, "ab", 2, NULL, &reply),
+                     LARDER_BACKEND_ECANCELED);
+    harness_cancel_at(0);
+    assert_int_equal(harness_infer_params(f->pooled, model, in, "ab", 2, NULL, fast, 1, &reply),
+                     0);
+    assert_int_equal(json_integer_value(json_object_get(reply, "instance")), 0);
+    json_decref(reply);
+    f->pooled->instance_free(model, in);
+    f->pooled->unload(model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_pooled_instances),
         cmocka_unit_test(test_pooled_detects_shared_instance),
         cmocka_unit_test(test_shared_concurrent),
+        cmocka_unit_test(test_cancelled_wait),
     };
 
     return cmocka_run_group_tests_name("backend-synthetic", tests, setup, NULL);

@@ -1,5 +1,6 @@
 /* The tesseract plugin, built, on the real eng model and examples/ocr.png. */
 #include "harness.h"
+#include "png_header.h"
 
 #include <stdarg.h>
 #include <setjmp.h>
@@ -321,6 +322,62 @@ static void test_null_tolerance(void **state)
     f->ops->result_free(NULL);
 }
 
+/* An image whose header says it decodes past max_image_bytes is refused before decoding;
+ * an accepted one reports its decoded size to the host, which may refuse it too. */
+static void test_max_image_bytes(void **state)
+{
+    struct fixture *f = *state;
+    const struct larder_option bad[] = {{"max_image_bytes", "lots"}};
+    unsigned char bomb[PNG_HEADER_LEN];
+    size_t bomb_len = sizeof(bomb);
+    void *model = harness_load(f->ops, NULL, 0);
+    void *inst = NULL;
+    json_t *reply = NULL;
+
+    png_header_only(bomb, 6000, 6000);
+    assert_int_equal(harness_check(f->ops, bad, 1), LARDER_BACKEND_EOPTION);
+    assert_true(harness_has_option(f->ops, "max_image_bytes"));
+    assert_int_equal(f->ops->instance_new(model, &inst, NULL, 0), 0);
+    harness_reserved(0);
+    assert_int_equal(harness_infer(f->ops, model, inst, bomb, bomb_len, "image/png", &reply),
+                     LARDER_BACKEND_ETOOBIG);
+    assert_int_equal(harness_reserved(0), 0);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                   &reply), 0);
+    json_decref(reply);
+    assert_true(harness_reserved(1000) > 1000);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                   &reply), LARDER_BACKEND_ETOOBIG);
+    harness_reserved(0);
+    f->ops->instance_free(model, inst);
+    f->ops->unload(model);
+}
+
+/* Recognition stops at the host's cancel check, and the engine reads the next page. */
+static void test_cancelled_recognition(void **state)
+{
+    struct fixture *f = *state;
+    void *model = harness_load(f->ops, NULL, 0);
+    void *inst = NULL;
+    json_t *reply = NULL;
+
+    assert_int_equal(f->ops->instance_new(model, &inst, NULL, 0), 0);
+    for (unsigned at = 1; at <= 3; at++) { /* before recognition, then inside it */
+        harness_cancel_at(at);
+        assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                       &reply), LARDER_BACKEND_ECANCELED);
+    }
+    harness_cancel_at(0);
+    assert_int_equal(harness_infer(f->ops, model, inst, f->png, f->png_len, "image/png",
+                                   &reply), 0);
+    assert_sentence(reply);
+    /* before, after, and Tesseract's monitor in between */
+    assert_true(harness_last_checks() > 2);
+    json_decref(reply);
+    f->ops->instance_free(model, inst);
+    f->ops->unload(model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +390,8 @@ int main(void)
         cmocka_unit_test(test_other_formats),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_max_pixels),
+        cmocka_unit_test(test_max_image_bytes),
+        cmocka_unit_test(test_cancelled_recognition),
         cmocka_unit_test(test_concurrent_instances),
         cmocka_unit_test(test_null_tolerance),
     };

@@ -262,6 +262,25 @@ static void test_concurrent_predictions(void **state)
     }
 }
 
+/* A prediction is checked before it starts and after it ends: a cancelled request gets
+ * no predictions, the next one all of them. */
+static void test_cancelled_prediction(void **state)
+{
+    struct fixture *f = *state;
+    json_t *reply = NULL;
+
+    for (unsigned at = 1; at <= 2; at++) {
+        harness_cancel_at(at);
+        assert_int_equal(harness_infer(f->ops, f->model, NULL, f->rows, f->rows_len,
+                                       "application/json", &reply), LARDER_BACKEND_ECANCELED);
+    }
+    harness_cancel_at(0);
+    assert_int_equal(harness_infer(f->ops, f->model, NULL, f->rows, f->rows_len,
+                                   "application/json", &reply), 0);
+    assert_int_equal(json_array_size(json_object_get(reply, "predictions")), N_OPTS(expected));
+    json_decref(reply);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +292,7 @@ int main(void)
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_max_rows),
         cmocka_unit_test(test_concurrent_predictions),
+        cmocka_unit_test(test_cancelled_prediction),
     };
 
     return cmocka_run_group_tests_name("backend-xgboost", tests, setup, teardown);
