@@ -44,7 +44,7 @@ static void test_refused_plugins(void **state)
                      -1);
     assert_false(daemon_log_has(&d, "backend opened"));
     static const char *const expect[] = {
-        "larder.ini:5: [model.a] backend: backend 'badabi': ABI 2.0, this larderd speaks 1.0",
+        "larder.ini:5: [model.a] backend: backend 'badabi': ABI 2.0, this larderd speaks 1.",
         "larder.ini:7: [model.b] backend: ",
         "returned NULL",
         "larder.ini:9: [model.c] backend: ",
