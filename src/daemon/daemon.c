@@ -619,16 +619,30 @@ static void wait_inflight(struct larder__daemon *d, int64_t timeout_ms)
     }
 }
 
-static void close_manager(struct larder__daemon *d)
+/* Returns how many loads the manager left running inside a plugin (larder_close_report). */
+static unsigned close_manager(struct larder__daemon *d)
 {
     pthread_rwlock_wrlock(&d->mgr_lock);
     larder *m = d->mgr;
     d->mgr = NULL;
     pthread_rwlock_unlock(&d->mgr_lock);
-    larder_close(m);
+    int left = larder_close_report(m);
+    return left > 0 ? (unsigned)left : 0;
 }
 
-static void stop_all(struct larder__daemon *d)
+/* Bounds of the shutdown after drain_timeout: for requests the closing manager failed to
+ * be answered by their owners, for the replies answered by the shutdown to be written,
+ * for the pools' threads to finish their jobs. */
+#define SETTLE_MS 1000
+#define WRITE_MS 5000
+#define JOIN_MS 2000
+
+/* Stops within drain_timeout plus the bounds above (and the manager's close_timeout):
+ * requests still running then are answered 503 `shutting_down`, and threads still inside
+ * a backend call are not waited for. Returns how many such threads were left running:
+ * what they may touch when they return (plugins, the server, the manager) is then not
+ * freed, and the process exits with them. */
+static unsigned stop_all(struct larder__daemon *d)
 {
     atomic_store(&d->stopping, true);
     if (d->http) {
@@ -638,16 +652,33 @@ static void stop_all(struct larder__daemon *d)
     if (d->events)
         larder__events_close(d->events);
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
-    close_manager(d);
-    wait_inflight(d, 10000);
+    unsigned loads_left = close_manager(d);
+    wait_inflight(d, SETTLE_MS);
+    unsigned answered = larder__http_answer_all(d->http);
+    if (answered) {
+        larder__log(LARDER__LOG_WARN, "stopping: requests still running were answered",
+                    json_pack("{s:i,s:s}", "requests", (int)answered, "reply",
+                              "503 shutting_down"));
+        wait_inflight(d, WRITE_MS);
+    }
+    unsigned stuck = larder__pool_stop(d->infer_pool, JOIN_MS);
+    stuck += larder__pool_stop(d->admin_pool, JOIN_MS);
+    stuck += loads_left;
+    d->infer_pool = d->admin_pool = NULL;
     d->http = larder__http_stop(d->http);
-    d->infer_pool = larder__pool_free(d->infer_pool);
-    d->admin_pool = larder__pool_free(d->admin_pool);
+    if (stuck) {
+        larder__log(LARDER__LOG_WARN, "stopping: threads still inside a backend call",
+                    json_pack("{s:i,s:i,s:s}", "threads", (int)stuck, "loads",
+                              (int)loads_left, "detail",
+                              "not waited for; the process exits with them"));
+        return stuck;
+    }
     d->events = larder__events_free(d->events);
     d->backends = larder__backends_free(d->backends);
     d->admin = larder__tokens_free(d->admin);
     d->infer = larder__tokens_free(d->infer);
     d->conf = larder__config_free(d->conf);
+    return 0;
 }
 
 /* ---- the main loop ------------------------------------------------------------------------ */
@@ -806,9 +837,16 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
     } else {
         larder__log(LARDER__LOG_ERROR, "start-up failed", json_pack("{s:s}", "error", err));
     }
-    stop_all(&d);
-    daemon_destroy(&d);
+    unsigned stuck = stop_all(&d);
     if (r == 0)
         larder__log(LARDER__LOG_INFO, "stopped", NULL);
+    if (stuck) {
+        /* Threads inside a backend call still use the plugins, the locks and the memory
+         * kept above: exit now, with them, without running exit handlers or destructors
+         * that would pull those from under them. */
+        fflush(NULL);
+        _exit(r == 0 ? 0 : 1);
+    }
+    daemon_destroy(&d);
     return r == 0 ? 0 : 1;
 }
