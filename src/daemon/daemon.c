@@ -302,6 +302,7 @@ static void diff_server(const struct larder__config *o, const struct larder__con
     changed(ap, rs, "server.log_level", o->log_level != n->log_level, true);
     changed(ap, rs, "server.state_dir", !str_same(o->state_dir, n->state_dir), false);
     changed(ap, rs, "server.events_queue", o->events_queue != n->events_queue, false);
+    changed(ap, rs, "server.allow_empty", o->allow_empty != n->allow_empty, true);
 }
 
 static void diff_memory(const struct larder__config *o, const struct larder__config *n,
@@ -419,6 +420,32 @@ static void apply_logging(struct larder__daemon *d, const struct larder__config 
                       d->log_level_fixed ? d->log_level : c->log_level, 2);
 }
 
+/* A reload must not leave the daemon beyond repair over HTTP: a file that would drop every
+ * model, or the admin tokens, is refused unless it says `allow_empty = yes`. -EINVAL with
+ * the reason in err, else 0. */
+static int refuse_emptying(const struct larder__config *old, const struct larder__config *c,
+                           char *err, size_t errlen)
+{
+    static const char force[] = "; add `allow_empty = yes` to its [server] section to "
+                                "reload it anyway";
+    if (c->allow_empty)
+        return 0;
+    if (old->n_models && !c->n_models) {
+        snprintf(err, errlen, "%s: %s: reloading it would drop all %zu models%s", c->file,
+                 c->n_settings ? "defines no model" : "holds no setting at all (empty?)",
+                 old->n_models, force);
+        return -EINVAL;
+    }
+    if (old->admin_tokens && !c->admin_tokens) {
+        snprintf(err, errlen,
+                 "%s: has no [server] admin_tokens: reloading it would turn the admin routes "
+                 "off, and with them reloads over HTTP%s",
+                 c->file, force);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, size_t errlen)
 {
     struct larder__config *c = NULL, *old;
@@ -427,12 +454,16 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
     json_t *warnings = json_array();
     /* Nothing changes until the new file passed the same checks as at start-up. */
     int r = load_config(d->conf->file, &c, err, errlen);
+    if (r < 0 && r != -ENOMEM)
+        r = -EINVAL; /* the file is at fault (unreadable, a directory, bad lines): 400 */
+    if (r == 0)
+        r = refuse_emptying(d->conf, c, err, errlen);
     if (r == 0)
         r = larder__probe_config(d->prog, c, &rep, err, errlen);
     if (r == 0)
         r = judge(rep, warnings, err, errlen);
-    if (r == 0)
-        r = load_tokens(c, &admin, &infer, err, errlen);
+    if (r == 0 && (r = load_tokens(c, &admin, &infer, err, errlen)) < 0 && r != -ENOMEM)
+        r = -EINVAL; /* a token file the config names cannot be read: 400 as well */
     if (r < 0) {
         json_decref(warnings);
         larder__report_free(rep);

@@ -1,5 +1,6 @@
-/* larderd shutdown: requests that outlive drain_timeout are answered 503 shutting_down and
- * the daemon exits 0, whatever its threads are stuck in (an inference, a load). */
+/* Faults that must neither kill, hang nor split larderd: requests that outlive
+ * drain_timeout at shutdown (answered 503 shutting_down, exit 0, whatever the threads are
+ * stuck in), and reloads that would leave it beyond repair over HTTP. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -150,12 +152,86 @@ static void test_load_past_drain(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* ---- reloads that would empty the daemon --------------------------------------------------- */
+
+/* Writes the config file byte for byte (no [server] added). */
+static void write_raw(struct daemon *d, const char *bytes, size_t len)
+{
+    FILE *f = fopen(d->config, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void write_text(struct daemon *d, const char *text)
+{
+    write_raw(d, text, strlen(text));
+}
+
+/* POST /v1/reload answers 400 reload_failed with `needle` in its message. */
+static void reload_refused(struct daemon *d, const char *needle)
+{
+    struct larder__http_response r = {0};
+    assert_int_equal(http(d, "POST", "/v1/reload", NULL, NULL, 0, true, &r), 400);
+    assert_string_equal(error_code(&r), "reload_failed");
+    if (needle && !strstr(r.body, needle))
+        fail_msg("'%s' lacks '%s'", r.body, needle);
+    larder__http_response_clear(&r);
+}
+
+#define TWO_MODELS "[model.a]\nbackend = synthetic\n[model.b]\nbackend = synthetic\n"
+
+static void test_reload_refuses_to_empty(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, TWO_MODELS), 0);
+    static const char nul[] = "\0[model.a]\nbackend = synthetic\n";
+    static const struct {
+        const char *bytes;
+        size_t len; /* 0: strlen */
+        const char *needle;
+    } files[] = {
+        {"", 0, "allow_empty = yes"},
+        {"  \n\t\n\n", 0, "allow_empty = yes"},
+        {"# nothing here\n; nor here\n", 0, "allow_empty = yes"},
+        {nul, sizeof nul - 1, NULL},
+        {"[server]\nlisten = 127.0.0.1:0\n" TWO_MODELS, 0, "admin_tokens"},
+        {"[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\n", 0,
+         "would drop all 2 models"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        write_raw(&d, files[i].bytes,
+                  files[i].len ? files[i].len : strlen(files[i].bytes));
+        reload_refused(&d, files[i].needle);
+        /* nothing changed: the models are there, the admin routes answer */
+        assert_int_equal(http_get(&d, "/v1/models/a"), 200);
+        assert_int_equal(http_get(&d, "/v1/models/b"), 200);
+    }
+    /* a directory where the file was */
+    assert_int_equal(unlink(d.config), 0);
+    assert_int_equal(mkdir(d.config, 0700), 0);
+    reload_refused(&d, NULL);
+    assert_int_equal(rmdir(d.config), 0);
+    assert_int_equal(http_get(&d, "/v1/models/a"), 200);
+    /* said explicitly, the same emptying reload goes through */
+    write_text(&d, "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\n"
+                   "allow_empty = yes\n");
+    assert_int_equal(http(&d, "POST", "/v1/reload", NULL, NULL, 0, true, NULL), 200);
+    assert_int_equal(http_get(&d, "/v1/models/a"), 404);
+    /* and a daemon with no model may reload into another without the key */
+    assert_int_equal(daemon_write_config(&d, "[model.c]\nbackend = synthetic\n"), 0);
+    assert_int_equal(http(&d, "POST", "/v1/reload", NULL, NULL, 0, true, NULL), 200);
+    assert_int_equal(http_get(&d, "/v1/models/c"), 200);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_inference_past_drain, daemon_teardown),
         cmocka_unit_test_teardown(test_many_inferences_past_drain, daemon_teardown),
         cmocka_unit_test_teardown(test_load_past_drain, daemon_teardown),
+        cmocka_unit_test_teardown(test_reload_refuses_to_empty, daemon_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
