@@ -42,18 +42,23 @@ static void request_header_owned(struct larder__request *r, const char *name,
 
 /* ---- replies -------------------------------------------------------------------------- */
 
-static void set_response(struct larder__request *r, unsigned status, struct MHD_Response *resp,
-                         size_t len)
+static void store_response(struct larder__request *r, unsigned status,
+                           struct MHD_Response *resp, size_t len)
 {
-    if (r->owned) {
-        request_set_owned(r, status, resp, len);
-        return;
-    }
     if (r->resp)
         MHD_destroy_response(r->resp);
     r->resp = resp;
     r->status = resp ? status : 500;
     r->resp_bytes = len;
+}
+
+static void set_response(struct larder__request *r, unsigned status, struct MHD_Response *resp,
+                         size_t len)
+{
+    if (r->owned)
+        request_set_owned(r, status, resp, len);
+    else
+        store_response(r, status, resp, len);
 }
 
 void larder__reply_bytes(struct larder__request *r, unsigned status, const char *content_type,
@@ -870,11 +875,7 @@ static void take_locked(struct larder__owned *o, struct larder__request *r)
     }
     owned_unlink(o, r);
     r->taken = true;
-    if (r->resp)
-        MHD_destroy_response(r->resp);
-    r->resp = resp;
-    r->status = resp ? 503 : 500;
-    r->resp_bytes = sizeof body - 1;
+    store_response(r, 503, resp, sizeof body - 1);
     r->error_code = "shutting_down";
 }
 
@@ -927,11 +928,7 @@ static void request_set_owned(struct larder__request *r, unsigned status,
             MHD_destroy_response(resp);
         return;
     }
-    if (r->resp)
-        MHD_destroy_response(r->resp);
-    r->resp = resp;
-    r->status = resp ? status : 500;
-    r->resp_bytes = len;
+    store_response(r, status, resp, len);
     pthread_mutex_unlock(&o->lock);
 }
 

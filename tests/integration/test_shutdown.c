@@ -91,40 +91,22 @@ static void wait_exit(struct daemon *d)
     "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\ndrain_timeout = 2s\n"     \
     "request_timeout = 60s\n" server models
 
-/* A request inside a backend call longer than drain_timeout: answered, not aborted. */
-static void test_inference_past_drain(void **state)
+/* Starts a daemon with `config`, sends n requests to `model`, waits until the model has n
+ * of `field` (leases: inside the backend; waiters: waiting for its load), sends SIGTERM:
+ * every request must be answered 503 shutting_down and the daemon exit 0, each within
+ * BOUND_MS. */
+static void answered_at_stop(const char *config, const char *model, const char *field, int n)
 {
     struct daemon d;
-    assert_int_equal(daemon_start(&d, CONFIG("", "[model.slow]\nbackend = synthetic\n"
-                                             "infer_ms = 15000\n")),
-                     0);
-    struct pending p;
-    pthread_t th;
-    start_post(&p, &d, "slow", &th);
-    wait_field(&d, "slow", "leases", 1);
+    assert_int_equal(daemon_start(&d, config), 0);
+    struct pending p[4];
+    pthread_t th[4];
+    assert_true(n <= 4);
+    for (int i = 0; i < n; i++)
+        start_post(&p[i], &d, model, &th[i]);
+    wait_field(&d, model, field, n);
     kill(d.pid, SIGTERM);
-    wait_answer(&p, th);
-    assert_int_equal(p.status, 503);
-    assert_string_equal(p.code, "shutting_down");
-    wait_exit(&d);
-    assert_int_equal(daemon_stop(&d), 0);
-}
-
-/* Several at once, each on its own inference thread, plus one waiting for a worker. */
-static void test_many_inferences_past_drain(void **state)
-{
-    struct daemon d;
-    assert_int_equal(daemon_start(&d, CONFIG("threads = 2\n", "[model.slow]\nbackend = synthetic\n"
-                                                           "infer_ms = 15000\n")),
-                     0);
-    enum { N = 3 };
-    struct pending p[N];
-    pthread_t th[N];
-    for (int i = 0; i < N; i++)
-        start_post(&p[i], &d, "slow", &th[i]);
-    wait_field(&d, "slow", "leases", N);
-    kill(d.pid, SIGTERM);
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < n; i++) {
         wait_answer(&p[i], th[i]);
         assert_int_equal(p[i].status, 503);
         assert_string_equal(p[i].code, "shutting_down");
@@ -133,23 +115,27 @@ static void test_many_inferences_past_drain(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
-/* A request waiting for a load that outlives the drain: the manager's close fails it. */
+/* A request inside a backend call longer than drain_timeout: answered, not aborted. */
+static void test_inference_past_drain(void **state)
+{
+    answered_at_stop(CONFIG("", "[model.slow]\nbackend = synthetic\ninfer_ms = 15000\n"), "slow",
+                     "leases", 1);
+}
+
+/* Several at once: two inside the backend on both inference threads, one queued for them. */
+static void test_many_inferences_past_drain(void **state)
+{
+    answered_at_stop(CONFIG("threads = 2\n", "[model.slow]\nbackend = synthetic\n"
+                                             "infer_ms = 15000\n"),
+                     "slow", "leases", 3);
+}
+
+/* A request waiting for a load that outlives the drain (and the manager's close_timeout):
+ * the manager's close fails it, and the loader thread is not waited for. */
 static void test_load_past_drain(void **state)
 {
-    struct daemon d;
-    assert_int_equal(daemon_start(&d, CONFIG("", "[model.heavy]\nbackend = synthetic\n"
-                                             "load_ms = 60000\n")),
-                     0);
-    struct pending p;
-    pthread_t th;
-    start_post(&p, &d, "heavy", &th);
-    wait_field(&d, "heavy", "waiters", 1);
-    kill(d.pid, SIGTERM);
-    wait_answer(&p, th);
-    assert_int_equal(p.status, 503);
-    assert_string_equal(p.code, "shutting_down");
-    wait_exit(&d);
-    assert_int_equal(daemon_stop(&d), 0);
+    answered_at_stop(CONFIG("", "[model.heavy]\nbackend = synthetic\nload_ms = 60000\n"),
+                     "heavy", "waiters", 1);
 }
 
 /* ---- reloads that would empty the daemon --------------------------------------------------- */
