@@ -191,14 +191,27 @@ static int load_tokens(const struct larder__config *c, struct larder__tokens **r
 
 struct diff {
     const struct larder__config *old, *new;
+    json_t *pending; /* [{"name", "error"}]: models whose drop or change is not applied */
 };
 
-/* Models of `new` that `old` lacks or defines differently. */
+static bool listed(json_t *list, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Models of `new` that `old` lacks or defines differently (and that are not pending: their
+ * old definition stays). */
 static bool want_new(const struct larder__model_conf *m, void *ud)
 {
     struct diff *df = ud;
     const struct larder__model_conf *o = larder__config_model(df->old, m->name);
-    return !o || !larder__model_conf_equal(o, m);
+    return (!o || !larder__model_conf_equal(o, m)) && !listed(df->pending, m->name);
 }
 
 /* ---- the probe's verdict ------------------------------------------------------------------- */
@@ -334,9 +347,25 @@ static json_t *diff_settings(const struct larder__config *o, const struct larder
     return json_pack("{s:o,s:o}", "applied", applied, "restart_required", restart);
 }
 
-/* Undefines models of old that new drops or changes; returns how many failed. */
+/* Why the drop or change of a model could not be applied (r from larder_undefine). */
+static json_t *pending_entry(const char *name, bool dropped, int r, int64_t timeout)
+{
+    char why[256];
+    if (r == LARDER_ETIMEDOUT)
+        snprintf(why, sizeof why, "still in use after the drain timeout (%lld ms)",
+                 (long long)timeout);
+    else
+        snprintf(why, sizeof why, "%s", larder_strerror(r));
+    return json_pack("{s:s,s:s,s:s,s:s}", "name", name, "action", dropped ? "drop" : "change",
+                     "error", why, "detail",
+                     "its old definition stays active; applied when its leases come back "
+                     "(retried in the background) or by a later reload");
+}
+
+/* Undefines models of old that new drops or changes; those that cannot be undefined now
+ * go to df->pending. Returns how many. */
 static int undefine_changed(struct larder__daemon *d, struct diff *df, int64_t timeout,
-                            json_t *removed, json_t *changed, json_t *failed)
+                            json_t *removed, json_t *changed)
 {
     int nfail = 0;
     for (size_t i = 0; i < df->old->n_models; i++) {
@@ -350,13 +379,58 @@ static int undefine_changed(struct larder__daemon *d, struct diff *df, int64_t t
             larder__mgr_put(d);
         if (r < 0 && r != LARDER_ENOTFOUND) {
             nfail++;
-            json_array_append_new(failed, json_pack("{s:s,s:s}", "name", o->name, "error",
-                                                    larder_strerror(r)));
+            json_array_append_new(df->pending, pending_entry(o->name, !n, r, timeout));
             continue;
         }
         json_array_append_new(n ? changed : removed, json_string(o->name));
     }
     return nfail;
+}
+
+/* The active config is the new file with the old sections of the pending models: each is
+ * moved from old into c (a changed one's new section goes to old in exchange, a dropped
+ * one leaves a section with its name only), so that the registry and the config agree.
+ * old is freed afterwards; conf_lock must be held for writing (readers may hold old).
+ * Returns -ENOMEM (nothing moved) or 0. */
+static int keep_pending(struct larder__config *old, struct larder__config *c, json_t *pending)
+{
+    size_t np = json_array_size(pending), i;
+    json_t *e;
+    struct larder__model_conf *grown = realloc(c->models, (c->n_models + np + 1) * sizeof *grown);
+    if (!grown)
+        return -ENOMEM;
+    c->models = grown;
+    json_array_foreach(pending, i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        struct larder__model_conf *o = (struct larder__model_conf *)larder__config_model(old, name);
+        struct larder__model_conf *n = (struct larder__model_conf *)larder__config_model(c, name);
+        char *placeholder = n ? NULL : strdup(name);
+        if (!o || (!n && !placeholder))
+            continue; /* never: pending models come from old; else it stays dropped */
+        struct larder__model_conf keep = *o;
+        if (n) {
+            *o = *n;
+            *n = keep;
+            continue;
+        }
+        memset(o, 0, sizeof *o);
+        o->name = placeholder;
+        size_t at = 0;
+        while (at < c->n_models && strcmp(c->models[at].name, name) < 0)
+            at++;
+        memmove(&c->models[at + 1], &c->models[at], (c->n_models - at) * sizeof *c->models);
+        c->models[at] = keep;
+        c->n_models++;
+    }
+    return 0;
+}
+
+/* Remembers the pending models for the background retry (reload_lock held). */
+static void set_pending(struct larder__daemon *d, json_t *pending)
+{
+    json_decref(d->pending);
+    d->pending = json_array_size(pending) ? json_deep_copy(pending) : NULL;
+    atomic_store(&d->retry_armed, d->pending != NULL);
 }
 
 static void preload_new(struct larder__daemon *d, struct diff *df)
@@ -471,23 +545,28 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
         return r;
     }
     old = d->conf; /* only reloads replace it, and they hold reload_lock */
-    struct diff df = {old, c};
     json_t *removed = json_array(), *changed = json_array(), *added = json_array();
     json_t *failed = json_array();
-    undefine_changed(d, &df, c->drain_timeout_ms, removed, changed, failed);
+    struct diff df = {old, c, json_array()};
+    undefine_changed(d, &df, c->drain_timeout_ms, removed, changed);
     define_all(d, c, rep, want_new, &df, added, failed, err, errlen);
     rep = larder__report_free(rep);
     json_object_set_new(summary, "settings", diff_settings(old, c));
     json_object_set_new(summary, "warnings", warnings);
     apply_budget(d, old, c);
     apply_logging(d, c);
+    preload_new(d, &df);
     pthread_rwlock_wrlock(&d->conf_lock);
+    if (keep_pending(old, c, df.pending) < 0)
+        larder__log(LARDER__LOG_ERROR, "reload: out of memory keeping the pending models",
+                    json_incref(df.pending));
     d->conf = c;
     struct larder__tokens *old_admin = d->admin, *old_infer = d->infer;
     d->admin = admin;
     d->infer = infer;
     pthread_rwlock_unlock(&d->conf_lock);
-    preload_new(d, &df);
+    set_pending(d, df.pending);
+    json_object_set_new(summary, "pending", df.pending);
     larder__config_free(old);
     larder__tokens_free(old_admin);
     larder__tokens_free(old_infer);
@@ -714,10 +793,55 @@ static unsigned stop_all(struct larder__daemon *d)
 
 /* ---- the main loop ------------------------------------------------------------------------ */
 
+/* Whether some pending model has no lease out any more. reload_lock held. */
+static bool pending_drained(struct larder__daemon *d)
+{
+    struct larder_snapshot *s = NULL;
+    bool drained = false;
+    larder *m = larder__mgr_get(d);
+    if (m && larder_snapshot(m, &s) == 0) {
+        for (size_t i = 0; i < s->n && !drained; i++)
+            drained = s->components[i].leases == 0 && listed(d->pending, s->components[i].name);
+    }
+    larder_snapshot_free(s);
+    if (m)
+        larder__mgr_put(d);
+    return drained;
+}
+
+static void retry_job(void *arg)
+{
+    struct larder__daemon *d = arg;
+    char err[ERRLEN];
+    larder__log(LARDER__LOG_INFO, "reload: retrying the models it could not apply", NULL);
+    if (larder__daemon_reload(d, NULL, err, sizeof err) < 0)
+        larder__log(LARDER__LOG_WARN, "reload: the retry failed; the next reload tries again",
+                    json_pack("{s:s}", "error", err));
+}
+
+/* The background retry: once a model a reload could not drop or change has no lease
+ * left, the reload runs again (on the admin pool: it may wait for drains). One try per
+ * reload that left models pending. */
+static void check_pending(struct larder__daemon *d)
+{
+    if (!atomic_load(&d->retry_armed) || pthread_mutex_trylock(&d->reload_lock) != 0)
+        return;
+    bool go = d->pending && pending_drained(d);
+    if (go)
+        atomic_store(&d->retry_armed, false);
+    pthread_mutex_unlock(&d->reload_lock);
+    if (go && larder__pool_submit(d->admin_pool, retry_job, d) < 0)
+        atomic_store(&d->retry_armed, true);
+}
+
 static void run_loop(struct larder__daemon *d, const sigset_t *set)
 {
+    double next_ping = larder__now() + 15;
     for (;;) {
+        /* Every 15 s a ping to the event streams; every 250 ms a look at pending models. */
         struct timespec ts = {15, 0};
+        if (atomic_load(&d->retry_armed))
+            ts = (struct timespec){0, 250 * 1000 * 1000};
         int sig = sigtimedwait(set, NULL, &ts);
         if (sig == SIGHUP) {
             char err[ERRLEN];
@@ -729,7 +853,11 @@ static void run_loop(struct larder__daemon *d, const sigset_t *set)
                                   "inflight", (int)atomic_load(&d->inflight)));
             return;
         } else if (sig < 0 && errno == EAGAIN) {
-            larder__events_ping(d->events);
+            check_pending(d);
+            if (larder__now() >= next_ping) {
+                larder__events_ping(d->events);
+                next_ping = larder__now() + 15;
+            }
         }
     }
 }
@@ -813,6 +941,7 @@ static void daemon_init(struct larder__daemon *d, const struct args *a)
 
 static void daemon_destroy(struct larder__daemon *d)
 {
+    json_decref(d->pending);
     pthread_rwlock_destroy(&d->conf_lock);
     pthread_rwlock_destroy(&d->mgr_lock);
     pthread_mutex_destroy(&d->reload_lock);

@@ -211,6 +211,86 @@ static void test_reload_refuses_to_empty(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* ---- reloads that cannot drop or change a busy model --------------------------------------- */
+
+#define BUSY_SERVER "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\n" \
+                    "drain_timeout = 200ms\n"
+#define BUSY "[model.busy]\nbackend = synthetic\ninfer_ms = 4000\n"
+#define OTHER "[model.other]\nbackend = synthetic\n"
+
+/* POST /v1/reload: 200, with `pending` naming `name` (action given) or empty (NULL). */
+static void reload_pending(struct daemon *d, const char *name, const char *action)
+{
+    struct larder__http_response r = {0};
+    assert_int_equal(http(d, "POST", "/v1/reload", NULL, NULL, 0, true, &r), 200);
+    json_t *o = json_loads(r.body, 0, NULL);
+    json_t *pending = json_object_get(o, "pending");
+    assert_true(json_is_array(pending));
+    assert_int_equal(json_array_size(json_object_get(o, "failed")), 0);
+    if (!name) {
+        assert_int_equal(json_array_size(pending), 0);
+    } else {
+        assert_int_equal(json_array_size(pending), 1);
+        json_t *e = json_array_get(pending, 0);
+        assert_string_equal(json_string_value(json_object_get(e, "name")), name);
+        assert_string_equal(json_string_value(json_object_get(e, "action")), action);
+        assert_non_null(json_string_value(json_object_get(e, "error")));
+    }
+    json_decref(o);
+    larder__http_response_clear(&r);
+}
+
+/* The busy model answers with its old definition (no sleep: ?sleep_ms=0). */
+static int quick_infer(struct daemon *d, const char *model)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/models/%s/infer?sleep_ms=0", model);
+    return http(d, "POST", path, "text/plain", "x", 1, false, NULL);
+}
+
+static void test_reload_keeps_busy_model(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, BUSY_SERVER BUSY OTHER), 0);
+    struct pending p;
+    pthread_t th;
+    start_post(&p, &d, "busy", &th);
+    wait_field(&d, "busy", "leases", 1);
+    /* dropped while busy: kept, listed and served as it was, and pending */
+    assert_int_equal(daemon_write_config(&d, BUSY_SERVER OTHER), 0);
+    reload_pending(&d, "busy", "drop");
+    assert_int_equal(http_get(&d, "/v1/models/busy"), 200);
+    assert_int_equal(quick_infer(&d, "busy"), 200);
+    /* a reload that no longer drops it clears it, and nothing is "already defined" */
+    assert_int_equal(daemon_write_config(&d, BUSY_SERVER BUSY OTHER), 0);
+    reload_pending(&d, NULL, NULL);
+    /* changed while busy: the old definition stays until the lease comes back... */
+    assert_int_equal(daemon_write_config(&d, BUSY_SERVER BUSY "size = 2MiB\n" OTHER), 0);
+    reload_pending(&d, "busy", "change");
+    assert_int_equal(quick_infer(&d, "busy"), 200);
+    /* ...then the background retry applies it: the model is defined anew, never loaded */
+    wait_answer(&p, th);
+    assert_int_equal(p.status, 200);
+    wait_field(&d, "busy", "leases", 0);
+    for (int i = 0; i < 2000 && json_field(&d, "/v1/models/busy", "loads") != 0; i++)
+        usleep(10000);
+    assert_int_equal(json_field(&d, "/v1/models/busy", "loads"), 0);
+    assert_int_equal(quick_infer(&d, "busy"), 200);
+    /* dropped again while busy, then drained: the retry drops it */
+    start_post(&p, &d, "busy", &th);
+    wait_field(&d, "busy", "leases", 1);
+    assert_int_equal(daemon_write_config(&d, BUSY_SERVER OTHER), 0);
+    reload_pending(&d, "busy", "drop");
+    wait_answer(&p, th);
+    assert_int_equal(p.status, 200);
+    for (int i = 0; i < 2000 && http_get(&d, "/v1/models/busy") != 404; i++)
+        usleep(10000);
+    assert_int_equal(http_get(&d, "/v1/models/busy"), 404);
+    assert_int_equal(quick_infer(&d, "busy"), 404);
+    assert_int_equal(quick_infer(&d, "other"), 200);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -218,6 +298,7 @@ int main(void)
         cmocka_unit_test_teardown(test_many_inferences_past_drain, daemon_teardown),
         cmocka_unit_test_teardown(test_load_past_drain, daemon_teardown),
         cmocka_unit_test_teardown(test_reload_refuses_to_empty, daemon_teardown),
+        cmocka_unit_test_teardown(test_reload_keeps_busy_model, daemon_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
