@@ -957,14 +957,17 @@ static void run_load(struct comp *c)
     }
     pthread_mutex_lock(&m->mu);
     r = reconcile(m, c, &ld);
-    if (r == 0)
-        flight_over(m, c);
     pthread_mutex_unlock(&m->mu);
     if (r < 0) {
         load_oversize(c, &ld, r);
         return;
     }
     load_succeeded(c, &ld);
+    /* Over only once its LOAD_DONE is out: loads that waited for it (a load running alone
+     * holds every other admission) start after that event, whichever loader runs them. */
+    pthread_mutex_lock(&m->mu);
+    flight_over(m, c);
+    pthread_mutex_unlock(&m->mu);
     larder__memory_record(m, c, ld.ms, ld.first);
 }
 
