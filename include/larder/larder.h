@@ -169,6 +169,10 @@ struct larder_opts {
     bool watch_pressure;      /* PSI trigger + cgroup memory.events watcher; default true */
     const char *psi_trigger;  /* default "some 150000 1000000"; "" = no PSI trigger */
     unsigned history_seconds; /* memory samples kept, one a second; default 3600, 0 = none */
+    /* Appended in 0.1 (after history_seconds): */
+    int64_t close_timeout_ms; /* how long larder_close waits for class calls in flight
+                                 (loads, instance_new) to return; default 10000,
+                                 LARDER_WAIT_FOREVER = as long as they take */
 };
 
 /* Fills opts with defaults and sets struct_size. */
@@ -179,10 +183,27 @@ LARDER_API void larder_opts_init(struct larder_opts *opts);
 LARDER_API int larder_open(const struct larder_opts *opts, larder **ret_manager);
 
 /* Closes a manager: fails every waiting acquirer with LARDER_ECLOSED, waits for loads
- * in flight to finish, unloads every idle component. Leases still outstanding stay
- * valid; releasing them after close is allowed, and the last release frees what is
- * left. Accepts NULL. Returns NULL. Must not be called from a callback. */
+ * in flight to finish (at most close_timeout_ms), unloads every idle component. Leases
+ * still outstanding stay valid; releasing them after close is allowed, and the last
+ * release frees what is left. Accepts NULL. Returns NULL. Must not be called from a
+ * callback.
+ *
+ * A class call that never returns (a load or instance_new still running when
+ * close_timeout_ms runs out) does not hold close: its loader thread is left running,
+ * neither joined nor canceled, and keeps a reference to the manager. If the call ever
+ * returns, the thread settles it (a model it loaded is unloaded through the class), exits,
+ * and the last reference frees the manager's memory then; if it never returns, that
+ * memory and the thread live until the process exits (a deliberate leak: nothing else
+ * can be freed safely under a thread still inside the class). The class, its userdata
+ * and whatever they use must therefore stay valid until then; a host that cannot promise
+ * it (one that would unload a plugin) asks larder_close_report() whether any call was
+ * left behind. */
 LARDER_API larder *larder_close(larder *m);
+
+/* larder_close(), telling what it left behind: 0 when every class call had returned,
+ * else how many loader threads were still inside one when close_timeout_ms ran out
+ * (see larder_close). Accepts NULL (0). Appended in 0.1. */
+LARDER_API int larder_close_report(larder *m);
 
 /* Changes the budget; loaded components over a lowered budget are evicted when idle. */
 LARDER_API int larder_set_budget(larder *m, uint64_t bytes);

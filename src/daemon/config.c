@@ -383,12 +383,12 @@ static char *resolve_path(const struct larder__config *c, const char *v)
 enum server_key {
     SK_LISTEN, SK_ADMIN_TOKENS, SK_INFER_TOKENS, SK_BACKEND_DIR, SK_MAX_BODY,
     SK_REQUEST_TIMEOUT, SK_THREADS, SK_HTTP_THREADS, SK_DRAIN_TIMEOUT, SK_LOG_FORMAT,
-    SK_LOG_LEVEL, SK_STATE_DIR, SK_EVENTS_QUEUE, SK_N
+    SK_LOG_LEVEL, SK_STATE_DIR, SK_EVENTS_QUEUE, SK_ALLOW_EMPTY, SK_N
 };
 static const char *const server_keys[SK_N + 1] = {
     "listen", "admin_tokens", "infer_tokens", "backend_dir", "max_body", "request_timeout",
     "threads", "http_threads", "drain_timeout", "log_format", "log_level", "state_dir",
-    "events_queue",
+    "events_queue", "allow_empty",
 };
 
 enum memory_key {
@@ -458,6 +458,7 @@ static int server_value(struct parser *p, int k, const char *v)
     case SK_HTTP_THREADS: return parse_uint(v, 64, &c->http_threads);
     case SK_LOG_FORMAT: return larder__log_parse_format(v, &c->log_format);
     case SK_LOG_LEVEL: return larder__log_parse_level(v, &c->log_level);
+    case SK_ALLOW_EMPTY: return larder__parse_bool(v, &c->allow_empty);
     }
     return -EINVAL;
 }

@@ -70,6 +70,7 @@ struct larder__config {
     enum larder__log_format log_format;
     enum larder__log_level log_level;
     char *state_dir;              /* resolved; NULL = none */
+    bool allow_empty;             /* a reload may leave no model, or no admin tokens */
     /* [memory] */
     uint64_t budget_bytes;        /* 0 = budget_fraction */
     double budget_fraction;       /* 0 = library default */

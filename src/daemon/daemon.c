@@ -191,14 +191,27 @@ static int load_tokens(const struct larder__config *c, struct larder__tokens **r
 
 struct diff {
     const struct larder__config *old, *new;
+    json_t *pending; /* [{"name", "error"}]: models whose drop or change is not applied */
 };
 
-/* Models of `new` that `old` lacks or defines differently. */
+static bool listed(json_t *list, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Models of `new` that `old` lacks or defines differently (and that are not pending: their
+ * old definition stays). */
 static bool want_new(const struct larder__model_conf *m, void *ud)
 {
     struct diff *df = ud;
     const struct larder__model_conf *o = larder__config_model(df->old, m->name);
-    return !o || !larder__model_conf_equal(o, m);
+    return (!o || !larder__model_conf_equal(o, m)) && !listed(df->pending, m->name);
 }
 
 /* ---- the probe's verdict ------------------------------------------------------------------- */
@@ -302,6 +315,7 @@ static void diff_server(const struct larder__config *o, const struct larder__con
     changed(ap, rs, "server.log_level", o->log_level != n->log_level, true);
     changed(ap, rs, "server.state_dir", !str_same(o->state_dir, n->state_dir), false);
     changed(ap, rs, "server.events_queue", o->events_queue != n->events_queue, false);
+    changed(ap, rs, "server.allow_empty", o->allow_empty != n->allow_empty, true);
 }
 
 static void diff_memory(const struct larder__config *o, const struct larder__config *n,
@@ -333,9 +347,25 @@ static json_t *diff_settings(const struct larder__config *o, const struct larder
     return json_pack("{s:o,s:o}", "applied", applied, "restart_required", restart);
 }
 
-/* Undefines models of old that new drops or changes; returns how many failed. */
+/* Why the drop or change of a model could not be applied (r from larder_undefine). */
+static json_t *pending_entry(const char *name, bool dropped, int r, int64_t timeout)
+{
+    char why[256];
+    if (r == LARDER_ETIMEDOUT)
+        snprintf(why, sizeof why, "still in use after the drain timeout (%lld ms)",
+                 (long long)timeout);
+    else
+        snprintf(why, sizeof why, "%s", larder_strerror(r));
+    return json_pack("{s:s,s:s,s:s,s:s}", "name", name, "action", dropped ? "drop" : "change",
+                     "error", why, "detail",
+                     "its old definition stays active; applied when its leases come back "
+                     "(retried in the background) or by a later reload");
+}
+
+/* Undefines models of old that new drops or changes; those that cannot be undefined now
+ * go to df->pending. Returns how many. */
 static int undefine_changed(struct larder__daemon *d, struct diff *df, int64_t timeout,
-                            json_t *removed, json_t *changed, json_t *failed)
+                            json_t *removed, json_t *changed)
 {
     int nfail = 0;
     for (size_t i = 0; i < df->old->n_models; i++) {
@@ -349,13 +379,58 @@ static int undefine_changed(struct larder__daemon *d, struct diff *df, int64_t t
             larder__mgr_put(d);
         if (r < 0 && r != LARDER_ENOTFOUND) {
             nfail++;
-            json_array_append_new(failed, json_pack("{s:s,s:s}", "name", o->name, "error",
-                                                    larder_strerror(r)));
+            json_array_append_new(df->pending, pending_entry(o->name, !n, r, timeout));
             continue;
         }
         json_array_append_new(n ? changed : removed, json_string(o->name));
     }
     return nfail;
+}
+
+/* The active config is the new file with the old sections of the pending models: each is
+ * moved from old into c (a changed one's new section goes to old in exchange, a dropped
+ * one leaves a section with its name only), so that the registry and the config agree.
+ * old is freed afterwards; conf_lock must be held for writing (readers may hold old).
+ * Returns -ENOMEM (nothing moved) or 0. */
+static int keep_pending(struct larder__config *old, struct larder__config *c, json_t *pending)
+{
+    size_t np = json_array_size(pending), i;
+    json_t *e;
+    struct larder__model_conf *grown = realloc(c->models, (c->n_models + np + 1) * sizeof *grown);
+    if (!grown)
+        return -ENOMEM;
+    c->models = grown;
+    json_array_foreach(pending, i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        struct larder__model_conf *o = (struct larder__model_conf *)larder__config_model(old, name);
+        struct larder__model_conf *n = (struct larder__model_conf *)larder__config_model(c, name);
+        char *placeholder = n ? NULL : strdup(name);
+        if (!o || (!n && !placeholder))
+            continue; /* never: pending models come from old; else it stays dropped */
+        struct larder__model_conf keep = *o;
+        if (n) {
+            *o = *n;
+            *n = keep;
+            continue;
+        }
+        memset(o, 0, sizeof *o);
+        o->name = placeholder;
+        size_t at = 0;
+        while (at < c->n_models && strcmp(c->models[at].name, name) < 0)
+            at++;
+        memmove(&c->models[at + 1], &c->models[at], (c->n_models - at) * sizeof *c->models);
+        c->models[at] = keep;
+        c->n_models++;
+    }
+    return 0;
+}
+
+/* Remembers the pending models for the background retry (reload_lock held). */
+static void set_pending(struct larder__daemon *d, json_t *pending)
+{
+    json_decref(d->pending);
+    d->pending = json_array_size(pending) ? json_deep_copy(pending) : NULL;
+    atomic_store(&d->retry_armed, d->pending != NULL);
 }
 
 static void preload_new(struct larder__daemon *d, struct diff *df)
@@ -419,6 +494,32 @@ static void apply_logging(struct larder__daemon *d, const struct larder__config 
                       d->log_level_fixed ? d->log_level : c->log_level, 2);
 }
 
+/* A reload must not leave the daemon beyond repair over HTTP: a file that would drop every
+ * model, or the admin tokens, is refused unless it says `allow_empty = yes`. -EINVAL with
+ * the reason in err, else 0. */
+static int refuse_emptying(const struct larder__config *old, const struct larder__config *c,
+                           char *err, size_t errlen)
+{
+    static const char force[] = "; add `allow_empty = yes` to its [server] section to "
+                                "reload it anyway";
+    if (c->allow_empty)
+        return 0;
+    if (old->n_models && !c->n_models) {
+        snprintf(err, errlen, "%s: %s: reloading it would drop all %zu models%s", c->file,
+                 c->n_settings ? "defines no model" : "holds no setting at all (empty?)",
+                 old->n_models, force);
+        return -EINVAL;
+    }
+    if (old->admin_tokens && !c->admin_tokens) {
+        snprintf(err, errlen,
+                 "%s: has no [server] admin_tokens: reloading it would turn the admin routes "
+                 "off, and with them reloads over HTTP%s",
+                 c->file, force);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, size_t errlen)
 {
     struct larder__config *c = NULL, *old;
@@ -427,12 +528,16 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
     json_t *warnings = json_array();
     /* Nothing changes until the new file passed the same checks as at start-up. */
     int r = load_config(d->conf->file, &c, err, errlen);
+    if (r < 0 && r != -ENOMEM)
+        r = -EINVAL; /* the file is at fault (unreadable, a directory, bad lines): 400 */
+    if (r == 0)
+        r = refuse_emptying(d->conf, c, err, errlen);
     if (r == 0)
         r = larder__probe_config(d->prog, c, &rep, err, errlen);
     if (r == 0)
         r = judge(rep, warnings, err, errlen);
-    if (r == 0)
-        r = load_tokens(c, &admin, &infer, err, errlen);
+    if (r == 0 && (r = load_tokens(c, &admin, &infer, err, errlen)) < 0 && r != -ENOMEM)
+        r = -EINVAL; /* a token file the config names cannot be read: 400 as well */
     if (r < 0) {
         json_decref(warnings);
         larder__report_free(rep);
@@ -440,23 +545,28 @@ static int reload_locked(struct larder__daemon *d, json_t *summary, char *err, s
         return r;
     }
     old = d->conf; /* only reloads replace it, and they hold reload_lock */
-    struct diff df = {old, c};
     json_t *removed = json_array(), *changed = json_array(), *added = json_array();
     json_t *failed = json_array();
-    undefine_changed(d, &df, c->drain_timeout_ms, removed, changed, failed);
+    struct diff df = {old, c, json_array()};
+    undefine_changed(d, &df, c->drain_timeout_ms, removed, changed);
     define_all(d, c, rep, want_new, &df, added, failed, err, errlen);
     rep = larder__report_free(rep);
     json_object_set_new(summary, "settings", diff_settings(old, c));
     json_object_set_new(summary, "warnings", warnings);
     apply_budget(d, old, c);
     apply_logging(d, c);
+    preload_new(d, &df);
     pthread_rwlock_wrlock(&d->conf_lock);
+    if (keep_pending(old, c, df.pending) < 0)
+        larder__log(LARDER__LOG_ERROR, "reload: out of memory keeping the pending models",
+                    json_incref(df.pending));
     d->conf = c;
     struct larder__tokens *old_admin = d->admin, *old_infer = d->infer;
     d->admin = admin;
     d->infer = infer;
     pthread_rwlock_unlock(&d->conf_lock);
-    preload_new(d, &df);
+    set_pending(d, df.pending);
+    json_object_set_new(summary, "pending", df.pending);
     larder__config_free(old);
     larder__tokens_free(old_admin);
     larder__tokens_free(old_infer);
@@ -619,16 +729,30 @@ static void wait_inflight(struct larder__daemon *d, int64_t timeout_ms)
     }
 }
 
-static void close_manager(struct larder__daemon *d)
+/* Returns how many loads the manager left running inside a plugin (larder_close_report). */
+static unsigned close_manager(struct larder__daemon *d)
 {
     pthread_rwlock_wrlock(&d->mgr_lock);
     larder *m = d->mgr;
     d->mgr = NULL;
     pthread_rwlock_unlock(&d->mgr_lock);
-    larder_close(m);
+    int left = larder_close_report(m);
+    return left > 0 ? (unsigned)left : 0;
 }
 
-static void stop_all(struct larder__daemon *d)
+/* Bounds of the shutdown after drain_timeout: for requests the closing manager failed to
+ * be answered by their owners, for the replies answered by the shutdown to be written,
+ * for the pools' threads to finish their jobs. */
+#define SETTLE_MS 1000
+#define WRITE_MS 5000
+#define JOIN_MS 2000
+
+/* Stops within drain_timeout plus the bounds above (and the manager's close_timeout):
+ * requests still running then are answered 503 `shutting_down`, and threads still inside
+ * a backend call are not waited for. Returns how many such threads were left running:
+ * what they may touch when they return (plugins, the server, the manager) is then not
+ * freed, and the process exits with them. */
+static unsigned stop_all(struct larder__daemon *d)
 {
     atomic_store(&d->stopping, true);
     if (d->http) {
@@ -638,24 +762,86 @@ static void stop_all(struct larder__daemon *d)
     if (d->events)
         larder__events_close(d->events);
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
-    close_manager(d);
-    wait_inflight(d, 10000);
+    unsigned loads_left = close_manager(d);
+    wait_inflight(d, SETTLE_MS);
+    unsigned answered = larder__http_answer_all(d->http);
+    if (answered) {
+        larder__log(LARDER__LOG_WARN, "stopping: requests still running were answered",
+                    json_pack("{s:i,s:s}", "requests", (int)answered, "reply",
+                              "503 shutting_down"));
+        wait_inflight(d, WRITE_MS);
+    }
+    unsigned stuck = larder__pool_stop(d->infer_pool, JOIN_MS);
+    stuck += larder__pool_stop(d->admin_pool, JOIN_MS);
+    stuck += loads_left;
+    d->infer_pool = d->admin_pool = NULL;
     d->http = larder__http_stop(d->http);
-    d->infer_pool = larder__pool_free(d->infer_pool);
-    d->admin_pool = larder__pool_free(d->admin_pool);
+    if (stuck) {
+        larder__log(LARDER__LOG_WARN, "stopping: threads still inside a backend call",
+                    json_pack("{s:i,s:i,s:s}", "threads", (int)stuck, "loads",
+                              (int)loads_left, "detail",
+                              "not waited for; the process exits with them"));
+        return stuck;
+    }
     d->events = larder__events_free(d->events);
     d->backends = larder__backends_free(d->backends);
     d->admin = larder__tokens_free(d->admin);
     d->infer = larder__tokens_free(d->infer);
     d->conf = larder__config_free(d->conf);
+    return 0;
 }
 
 /* ---- the main loop ------------------------------------------------------------------------ */
 
+/* Whether some pending model has no lease out any more. reload_lock held. */
+static bool pending_drained(struct larder__daemon *d)
+{
+    struct larder_snapshot *s = NULL;
+    bool drained = false;
+    larder *m = larder__mgr_get(d);
+    if (m && larder_snapshot(m, &s) == 0) {
+        for (size_t i = 0; i < s->n && !drained; i++)
+            drained = s->components[i].leases == 0 && listed(d->pending, s->components[i].name);
+    }
+    larder_snapshot_free(s);
+    if (m)
+        larder__mgr_put(d);
+    return drained;
+}
+
+static void retry_job(void *arg)
+{
+    struct larder__daemon *d = arg;
+    char err[ERRLEN];
+    larder__log(LARDER__LOG_INFO, "reload: retrying the models it could not apply", NULL);
+    if (larder__daemon_reload(d, NULL, err, sizeof err) < 0)
+        larder__log(LARDER__LOG_WARN, "reload: the retry failed; the next reload tries again",
+                    json_pack("{s:s}", "error", err));
+}
+
+/* The background retry: once a model a reload could not drop or change has no lease
+ * left, the reload runs again (on the admin pool: it may wait for drains). One try per
+ * reload that left models pending. */
+static void check_pending(struct larder__daemon *d)
+{
+    if (!atomic_load(&d->retry_armed) || pthread_mutex_trylock(&d->reload_lock) != 0)
+        return;
+    bool go = d->pending && pending_drained(d);
+    if (go)
+        atomic_store(&d->retry_armed, false);
+    pthread_mutex_unlock(&d->reload_lock);
+    if (go && larder__pool_submit(d->admin_pool, retry_job, d) < 0)
+        atomic_store(&d->retry_armed, true);
+}
+
 static void run_loop(struct larder__daemon *d, const sigset_t *set)
 {
+    double next_ping = larder__now() + 15;
     for (;;) {
+        /* Every 15 s a ping to the event streams; every 250 ms a look at pending models. */
         struct timespec ts = {15, 0};
+        if (atomic_load(&d->retry_armed))
+            ts = (struct timespec){0, 250 * 1000 * 1000};
         int sig = sigtimedwait(set, NULL, &ts);
         if (sig == SIGHUP) {
             char err[ERRLEN];
@@ -667,7 +853,11 @@ static void run_loop(struct larder__daemon *d, const sigset_t *set)
                                   "inflight", (int)atomic_load(&d->inflight)));
             return;
         } else if (sig < 0 && errno == EAGAIN) {
-            larder__events_ping(d->events);
+            check_pending(d);
+            if (larder__now() >= next_ping) {
+                larder__events_ping(d->events);
+                next_ping = larder__now() + 15;
+            }
         }
     }
 }
@@ -751,6 +941,7 @@ static void daemon_init(struct larder__daemon *d, const struct args *a)
 
 static void daemon_destroy(struct larder__daemon *d)
 {
+    json_decref(d->pending);
     pthread_rwlock_destroy(&d->conf_lock);
     pthread_rwlock_destroy(&d->mgr_lock);
     pthread_mutex_destroy(&d->reload_lock);
@@ -806,9 +997,16 @@ int larder__daemon_main(const char *prog, int argc, char **argv)
     } else {
         larder__log(LARDER__LOG_ERROR, "start-up failed", json_pack("{s:s}", "error", err));
     }
-    stop_all(&d);
-    daemon_destroy(&d);
+    unsigned stuck = stop_all(&d);
     if (r == 0)
         larder__log(LARDER__LOG_INFO, "stopped", NULL);
+    if (stuck) {
+        /* Threads inside a backend call still use the plugins, the locks and the memory
+         * kept above: exit now, with them, without running exit handlers or destructors
+         * that would pull those from under them. */
+        fflush(NULL);
+        _exit(r == 0 ? 0 : 1);
+    }
+    daemon_destroy(&d);
     return r == 0 ? 0 : 1;
 }

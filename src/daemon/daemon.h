@@ -26,7 +26,9 @@ struct larder__daemon {
     struct larder__config *conf;
     struct larder__tokens *admin;   /* NULL: admin routes refused */
     struct larder__tokens *infer;   /* NULL: infer routes open */
-    pthread_mutex_t reload_lock;    /* one reload at a time */
+    pthread_mutex_t reload_lock;    /* one reload at a time; guards pending */
+    json_t *pending;                /* models whose drop or change waits (see reload); NULL */
+    atomic_bool retry_armed;        /* pending models are watched for the background retry */
     pthread_rwlock_t mgr_lock;      /* mgr: readers use it, shutdown closes it */
     larder *mgr;                    /* NULL once closed; see larder__mgr_get */
     struct larder__backends *backends;
@@ -51,10 +53,16 @@ int larder__daemon_main(const char *prog, int argc, char **argv);
 
 /* Re-reads the config file: runs the config probe on it first (probe.h: the checks of
  * start-up; any error refuses the reload with -EINVAL, every error listed in err, and
- * nothing is changed), then adds, drops (after draining) and redefines changed models,
- * applies the budget and logging, re-reads token files. On success *ret_summary (if not
- * NULL) is a JSON object {"added":[...], "removed":[...], "changed":[...],
- * "failed":[...], "settings": {"applied":[...], "restart_required":[...]},
+ * nothing is changed; so does a file that cannot be read, or one that would leave no
+ * model or no admin tokens without `allow_empty = yes`), then adds, drops (after
+ * draining) and redefines changed models, applies the budget and logging, re-reads token
+ * files. A model that cannot be dropped or changed (still in use after drain_timeout)
+ * keeps its old definition, in the registry and in the active config alike (the new file
+ * with its old section), and is listed in "pending"; the reload runs again once it has
+ * no lease left (in the background), and any later reload applies or clears it. On
+ * success *ret_summary (if not NULL) is a JSON object {"added":[...], "removed":[...],
+ * "changed":[...], "failed":[...], "pending":[{"name", "action": "drop"|"change",
+ * "error", "detail"}], "settings": {"applied":[...], "restart_required":[...]},
  * "warnings":[...]}: settings names each changed [server] or [memory] key as
  * "server.listen"; a key in restart_required keeps its old value until a restart (and a
  * warning is logged). On failure the running config is kept, err names the problem, and a

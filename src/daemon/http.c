@@ -27,18 +27,38 @@ struct larder__http {
     int quiesced_fd;
     pthread_mutex_t lock;  /* counts */
     struct larder__http_counts counts;
+    struct larder__owned owned; /* suspended requests (see the end of this file) */
 };
+
+/* Suspended requests and their owners (the end of this file). */
+static void request_own(struct larder__request *r);
+static bool request_disown(struct larder__request *r);
+static void request_unref(struct larder__request *r);
+static void request_set_owned(struct larder__request *r, unsigned status,
+                              struct MHD_Response *resp, size_t len);
+static void request_set_code(struct larder__request *r, const char *code);
+static void request_header_owned(struct larder__request *r, const char *name,
+                                 const char *value);
 
 /* ---- replies -------------------------------------------------------------------------- */
 
-static void set_response(struct larder__request *r, unsigned status, struct MHD_Response *resp,
-                         size_t len)
+static void store_response(struct larder__request *r, unsigned status,
+                           struct MHD_Response *resp, size_t len)
 {
     if (r->resp)
         MHD_destroy_response(r->resp);
     r->resp = resp;
     r->status = resp ? status : 500;
     r->resp_bytes = len;
+}
+
+static void set_response(struct larder__request *r, unsigned status, struct MHD_Response *resp,
+                         size_t len)
+{
+    if (r->owned)
+        request_set_owned(r, status, resp, len);
+    else
+        store_response(r, status, resp, len);
 }
 
 void larder__reply_bytes(struct larder__request *r, unsigned status, const char *content_type,
@@ -70,7 +90,7 @@ void larder__reply_json(struct larder__request *r, unsigned status, json_t *body
             sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
         if (resp)
             MHD_add_response_header(resp, "Content-Type", "application/json");
-        r->error_code = "internal";
+        request_set_code(r, "internal");
         set_response(r, 500, resp, sizeof oom - 1);
         return;
     }
@@ -87,7 +107,7 @@ void larder__reply_error(struct larder__request *r, unsigned status, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    r->error_code = code;
+    request_set_code(r, code);
     json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
     if (!o) /* a message that is not UTF-8 */
         o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", "(unprintable)");
@@ -377,7 +397,9 @@ void larder__reply_text(struct larder__request *r, unsigned status, const char *
 
 void larder__reply_header(struct larder__request *r, const char *name, const char *value)
 {
-    if (r->resp)
+    if (r->owned)
+        request_header_owned(r, name, value);
+    else if (r->resp)
         MHD_add_response_header(r->resp, name, value);
 }
 
@@ -434,11 +456,14 @@ void larder__request_suspend(struct larder__request *r)
     }
     r->suspended = true;
     MHD_suspend_connection(r->conn);
+    request_own(r);
 }
 
 void larder__request_resume(struct larder__request *r)
 {
-    MHD_resume_connection(r->conn);
+    if (request_disown(r))
+        MHD_resume_connection(r->conn);
+    request_unref(r);
     /* r may be gone from here on. */
 }
 
@@ -530,6 +555,7 @@ static struct larder__request *request_new(struct larder__http *h, struct MHD_Co
     if (!r)
         return NULL;
     r->d = h->d;
+    r->http = h;
     r->conn = conn;
     r->url = url;
     r->method = method;
@@ -687,12 +713,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
     log_request(r, secs * 1000.0, toe);
     if (r->inflight)
         atomic_fetch_sub(&r->d->inflight, 1);
-    if (r->resp)
-        MHD_destroy_response(r->resp);
-    free(r->body);
-    free(r->model);
-    free(r);
     *ctx = NULL;
+    request_unref(r);
 }
 
 /* ---- the server ----------------------------------------------------------------------- */
@@ -739,6 +761,7 @@ int larder__http_start(struct larder__daemon *d, const char *host, unsigned port
     h->d = d;
     h->quiesced_fd = -1;
     pthread_mutex_init(&h->lock, NULL);
+    pthread_mutex_init(&h->owned.lock, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
@@ -751,6 +774,7 @@ int larder__http_start(struct larder__daemon *d, const char *host, unsigned port
         MHD_OPTION_END);
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u: %s", host, port, strerror(errno));
+        pthread_mutex_destroy(&h->owned.lock);
         pthread_mutex_destroy(&h->lock);
         free(h);
         return -EADDRNOTAVAIL;
@@ -773,9 +797,14 @@ struct larder__http *larder__http_stop(struct larder__http *h)
 {
     if (!h)
         return NULL;
+    /* MHD aborts the process when it stops with a connection still suspended. */
+    larder__http_answer_all(h);
     MHD_stop_daemon(h->mhd);
     if (h->quiesced_fd >= 0)
         close(h->quiesced_fd);
+    if (larder__http_owners(h)) /* they still take owned.lock when they return */
+        return NULL;
+    pthread_mutex_destroy(&h->owned.lock);
     pthread_mutex_destroy(&h->lock);
     free(h);
     return NULL;
@@ -798,4 +827,176 @@ int larder__request_socket(struct larder__request *r)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     return ci ? (int)ci->connect_fd : -1;
+}
+
+/* ---- suspended requests and their owners --------------------------------------------------
+ *
+ * A suspended request belongs to another thread (an inference job, an admin job, an async
+ * acquire's callback) until it calls larder__request_resume(). At shutdown a request whose
+ * owner is still busy (a backend call that outlives drain_timeout) is answered by
+ * larder__http_answer_all() instead; its owner runs on and finds it answered. One lock,
+ * owned.lock, decides which of the two answers: while a request is owned every reply it
+ * gets is set under that lock, and once the shutdown has taken it the owner's replies are
+ * dropped. The request struct is counted (MHD's completion and the owner) and freed by
+ * whichever of the two is last, so an owner that returns after the reply went out still
+ * finds its request (and its body) alive. */
+
+static void request_free(struct larder__request *r)
+{
+    if (r->resp)
+        MHD_destroy_response(r->resp);
+    free(r->body);
+    free(r->model);
+    free(r);
+}
+
+static void request_unref(struct larder__request *r)
+{
+    if (!r->owned || atomic_fetch_sub(&r->refs, 1) == 1)
+        request_free(r);
+}
+
+static void owned_unlink(struct larder__owned *o, struct larder__request *r)
+{
+    if (r->own_prev)
+        r->own_prev->own_next = r->own_next;
+    else
+        o->head = r->own_next;
+    if (r->own_next)
+        r->own_next->own_prev = r->own_prev;
+    r->own_prev = r->own_next = NULL;
+}
+
+/* owned.lock held: answers r 503 shutting_down in larder's error shape; the owner's own
+ * reply, set or to come, is dropped. */
+static void take_locked(struct larder__owned *o, struct larder__request *r)
+{
+    static const char body[] = "{\"error\":{\"code\":\"shutting_down\",\"message\":"
+                               "\"the server is stopping; the request was not finished\"}}\n";
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        sizeof body - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (resp) {
+        MHD_add_response_header(resp, "Content-Type", "application/json");
+        MHD_add_response_header(resp, "Retry-After", "5");
+        MHD_add_response_header(resp, "Connection", "close");
+    }
+    owned_unlink(o, r);
+    r->taken = true;
+    store_response(r, 503, resp, sizeof body - 1);
+    r->error_code = "shutting_down";
+}
+
+/* HTTP thread, r just suspended and about to be handed to its owner. Once the shutdown
+ * has answered everything, a request suspended late is answered at once. */
+static void request_own(struct larder__request *r)
+{
+    struct larder__owned *o = &r->http->owned;
+    if (r->owned)
+        return;
+    atomic_init(&r->refs, 2);
+    r->owned = true;
+    pthread_mutex_lock(&o->lock);
+    r->own_next = o->head;
+    if (o->head)
+        o->head->own_prev = r;
+    o->head = r;
+    o->owners++;
+    bool late = o->closing;
+    if (late)
+        take_locked(o, r);
+    pthread_mutex_unlock(&o->lock);
+    if (late)
+        MHD_resume_connection(r->conn);
+}
+
+/* The owner is done with r: true when it must resume it (nobody answered it before). */
+static bool request_disown(struct larder__request *r)
+{
+    struct larder__owned *o = &r->http->owned;
+    if (!r->owned)
+        return true;
+    pthread_mutex_lock(&o->lock);
+    bool mine = !r->taken;
+    if (mine)
+        owned_unlink(o, r);
+    o->owners--;
+    pthread_mutex_unlock(&o->lock);
+    return mine;
+}
+
+static void request_set_owned(struct larder__request *r, unsigned status,
+                              struct MHD_Response *resp, size_t len)
+{
+    struct larder__owned *o = &r->http->owned;
+    pthread_mutex_lock(&o->lock);
+    if (r->taken) {
+        pthread_mutex_unlock(&o->lock);
+        if (resp)
+            MHD_destroy_response(resp);
+        return;
+    }
+    store_response(r, status, resp, len);
+    pthread_mutex_unlock(&o->lock);
+}
+
+static void request_set_code(struct larder__request *r, const char *code)
+{
+    if (!r->owned) {
+        r->error_code = code;
+        return;
+    }
+    struct larder__owned *o = &r->http->owned;
+    pthread_mutex_lock(&o->lock);
+    if (!r->taken)
+        r->error_code = code;
+    pthread_mutex_unlock(&o->lock);
+}
+
+static void request_header_owned(struct larder__request *r, const char *name,
+                                 const char *value)
+{
+    struct larder__owned *o = &r->http->owned;
+    pthread_mutex_lock(&o->lock);
+    if (!r->taken && r->resp)
+        MHD_add_response_header(r->resp, name, value);
+    pthread_mutex_unlock(&o->lock);
+}
+
+unsigned larder__http_answer_all(struct larder__http *h)
+{
+    if (!h)
+        return 0;
+    struct larder__owned *o = &h->owned;
+    pthread_mutex_lock(&o->lock);
+    o->closing = true;
+    unsigned n = 0;
+    for (struct larder__request *r = o->head; r; r = r->own_next)
+        n++;
+    struct MHD_Connection **conns = n ? calloc(n, sizeof *conns) : NULL;
+    unsigned k = 0;
+    /* Without memory for the list, each is resumed under the lock: MHD's resume only
+     * marks the connection, it calls nothing back. */
+    while (o->head) {
+        struct larder__request *r = o->head;
+        take_locked(o, r);
+        if (conns)
+            conns[k++] = r->conn;
+        else
+            MHD_resume_connection(r->conn);
+    }
+    pthread_mutex_unlock(&o->lock);
+    for (unsigned i = 0; i < k; i++)
+        MHD_resume_connection(conns[i]);
+    free(conns);
+    return n;
+}
+
+unsigned larder__http_owners(struct larder__http *h)
+{
+    if (!h)
+        return 0;
+    pthread_mutex_lock(&h->owned.lock);
+    unsigned n = h->owned.owners;
+    pthread_mutex_unlock(&h->owned.lock);
+    return n;
 }

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -46,6 +47,21 @@ struct larder__request {
     size_t resp_bytes;
     const char *error_code;     /* for the log line */
     char *model;                /* the model named in the path, for the log line */
+    /* While suspended (the end of http.c): owned by another thread, or taken back by the
+     * shutdown, which then answers it itself. */
+    struct larder__http *http;
+    bool owned;                 /* handed to an owner: its replies are set under a lock */
+    bool taken;                 /* answered by the shutdown; the owner's replies are dropped */
+    atomic_int refs;            /* once owned: MHD's completion and the owner */
+    struct larder__request *own_prev, *own_next;
+};
+
+/* The requests owned by other threads (inside struct larder__http). */
+struct larder__owned {
+    pthread_mutex_t lock;
+    struct larder__request *head; /* owned, not yet resumed nor taken */
+    unsigned owners;            /* owners that have not called larder__request_resume yet */
+    bool closing;               /* answer_all ran: later suspensions are answered at once */
 };
 
 struct larder__http;
@@ -67,8 +83,21 @@ int larder__http_start(struct larder__daemon *d, const char *host, unsigned port
 /* Stops accepting new connections (existing ones go on). Idempotent. */
 void larder__http_quiesce(struct larder__http *h);
 
-/* Stops the server; every suspended request must have been resumed. Accepts NULL;
- * returns NULL. */
+/* Answers every request still suspended with 503 `shutting_down` (larder's error shape,
+ * Retry-After, Connection: close) and resumes it; a request suspended from now on is
+ * answered the same way at once. Owners still running (an inference inside a backend
+ * call) find their request answered when they finish: their replies are dropped, and
+ * larder__request_resume only gives the request back. Returns how many it answered.
+ * Any thread; accepts NULL. */
+unsigned larder__http_answer_all(struct larder__http *h);
+
+/* Owners that have not given their request back yet (larder__request_resume). */
+unsigned larder__http_owners(struct larder__http *h);
+
+/* Stops the server, answering first (larder__http_answer_all) whatever is still
+ * suspended: MHD must never stop with a suspended connection. While owners are still
+ * out (larder__http_owners) the server's memory is left to the process's exit, since
+ * they take its lock when they return. Accepts NULL; returns NULL. */
 struct larder__http *larder__http_stop(struct larder__http *h);
 
 /* The bound port (useful with port 0). */
@@ -140,7 +169,8 @@ void larder__reply_larder_error(struct larder__request *r, int err, const char *
 
 /* Suspends r (HTTP thread, inside the route). Counts it in d->inflight. */
 void larder__request_suspend(struct larder__request *r);
-/* Resumes r once its reply is set (any thread). */
+/* Resumes r once its reply is set (any thread): the owner gives r back. When the shutdown
+ * answered r meanwhile (larder__http_answer_all), r is only given back. */
 void larder__request_resume(struct larder__request *r);
 
 /* A header of the request, or NULL. HTTP thread only. */

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 struct job {
     larder__job_fn fn;
@@ -106,21 +107,56 @@ size_t larder__pool_pending(struct larder__pool *p)
     return n;
 }
 
-struct larder__pool *larder__pool_free(struct larder__pool *p)
+static void stop_threads(struct larder__pool *p)
 {
-    if (!p)
-        return NULL;
     pthread_mutex_lock(&p->lock);
     p->stopping = true;
     pthread_mutex_unlock(&p->lock);
     /* Queued jobs hold their own posts; one more per thread wakes each to exit. */
     for (unsigned i = 0; i < p->n; i++)
         sem_post(&p->ready);
-    for (unsigned i = 0; i < p->n; i++)
-        pthread_join(p->threads[i], NULL);
+}
+
+static void destroy(struct larder__pool *p)
+{
     sem_destroy(&p->ready);
     pthread_mutex_destroy(&p->lock);
     free(p->threads);
     free(p);
+}
+
+unsigned larder__pool_stop(struct larder__pool *p, int64_t timeout_ms)
+{
+    if (!p)
+        return 0;
+    stop_threads(p);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* pthread_timedjoin_np's clock */
+    until.tv_sec += (time_t)(timeout_ms / 1000);
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    unsigned stuck = 0;
+    for (unsigned i = 0; i < p->n; i++) {
+        if (pthread_timedjoin_np(p->threads[i], NULL, &until) != 0) {
+            pthread_detach(p->threads[i]);
+            stuck++;
+        }
+    }
+    if (!stuck)
+        destroy(p);
+    return stuck;
+}
+
+struct larder__pool *larder__pool_free(struct larder__pool *p)
+{
+    if (!p)
+        return NULL;
+    stop_threads(p);
+    for (unsigned i = 0; i < p->n; i++)
+        pthread_join(p->threads[i], NULL);
+    destroy(p);
     return NULL;
 }

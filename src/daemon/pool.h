@@ -6,6 +6,7 @@
 #define LARDER_DAEMON_POOL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct larder__pool;
 
@@ -24,5 +25,11 @@ size_t larder__pool_pending(struct larder__pool *p);
 
 /* Runs every queued job to the end, then stops the threads. Accepts NULL; returns NULL. */
 struct larder__pool *larder__pool_free(struct larder__pool *p);
+
+/* larder__pool_free with a bound: waits at most timeout_ms for the threads to finish
+ * their jobs and exit. Returns 0 when they did (p is freed), else how many are still
+ * inside a job: those are detached and p is left to them (never freed: the caller is
+ * about to exit the process, and they with it). Accepts NULL. */
+unsigned larder__pool_stop(struct larder__pool *p, int64_t timeout_ms);
 
 #endif

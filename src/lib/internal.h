@@ -159,6 +159,9 @@ struct loader {
     pthread_t tid;
     pthread_cond_t cv;
     struct job *head, *tail;
+    bool busy;                /* running a job (a class call, or its admission) */
+    bool exited;              /* the thread has left its loop: join it */
+    bool orphan;              /* close gave up on it: it drops a manager reference */
 };
 
 struct larder {
@@ -185,11 +188,15 @@ struct larder {
     struct table *retired;
     pthread_mutex_t set_mu;   /* serializes larder_acquire_set */
 
-    pthread_mutex_t jobs_mu;  /* guards every loader's queue */
+    pthread_mutex_t jobs_mu;  /* guards every loader's queue and state */
+    pthread_cond_t loaders_cv; /* a loader thread exited (with jobs_mu) */
     bool jobs_stop;
-    struct loader *loaders;
-    unsigned n_loaders;       /* jobs hash over these; never shrinks */
-    unsigned n_started;       /* threads to join */
+    struct loader *loaders;   /* max_loaders slots, n_loaders running */
+    unsigned n_base;          /* the first ones: a component prefers loaders[hash % n_base] */
+    unsigned n_loaders;       /* base plus extras started when every loader was busy */
+    unsigned max_loaders;
+    struct job *spill_head, *spill_tail; /* jobs for whichever loader frees first */
+    unsigned n_orphans;       /* loaders close left inside a class call */
     atomic_uint loads_running;
     atomic_uint unloads_running; /* counted under m->mu before the unload starts */
     atomic_uint preload_pending;
@@ -299,7 +306,10 @@ void larder__cv_broadcast(struct comp *c);
 
 /* load.c */
 int larder__loaders_start(struct larder *m);
-void larder__loaders_stop(struct larder *m);
+/* Stops the loaders, waiting at most timeout_ms (-1: for ever) for jobs in flight; the
+ * threads still inside one then are left to finish it, each holding a reference to m.
+ * Returns how many were left. */
+unsigned larder__loaders_stop(struct larder *m, int64_t timeout_ms);
 void larder__submit(struct larder *m, struct job *j);
 int larder__reaper_start(struct larder *m);
 void larder__reaper_stop(struct larder *m);

@@ -13,29 +13,92 @@
 
 /* ---- the loader pool -------------------------------------------------------------- */
 
-/* Every job of a component runs on the same loader thread (chosen by its name's hash):
- * glibc gives each thread its own malloc arena, and a component that reloads on a
- * different thread each time leaves freed pages in several arenas. With affinity, its
- * reloads reuse its own arena and RSS stays flat over load/unload cycles. Components
- * on different threads still load in parallel. */
-static struct loader *loader_of(struct larder *m, const struct comp *c)
+/* A component prefers one loader thread (chosen by its name's hash among the first
+ * loader_threads): glibc gives each thread its own malloc arena, and a component that
+ * reloads on a different thread each time leaves freed pages in several arenas. With
+ * affinity, its reloads reuse its own arena and RSS stays flat over load/unload cycles.
+ * Affinity is only a preference: when that loader is busy (a slow or hung load, a load
+ * waiting for room), the job goes to an idle loader, else to an extra loader started for
+ * it (at most max_loaders in all), else to the spill queue that the first loader to
+ * finish takes from. So one load never waits behind another component's. */
+static bool loader_idle(const struct loader *q)
 {
-    return &m->loaders[c->hash % m->n_loaders];
+    return !q->busy && !q->head;
+}
+
+static void *loader_main(void *arg);
+
+/* The loader this thread is, if it is one. */
+static _Thread_local struct loader *self;
+
+/* Called where a job is about to hand out its result: its class call (or admission wait)
+ * is over, only bookkeeping is left, so the loader counts as free again. A caller who
+ * gets the result and at once asks for another load of the same component then finds
+ * this loader free, and the component keeps to its thread (and its arena). */
+static void loader_settle(void)
+{
+    struct loader *q = self;
+    if (!q)
+        return;
+    pthread_mutex_lock(&q->m->jobs_mu);
+    q->busy = false;
+    pthread_mutex_unlock(&q->m->jobs_mu);
+}
+
+/* m->jobs_mu held: starts one more loader; NULL when it cannot. */
+static struct loader *loader_spawn(struct larder *m)
+{
+    if (m->n_loaders >= m->max_loaders || m->jobs_stop)
+        return NULL;
+    struct loader *q = &m->loaders[m->n_loaders];
+    if (pthread_create(&q->tid, NULL, loader_main, q) != 0)
+        return NULL;
+    m->n_loaders++;
+    return q;
+}
+
+/* m->jobs_mu held: the loader that runs c's next job, or NULL (the spill queue). */
+static struct loader *loader_for(struct larder *m, const struct comp *c)
+{
+    struct loader *q = &m->loaders[c->hash % m->n_base];
+    if (loader_idle(q))
+        return q;
+    for (unsigned i = 0; i < m->n_loaders; i++)
+        if (loader_idle(&m->loaders[i]))
+            return &m->loaders[i];
+    return loader_spawn(m);
+}
+
+static void push(struct job **head, struct job **tail, struct job *j)
+{
+    j->next = NULL;
+    if (*tail)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
+static struct job *pop(struct job **head, struct job **tail)
+{
+    struct job *j = *head;
+    if (j && !(*head = j->next))
+        *tail = NULL;
+    return j;
 }
 
 void larder__submit(struct larder *m, struct job *j)
 {
     pthread_mutex_lock(&m->jobs_mu);
     if (!j->queued && m->n_loaders) {
-        struct loader *q = loader_of(m, j->c);
+        struct loader *q = loader_for(m, j->c);
         j->queued = true;
-        j->next = NULL;
-        if (q->tail)
-            q->tail->next = j;
-        else
-            q->head = j;
-        q->tail = j;
-        pthread_cond_signal(&q->cv);
+        if (q) {
+            push(&q->head, &q->tail, j);
+            pthread_cond_signal(&q->cv);
+        } else {
+            push(&m->spill_head, &m->spill_tail, j);
+        }
     }
     pthread_mutex_unlock(&m->jobs_mu);
 }
@@ -54,17 +117,16 @@ static void *loader_main(void *arg)
 {
     struct loader *q = arg;
     struct larder *m = q->m;
+    self = q;
     pthread_mutex_lock(&m->jobs_mu);
     for (;;) {
-        while (!q->head && !m->jobs_stop)
+        while (!q->head && !m->spill_head && !m->jobs_stop)
             pthread_cond_wait(&q->cv, &m->jobs_mu);
-        struct job *j = q->head;
+        struct job *j = q->head ? pop(&q->head, &q->tail) : pop(&m->spill_head, &m->spill_tail);
         if (!j)
             break;
-        q->head = j->next;
-        if (!q->head)
-            q->tail = NULL;
         j->queued = false;
+        q->busy = true;
         bool stop = m->jobs_stop;
         pthread_mutex_unlock(&m->jobs_mu);
         if (stop)
@@ -74,45 +136,84 @@ static void *loader_main(void *arg)
         else
             run_grow(j->c);
         pthread_mutex_lock(&m->jobs_mu);
+        q->busy = false;
     }
+    q->exited = true;
+    bool orphan = q->orphan;
+    pthread_cond_broadcast(&m->loaders_cv);
     pthread_mutex_unlock(&m->jobs_mu);
+    if (orphan) /* close returned without it; the last reference frees the manager */
+        larder__ref_drop(m);
     return NULL;
 }
 
 int larder__loaders_start(struct larder *m)
 {
     unsigned n = m->opts.loader_threads;
-    m->loaders = calloc(n, sizeof *m->loaders);
+    /* Extras only start while every loader is busy: as many again, and a few more for
+     * small pools, so that hung loads cannot hold every thread. */
+    unsigned max = n * 2 + 4;
+    m->loaders = calloc(max, sizeof *m->loaders);
     if (!m->loaders)
         return -ENOMEM;
-    for (unsigned i = 0; i < n; i++) {
+    m->max_loaders = max;
+    for (unsigned i = 0; i < max; i++) {
         m->loaders[i].m = m;
         pthread_cond_init(&m->loaders[i].cv, NULL);
     }
-    for (unsigned i = 0; i < n; i++) {
-        int r = pthread_create(&m->loaders[i].tid, NULL, loader_main, &m->loaders[i]);
-        if (r != 0) {
-            /* Run with the threads that did start; jobs hash over those. */
-            if (i == 0)
-                return -r;
-            break;
-        }
-        m->n_loaders++;
-        m->n_started++;
-    }
-    return 0;
+    pthread_mutex_lock(&m->jobs_mu);
+    for (unsigned i = 0; i < n && loader_spawn(m); i++)
+        continue;
+    /* Run with the threads that did start; components prefer among those. */
+    m->n_base = m->n_loaders;
+    pthread_mutex_unlock(&m->jobs_mu);
+    return m->n_loaders ? 0 : -EAGAIN;
 }
 
-void larder__loaders_stop(struct larder *m)
+/* m->jobs_mu held: whether every loader has left its loop. */
+static bool loaders_exited(const struct larder *m)
 {
+    for (unsigned i = 0; i < m->n_loaders; i++)
+        if (!m->loaders[i].exited)
+            return false;
+    return true;
+}
+
+unsigned larder__loaders_stop(struct larder *m, int64_t timeout_ms)
+{
+    struct timespec until;
+    larder__abstime(timeout_ms, &until);
     pthread_mutex_lock(&m->jobs_mu);
     m->jobs_stop = true;
-    for (unsigned i = 0; i < m->n_started; i++)
+    for (unsigned i = 0; i < m->n_loaders; i++)
         pthread_cond_broadcast(&m->loaders[i].cv);
+    int w = 0;
+    while (!loaders_exited(m) && w != ETIMEDOUT) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&m->loaders_cv, &m->jobs_mu);
+        else
+            w = pthread_cond_timedwait(&m->loaders_cv, &m->jobs_mu, &until);
+    }
+    unsigned left = 0;
+    for (unsigned i = 0; i < m->n_loaders; i++) {
+        struct loader *q = &m->loaders[i];
+        if (q->exited || q->orphan)
+            continue;
+        q->orphan = true;
+        atomic_fetch_add(&m->refs, 1);
+        left++;
+    }
+    m->n_orphans += left;
     pthread_mutex_unlock(&m->jobs_mu);
-    for (unsigned i = 0; i < m->n_started; i++)
-        pthread_join(m->loaders[i].tid, NULL);
-    m->n_started = 0;
+    for (unsigned i = 0; i < m->n_loaders; i++) {
+        struct loader *q = &m->loaders[i];
+        if (q->tid && !q->orphan)
+            pthread_join(q->tid, NULL);
+        else if (q->tid)
+            pthread_detach(q->tid);
+        q->tid = 0;
+    }
+    return left;
 }
 
 static void clear_preload(struct comp *c)
@@ -558,6 +659,7 @@ static void load_failed(struct comp *c, int err, const char *msg, bool cooldown,
 {
     struct larder *m = c->m;
     struct waiter *done = NULL;
+    loader_settle();
     pthread_mutex_lock(&c->mu);
     c->last_err = err;
     snprintf(c->last_msg, sizeof c->last_msg, "%s", msg && *msg ? msg : larder_strerror(err));
@@ -743,6 +845,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
     struct larder *m = c->m;
     struct waiter *done = NULL;
     struct inst *i = NULL;
+    loader_settle();
     if (ld->has_inst && !(i = malloc(sizeof *i))) {
         undo_load(c, ld);
         release_reservation(c, false);
@@ -797,6 +900,7 @@ static void load_succeeded(struct comp *c, struct loaded *ld)
 /* Nobody was waiting when admission gave up; if someone came since, start over. */
 static void load_canceled(struct comp *c)
 {
+    loader_settle();
     pthread_mutex_lock(&c->mu);
     if (c->n_waiters > 0 || c->preload_pending)
         larder__submit(c->m, &c->load_job);
@@ -856,14 +960,17 @@ static void run_load(struct comp *c)
     }
     pthread_mutex_lock(&m->mu);
     r = reconcile(m, c, &ld);
-    if (r == 0)
-        flight_over(m, c);
     pthread_mutex_unlock(&m->mu);
     if (r < 0) {
         load_oversize(c, &ld, r);
         return;
     }
     load_succeeded(c, &ld);
+    /* Over only once its LOAD_DONE is out: loads that waited for it (a load running alone
+     * holds every other admission) start after that event, whichever loader runs them. */
+    pthread_mutex_lock(&m->mu);
+    flight_over(m, c);
+    pthread_mutex_unlock(&m->mu);
     larder__memory_record(m, c, ld.ms, ld.first);
 }
 
@@ -873,6 +980,7 @@ static void grow_done(struct comp *c, struct inst *i, uint64_t learned, const ch
 {
     struct larder *m = c->m;
     struct waiter *done = NULL;
+    loader_settle();
     pthread_mutex_lock(&c->mu);
     c->growing = false;
     if (learned)

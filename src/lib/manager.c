@@ -138,6 +138,7 @@ void larder_opts_init(struct larder_opts *o)
     o->low_watermark = 0.80;
     o->watch_pressure = true;
     o->history_seconds = 3600;
+    o->close_timeout_ms = 10000;
 }
 
 static uint64_t default_budget(double fraction)
@@ -167,7 +168,7 @@ static int check_opts(const struct larder_opts *o, struct larder_opts *out)
         out->cooldown_max_ms < out->cooldown_min_ms || out->admission_timeout_ms < 0 ||
         out->default_ttl_ms < -1 || out->file_size_factor < 0 || out->low_watermark <= 0 ||
         out->high_watermark > 1 || out->low_watermark > out->high_watermark ||
-        out->history_seconds > 7 * 24 * 3600)
+        out->history_seconds > 7 * 24 * 3600 || out->close_timeout_ms < -1)
         return -EINVAL;
     if (!out->default_queue_max)
         out->default_queue_max = 1024;
@@ -187,6 +188,7 @@ static int init_sync(struct larder *m)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&m->budget_cv, &ca);
     pthread_cond_init(&m->reaper_cv, &ca);
+    pthread_cond_init(&m->loaders_cv, &ca);
     pthread_condattr_destroy(&ca);
     return 0;
 }
@@ -227,7 +229,7 @@ int larder_open(const struct larder_opts *opts, larder **ret_manager)
     if (r >= 0)
         r = larder__reaper_start(m);
     if (r < 0) {
-        larder__loaders_stop(m);
+        larder__loaders_stop(m, -1);
         free_manager(m);
         return r;
     }
@@ -260,10 +262,10 @@ static void close_count(struct comp *c, void *arg)
     pthread_mutex_unlock(&c->mu);
 }
 
-larder *larder_close(larder *m)
+int larder_close_report(larder *m)
 {
     if (!m)
-        return NULL;
+        return 0;
     pthread_mutex_lock(&m->mu);
     atomic_store(&m->closing, true);
     pthread_cond_broadcast(&m->budget_cv);
@@ -271,13 +273,22 @@ larder *larder_close(larder *m)
     larder__each_comp(m, close_waiters, NULL);
     larder__memory_stop(m);
     larder__reaper_stop(m);
-    larder__loaders_stop(m);
-    /* Loads that were in flight have finished: their waiters were already failed. */
+    /* A class call that never returns keeps its loader thread: close goes on without it,
+     * and that thread holds a reference to the manager until its call returns. */
+    unsigned left = larder__loaders_stop(m, m->opts.close_timeout_ms);
+    /* Loads that were in flight have finished (or are left to their threads): their
+     * waiters were already failed. */
     larder__each_comp(m, close_waiters, NULL);
     larder__each_comp(m, close_unload, NULL);
     larder__each_comp(m, close_count, NULL);
     atomic_store(&m->events_off, true);
     larder__ref_drop(m);
+    return (int)left;
+}
+
+larder *larder_close(larder *m)
+{
+    larder_close_report(m);
     return NULL;
 }
 
@@ -322,7 +333,7 @@ static void free_manager(struct larder *m)
         m->retired = n;
     }
     larder__memory_free(m);
-    for (unsigned i = 0; m->loaders && i < m->opts.loader_threads; i++)
+    for (unsigned i = 0; m->loaders && i < m->max_loaders; i++)
         pthread_cond_destroy(&m->loaders[i].cv);
     free(m->loaders);
     free(m->policy_state);
@@ -332,6 +343,7 @@ static void free_manager(struct larder *m)
     pthread_mutex_destroy(&m->reaper_mu);
     pthread_cond_destroy(&m->budget_cv);
     pthread_cond_destroy(&m->reaper_cv);
+    pthread_cond_destroy(&m->loaders_cv);
     free(m);
 }
 

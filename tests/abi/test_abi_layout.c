@@ -128,7 +128,8 @@ AT(larder_opts, low_watermark, 128);
 AT(larder_opts, watch_pressure, 136);
 AT(larder_opts, psi_trigger, 144);
 AT(larder_opts, history_seconds, 152);
-SIZE(larder_opts, 160);
+AT(larder_opts, close_timeout_ms, 160);
+SIZE(larder_opts, 168);
 
 AT(larder_component_opts, struct_size, 0);
 AT(larder_component_opts, cls, 8);
