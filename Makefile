@@ -43,3 +43,10 @@ check-tsan: deps
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan
+
+# Fuzzing: every libFuzzer harness of tests/fuzz for FUZZ_SECONDS each, in build-fuzz
+# (clang, ASan+UBSan); fails when one crashes.
+FUZZ_SECONDS ?= 30
+.PHONY: fuzz
+fuzz: deps
+	sh scripts/fuzz.sh $(FUZZ_SECONDS)
