@@ -127,21 +127,15 @@ class Cgroup:
                 with open("/sys/fs/cgroup/cgroup.controllers") as f:
                     if "memory" not in f.read().split():
                         raise OSError("cgroup v2 without the memory controller")
-                own = self._own_path("")
-                parent = "/sys/fs/cgroup" + own
-                self.path = os.path.join(parent, name)
-                os.mkdir(self.path)
-                self._write("memory.max", str(limit))
-                self.kind = "v2"
+                self.kind, root, controller, limit_file = "v2", "", "", "memory.max"
             elif os.path.isdir("/sys/fs/cgroup/memory"):
-                own = self._own_path("memory")
-                parent = "/sys/fs/cgroup/memory" + own
-                self.path = os.path.join(parent, name)
-                os.mkdir(self.path)
-                self._write("memory.limit_in_bytes", str(limit))
-                self.kind = "v1"
+                self.kind, root, controller, limit_file = ("v1", "/memory", "memory",
+                                                           "memory.limit_in_bytes")
             else:
                 raise OSError("no cgroup memory controller mounted")
+            self.path = os.path.join("/sys/fs/cgroup" + root + self._own_path(controller), name)
+            os.mkdir(self.path)
+            self._write(limit_file, str(limit))
         except OSError as e:
             self.note = "no cgroup memory limit (%s)" % e
             self.remove()
