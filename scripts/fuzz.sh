@@ -14,7 +14,7 @@
 set -u
 SECONDS_EACH=${1:-30}
 [ $# -gt 0 ] && shift
-ALL="config http image wav rows"
+ALL="config tokens http image wav rows"
 NAMES=${*:-$ALL}
 B=${FUZZ_BUILD:-build-fuzz}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -8,11 +8,14 @@
 #ifndef LARDER_FUZZ_H
 #define LARDER_FUZZ_H
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -44,6 +47,51 @@ static inline uint8_t *fuzz_exact_copy(const uint8_t *p, size_t len)
     if (b)
         memcpy(b, p, len);
     return b;
+}
+
+/* The one file of a harness that feeds a loader that reads a named file: NAME in a
+ * private temporary directory (under $TMPDIR, else /tmp), both removed at exit. */
+static char fuzz_temp_dir[4000];
+static char fuzz_temp_file[4096];
+
+static inline void fuzz_temp_cleanup(void)
+{
+    unlink(fuzz_temp_file);
+    rmdir(fuzz_temp_dir);
+}
+
+static inline const char *fuzz_temp_path(const char *name)
+{
+    if (fuzz_temp_file[0])
+        return fuzz_temp_file;
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !*tmp || strlen(tmp) > 3900)
+        tmp = "/tmp";
+    snprintf(fuzz_temp_dir, sizeof fuzz_temp_dir, "%s/larder-fuzz-XXXXXX", tmp);
+    if (!mkdtemp(fuzz_temp_dir)) {
+        perror("mkdtemp");
+        abort();
+    }
+    snprintf(fuzz_temp_file, sizeof fuzz_temp_file, "%s/%.60s", fuzz_temp_dir, name);
+    atexit(fuzz_temp_cleanup);
+    return fuzz_temp_file;
+}
+
+/* Replaces the temporary file's contents with data. */
+static inline void fuzz_temp_write(const char *name, const uint8_t *data, size_t size)
+{
+    const char *path = fuzz_temp_path(name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FUZZ_ASSERT(fd >= 0);
+    size_t off = 0;
+    while (off < size) {
+        ssize_t n = write(fd, data + off, size - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        FUZZ_ASSERT(n > 0);
+        off += (size_t)n;
+    }
+    FUZZ_ASSERT(close(fd) == 0);
 }
 
 /* An input of the backend harnesses, "CONTENT-TYPE\nBODY": the first line is the

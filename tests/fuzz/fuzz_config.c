@@ -10,33 +10,13 @@
  *     and equal to itself; the backend option checker runs over every model. */
 #include "fuzz.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <unistd.h>
-
 #include "../../src/daemon/config.c"
 
-static char g_dir[4000];
-static char g_file[4096];
-
-static void cleanup(void)
-{
-    unlink(g_file);
-    rmdir(g_dir);
-}
+#define CONFIG_NAME "larder.ini"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp || !*tmp || strlen(tmp) > 3900)
-        tmp = "/tmp";
-    snprintf(g_dir, sizeof g_dir, "%s/larder-fuzz-config-XXXXXX", tmp);
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-    snprintf(g_file, sizeof g_file, "%s/larder.ini", g_dir);
-    atexit(cleanup);
+    fuzz_temp_path(CONFIG_NAME);
     return 0;
 }
 
@@ -50,7 +30,8 @@ static void count_error(void *ud, const struct larder__config_error *e)
 {
     struct tally *t = ud;
     FUZZ_ASSERT(e->text && e->message && e->file);
-    FUZZ_ASSERT(strncmp(e->text, g_file, strlen(g_file)) == 0);
+    const char *file = fuzz_temp_path(CONFIG_NAME);
+    FUZZ_ASSERT(strncmp(e->text, file, strlen(file)) == 0);
     FUZZ_ASSERT(!strchr(e->text, '\n'));
     /* in order of line, whole-file errors first */
     FUZZ_ASSERT(e->line >= t->last_line);
@@ -80,37 +61,14 @@ static void check_config(const struct larder__config *c)
     FUZZ_ASSERT(larder__config_model(c, "") == NULL);
 }
 
-static int write_input(const uint8_t *data, size_t size)
-{
-    int fd = open(g_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -1;
-    size_t off = 0;
-    while (off < size) {
-        ssize_t n = write(fd, data + off, size - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            close(fd);
-            return -1;
-        }
-        off += (size_t)n;
-    }
-    return close(fd);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!g_file[0])
-        LLVMFuzzerInitialize(NULL, NULL);
-    if (write_input(data, size) < 0) {
-        perror(g_file);
-        abort();
-    }
+    fuzz_temp_write(CONFIG_NAME, data, size);
+    const char *file = fuzz_temp_path(CONFIG_NAME);
 
     struct tally t = {0};
     struct larder__config *c = NULL;
-    int rc = larder__config_load_all(g_file, &c, count_error, &t);
+    int rc = larder__config_load_all(file, &c, count_error, &t);
     FUZZ_ASSERT(rc <= 0);
     FUZZ_ASSERT((rc == 0) == (t.n == 0));
     FUZZ_ASSERT((rc == 0) == (c != NULL));
@@ -122,7 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char err[1024];
     struct larder__config *c2 = NULL;
-    int rc2 = larder__config_load(g_file, &c2, err, sizeof err);
+    int rc2 = larder__config_load(file, &c2, err, sizeof err);
     FUZZ_ASSERT(rc2 == rc);
     if (rc2 < 0 && rc2 != -ENOMEM)
         FUZZ_ASSERT(strcmp(err, t.first) == 0);
@@ -135,6 +93,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(larder__config_free(c) == NULL);
 
     /* checking only, with no report function */
-    FUZZ_ASSERT(larder__config_load_all(g_file, NULL, NULL, NULL) == rc);
+    FUZZ_ASSERT(larder__config_load_all(file, NULL, NULL, NULL) == rc);
     return 0;
 }
