@@ -660,6 +660,11 @@ def main():
 
     died = not d.alive()
     rss_end = rss_kib(d.proc.pid) if not died else None
+    seen_cgroup = None  # the cgroup as larderd reports it
+    if not died:
+        _, mem = client.request("final", "GET", "/v1/memory?history=0", timeout=30)
+        if isinstance(mem, dict):
+            seen_cgroup = mem.get("cgroup")
     mem_events = cgroup.read("memory.events") if in_cgroup and cgroup.kind == "v2" else None
     failcnt = cgroup.read("memory.failcnt") if in_cgroup and cgroup.kind == "v1" else None
     clean_stop = False
@@ -697,6 +702,10 @@ def main():
         print("  cgroup memory.events: " + mem_events.replace("\n", ", "))
     if failcnt is not None:
         print("  cgroup memory.failcnt: %s" % failcnt)
+    if isinstance(seen_cgroup, dict):
+        print("  larderd's view of its cgroup: v%s, current %s, max %s, events %s" % (
+            seen_cgroup.get("version"), seen_cgroup.get("current_bytes"),
+            seen_cgroup.get("max_bytes"), seen_cgroup.get("events")))
     print("  larderd: %s" % ("died: " + d.describe_exit() if died else
                              "stopped on SIGTERM: " + d.describe_exit()))
     bad = died or hung[0] or not clean_stop
