@@ -17,7 +17,8 @@ a cgroup with a memory limit, and drives it for --seconds (at most 600) with:
   - server-sent event clients that connect and go away.
 Prints the requests served, results by class (2xx, 4xx, 5xx, connection errors), the
 5xx codes, the /health latency, RSS at start, peak and end, and how larderd ended. Exits
-1 if larderd died, stopped answering /health, or did not stop cleanly on SIGTERM.
+1 if larderd died, stopped answering /health, reserved more than its budget (checked
+every 5 s), or did not stop cleanly on SIGTERM.
 Python standard library only.
 """
 
@@ -571,6 +572,8 @@ def main():
     rss_start = rss_kib(d.proc.pid)
     rss_peak = [rss_start or 0]
     hung = [False]
+    checks = [0]
+    budget_broken = [0]
     stop = threading.Event()
     print("soak: larderd pid %d on port %d, %d s, %d clients, seed %d, budget %s, %s%s" % (
         d.proc.pid, port, seconds, args.clients, seed, args.budget,
@@ -634,6 +637,15 @@ def main():
             fails = 0 if ok else fails + 1
             if fails >= 3 and d.alive():
                 hung[0] = True
+            checks[0] += 1
+            if ok and checks[0] % 5 == 0:
+                # rule 2 of DESIGN.md: reservations never exceed the budget
+                _, mem = client.request("monitor", "GET", "/v1/memory?history=0", timeout=10)
+                if isinstance(mem, dict) and "reserved_bytes" in mem:
+                    over = mem["reserved_bytes"] - mem["budget_bytes"]
+                    if over > 0:
+                        stats.odd("reserved_bytes over the budget by %d" % over)
+                        budget_broken[0] += 1
             time.sleep(1)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
@@ -708,7 +720,9 @@ def main():
             seen_cgroup.get("max_bytes"), seen_cgroup.get("events")))
     print("  larderd: %s" % ("died: " + d.describe_exit() if died else
                              "stopped on SIGTERM: " + d.describe_exit()))
-    bad = died or hung[0] or not clean_stop
+    print("  budget: reserved_bytes above budget_bytes in %d of %d checks" % (
+        budget_broken[0], checks[0] // 5))
+    bad = died or hung[0] or not clean_stop or budget_broken[0] > 0
     if hung[0]:
         print("soak: FAILED: larderd stopped answering /health")
     if bad:
