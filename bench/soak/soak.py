@@ -357,7 +357,7 @@ class Traffic:
     def synthetic_infer(self):
         m = self.pick(["s-fast", "s-fast", "s-slow", "s-pooled", "s-big", "s-ttl0",
                        "s-flaky", "s-huge"])
-        body = os.urandom(self.rng.randrange(0, 4096))
+        body = os.urandom(self.rng.randrange(1, 4096))  # an empty body is a 400
         self.c.request("valid", "POST", "/v1/models/%s/infer" % m, body,
                        {"Content-Type": "application/octet-stream"},
                        expect=("2xx", "5xx"))
