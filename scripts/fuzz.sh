@@ -45,6 +45,7 @@ for n in $NAMES; do
     # libpng and libjpeg write a warning per bad image on stderr; sanitizer and
     # libFuzzer reports still come through
     [ "$n" = image ] && extra="-close_fd_mask=2"
+    [ -f "tests/fuzz/$n.dict" ] && extra="$extra -dict=tests/fuzz/$n.dict"
     # shellcheck disable=SC2086
     "$B/tests/fuzz/fuzz-$n" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 -artifact_prefix="$B/fuzz-crashes/$n-" \
