@@ -49,3 +49,19 @@ check-tsan: deps
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan
+
+# Fuzzing: every libFuzzer harness of tests/fuzz for FUZZ_SECONDS each, in build-fuzz
+# (clang, ASan+UBSan); fails when one crashes.
+FUZZ_SECONDS ?= 30
+.PHONY: fuzz
+fuzz:
+	sh scripts/deps.sh scripts/packages.txt scripts/fuzz-packages.txt
+	sh scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# Soak: larderd under mixed, invalid and hostile traffic with reloads and cleanups for
+# SOAK_SECONDS (at most 600), in a memory-limited cgroup when permitted; fails if larderd
+# dies, hangs or does not stop cleanly. Not part of check.
+SOAK_SECONDS ?= 180
+.PHONY: soak
+soak: build
+	python3 bench/soak/soak.py --build $(BUILD) --seconds $(SOAK_SECONDS)

@@ -49,13 +49,18 @@ static int read_tokens(FILE *f, struct larder__tokens *t, const char *path, char
     unsigned lineno = 0;
     while (fgets(line, sizeof line, f)) {
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
+        bool cut = !strchr(line, '\n') && !feof(f);
+        char *s = trim(line);
+        if (*s == '#' || (!*s && !cut)) {
+            int ch;
+            while (cut && (ch = getc(f)) != EOF && ch != '\n')
+                ; /* the rest of a long comment */
+            continue;
+        }
+        if (cut || strlen(s) > MAX_TOKEN) {
             snprintf(err, errlen, "%s:%u: token longer than %d bytes", path, lineno, MAX_TOKEN);
             return -EINVAL;
         }
-        char *s = trim(line);
-        if (!*s || *s == '#')
-            continue;
         for (char *c = s; *c; c++) {
             if (isspace((unsigned char)*c) || !isprint((unsigned char)*c)) {
                 snprintf(err, errlen, "%s:%u: a token has no spaces or control characters",

@@ -487,7 +487,7 @@ static int parse_count(const char *s, uint64_t max, uint64_t *ret)
         if (*s < '0' || *s > '9')
             return -EINVAL;
         unsigned d = (unsigned)(*s - '0');
-        if (v > (max - d) / 10)
+        if (d > max || v > (max - d) / 10)
             return -ERANGE;
         v = v * 10 + d;
     }
