@@ -1313,6 +1313,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         unsigned char key[16];
         size_t klen = addr ? client_key(addr->client_addr, sizeof(struct sockaddr_in6), key) : 0;
+        struct conn_limits lim;
+        conn_limits(h, &lim);
         c->fd = fd ? fd->connect_fd : -1;
         c->phase = CONN_HEADERS;
         c->since = larder__now();
@@ -1324,6 +1326,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             h->conns->prev = c;
         h->conns = c;
         h->n_conns++;
+        /* Two threads may both have let a connection in at the limit's edge: the later
+         * one to count goes at once, so the limits hold exactly. */
+        bool over_total = h->n_conns > lim.total;
+        if ((over_total || (c->client && c->client->n > lim.per_client)) && c->fd >= 0) {
+            c->shut = true;
+            if (over_total)
+                h->stats.refused_total++;
+            else
+                h->stats.refused_client++;
+            shutdown(c->fd, SHUT_RDWR);
+        }
         pthread_mutex_unlock(&h->conns_lock);
         *socket_context = c;
         return;

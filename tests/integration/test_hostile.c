@@ -268,16 +268,17 @@ static void test_flood_limits(void **state)
         snprintf(src, sizeof src, "127.0.1.%d", 1 + i / 16);
         more[i] = dial(&d, src);
     }
-    /* 16 + 100 > 64: at least 52 of these are closed at once, whatever their address. */
-    closed = wait_closed(more, 100, 100 - (64 - 16));
-    if (closed < 100 - (64 - 16))
+    /* 16 + 100 > 64: 52 of these are closed at once, whatever their address. */
+    enum { OVER = 100 - (64 - 16) };
+    closed = wait_closed(more, 100, OVER);
+    if (closed < OVER)
         fail_msg("%d of 100 closed over the total limit", closed);
     unflood(more);
     double refused = -1; /* -1 while the total limit still refuses this request too */
     for (double until = now_ms() + GIVE_UP_MS; now_ms() < until && refused < 0; sleep_ms(20))
         refused = metric_from(&d, "127.0.0.2",
                               "larder_http_connections_refused_total{limit=\"max_connections\"}");
-    assert_true(refused >= 100 - (64 - 16));
+    assert_true(refused >= OVER);
     unflood(fds);
     /* Once they go, every slot is free again. */
     for (double until = now_ms() + GIVE_UP_MS;
