@@ -831,6 +831,7 @@ struct larder__conn {
     enum conn_phase phase;
     double since;                /* monotonic seconds */
     bool shut;                   /* its deadline passed: shut down, MHD closes it */
+    unsigned refs;               /* the connection's, and its current request's */
 };
 
 static void put(struct larder__text *t, const char *fmt, ...)
@@ -886,6 +887,10 @@ static void memory_give_back(struct larder__request *r);
 /* ---- request life ---------------------------------------------------------------------- */
 
 static void conn_phase(struct larder__http *h, struct larder__conn *c, enum conn_phase phase);
+/* A request holds a reference to its connection's entry, so that it does not depend on
+ * the order in which MHD reports the request completed and the connection closed. */
+static struct larder__conn *conn_ref(struct larder__http *h, struct larder__conn *c);
+static void conn_unref(struct larder__http *h, struct larder__conn *c);
 
 /* True when the request target as sent (before %-decoding, which would cut the path at a
  * %00) has a control character in its path, or a NUL in its query. */
@@ -920,7 +925,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     r->bad_path = target_bad(uri);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    r->cs = ci ? ci->socket_context : NULL;
+    r->cs = ci ? conn_ref(h, ci->socket_context) : NULL;
     return r;
 }
 
@@ -1202,6 +1207,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
         return;
     /* A keep-alive connection waits for its next request's headers from now on. */
     conn_phase(h, r->cs, CONN_HEADERS);
+    conn_unref(h, r->cs);
     if (r->started) { /* else its headers never came: nothing to count or log */
         double secs = larder__now() - r->t_start;
         count_request(h, r, secs);
@@ -1249,6 +1255,27 @@ static void client_put(struct larder__http *h, struct client_count *c)
         }
     }
     free(c);
+}
+
+static struct larder__conn *conn_ref(struct larder__http *h, struct larder__conn *c)
+{
+    if (!c)
+        return NULL;
+    pthread_mutex_lock(&h->conns_lock);
+    c->refs++;
+    pthread_mutex_unlock(&h->conns_lock);
+    return c;
+}
+
+static void conn_unref(struct larder__http *h, struct larder__conn *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&h->conns_lock);
+    bool last = --c->refs == 0;
+    pthread_mutex_unlock(&h->conns_lock);
+    if (last)
+        free(c);
 }
 
 static void conn_phase(struct larder__http *h, struct larder__conn *c, enum conn_phase phase)
@@ -1318,6 +1345,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         c->fd = fd ? fd->connect_fd : -1;
         c->phase = CONN_HEADERS;
         c->since = larder__now();
+        c->refs = 1;
         pthread_mutex_lock(&h->conns_lock);
         if (klen && (c->client = client_find(h, key, klen, true)))
             c->client->n++;
@@ -1353,8 +1381,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     h->n_conns--;
     if (c->client)
         client_put(h, c->client);
+    c->client = NULL;
+    c->fd = -1; /* unlisted: its fd is not ours any more */
     pthread_mutex_unlock(&h->conns_lock);
-    free(c);
+    conn_unref(h, c);
     *socket_context = NULL;
 }
 
