@@ -233,14 +233,16 @@ static void on_lease(void *ud, int err, larder_lease *lease)
 
 /* ---- admission: cheap checks on the HTTP thread, the body's on the pool ---------------- */
 
+/* From a pool thread the request may be answered, and freed, before
+ * larder_acquire_async returns: nothing of j or of its request is read after it. */
 static void acquire(struct infer_job *j)
 {
-    struct larder__request *r = j->r;
-    larder *m = larder__mgr_get(r->d);
+    struct larder__daemon *d = j->r->d;
+    larder *m = larder__mgr_get(d);
     int e = m ? larder_acquire_async(m, j->name, j->timeout_ms, on_lease, j) : LARDER_ECLOSED;
     if (m)
-        larder__mgr_put(r->d);
-    if (e < 0) {
+        larder__mgr_put(d);
+    if (e < 0) { /* on_lease is not called: j is still ours */
         j->err = e;
         run_infer(j);
     }
