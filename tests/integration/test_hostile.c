@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,6 +452,45 @@ static void test_invalid_json(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+struct json_burst {
+    struct daemon *d;
+    int odd;  /* replies that were neither 200 nor 400 invalid_json */
+};
+
+static void *json_burst(void *arg)
+{
+    struct json_burst *b = arg;
+    for (int i = 0; i < 100; i++) {
+        const char *body = i % 3 ? "{\"rows\":[[1,2]]}" : "{\"rows\":[[1,";
+        int st = http(b->d, "POST", "/v1/models/noop/infer", "application/json", body,
+                      strlen(body), false, NULL);
+        b->odd += st != (i % 3 ? 200 : 400);
+    }
+    return NULL;
+}
+
+/* JSON bodies are checked on the worker threads, which then ask for the model: many at
+ * once, valid and not, are all answered, and the daemon stops cleanly after them. */
+static void test_json_concurrent(void **state)
+{
+    struct daemon d;
+    assert_int_equal(daemon_start(&d, models), 0);
+    enum { N = 12 };
+    pthread_t th[N];
+    struct json_burst b[N];
+    for (int i = 0; i < N; i++) {
+        b[i] = (struct json_burst){&d, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, json_burst, &b[i]), 0);
+    }
+    int odd = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        odd += b[i].odd;
+    }
+    assert_int_equal(odd, 0);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 static void test_json_check(void **state)
 {
     static const char *const texts[] = {
@@ -745,6 +785,7 @@ int main(void)
         cmocka_unit_test(test_token_files),
         cmocka_unit_test_teardown(test_not_fooled, daemon_teardown),
         cmocka_unit_test_teardown(test_invalid_json, daemon_teardown),
+        cmocka_unit_test_teardown(test_json_concurrent, daemon_teardown),
         cmocka_unit_test_teardown(test_request_memory, daemon_teardown),
         cmocka_unit_test_teardown(test_trickling, daemon_teardown),
         cmocka_unit_test_teardown(test_events_clients, daemon_teardown),
