@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+
+#include "log.h"
 
 #define MAX_TOKEN 512
 
@@ -76,17 +79,39 @@ static int read_tokens(FILE *f, struct larder__tokens *t, const char *path, char
     return 0;
 }
 
-int larder__tokens_load(const char *path, struct larder__tokens **ret_tokens, char *err,
-                        size_t errlen)
+/* Says so when a token file is open to more than its owner. */
+static void warn_mode(const char *path, mode_t mode)
 {
+    char octal[8];
+    if (!(mode & (S_IRGRP | S_IROTH)))
+        return;
+    snprintf(octal, sizeof octal, "%04o", (unsigned)(mode & 07777));
+    larder__log(LARDER__LOG_WARN, "token file readable by others",
+                json_pack("{s:s,s:s,s:s,s:s}", "file", path, "mode", octal, "readable_by",
+                          mode & S_IROTH ? "others" : "group", "fix", "chmod 600"));
+}
+
+static int load(const char *path, bool warn, struct larder__tokens **ret_tokens, char *err,
+                size_t errlen)
+{
+    struct stat st = {0};
     FILE *f = fopen(path, "r");
     if (!f) {
         int r = -errno;
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return r;
     }
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        snprintf(err, errlen, "%s: is a directory, not a token file", path);
+        return -EISDIR;
+    }
     struct larder__tokens *t = calloc(1, sizeof *t);
     int r = t ? read_tokens(f, t, path, err, errlen) : -ENOMEM;
+    if (r == 0 && ferror(f)) {
+        snprintf(err, errlen, "%s: read error", path);
+        r = -EIO;
+    }
     fclose(f);
     if (r == 0 && t->n == 0) {
         snprintf(err, errlen, "%s: no token in the file", path);
@@ -96,8 +121,24 @@ int larder__tokens_load(const char *path, struct larder__tokens **ret_tokens, ch
         larder__tokens_free(t);
         return r;
     }
-    *ret_tokens = t;
+    if (warn)
+        warn_mode(path, st.st_mode);
+    if (ret_tokens)
+        *ret_tokens = t;
+    else
+        larder__tokens_free(t);
     return 0;
+}
+
+int larder__tokens_load(const char *path, struct larder__tokens **ret_tokens, char *err,
+                        size_t errlen)
+{
+    return load(path, true, ret_tokens, err, errlen);
+}
+
+int larder__tokens_check_file(const char *path, char *err, size_t errlen)
+{
+    return load(path, false, NULL, err, errlen);
 }
 
 struct larder__tokens *larder__tokens_free(struct larder__tokens *t)

@@ -15,9 +15,15 @@
 struct larder__tokens;
 
 /* Loads a token file. A file with no token is an error (-ENOENT with a message: it
- * would lock every admin route). Errors: negative errno, message in err. */
+ * would lock every admin route); so is a directory (-EISDIR). A file that the group or
+ * others may read is loaded with a warning in the log (the tokens are secrets). Errors:
+ * negative errno, message in err ("PATH: REASON"). */
 int larder__tokens_load(const char *path, struct larder__tokens **ret_tokens, char *err,
                         size_t errlen);
+
+/* Reads a token file as larder__tokens_load does, keeps nothing and logs nothing: 0 when
+ * it would load. Errors: the same. */
+int larder__tokens_check_file(const char *path, char *err, size_t errlen);
 
 /* Frees a token set. Accepts NULL; returns NULL. */
 struct larder__tokens *larder__tokens_free(struct larder__tokens *t);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "events.h"
 #include "larder/larder.h"
 
@@ -24,7 +25,7 @@
 #define MAX_LINE 196                /* characters of a line, without its newline */
 #define LINE_BUF 512                /* bytes of a line read, before it is known too long */
 #define MAX_ERRORS 100              /* then reading and checking stop */
-#define MAX_KEYS 16                 /* of any one of larderd's sections */
+#define MAX_KEYS 24                 /* of any one of larderd's sections */
 
 enum section_kind {
     SEC_NONE,   /* before the first section header */
@@ -383,12 +384,14 @@ static char *resolve_path(const struct larder__config *c, const char *v)
 enum server_key {
     SK_LISTEN, SK_ADMIN_TOKENS, SK_INFER_TOKENS, SK_BACKEND_DIR, SK_MAX_BODY,
     SK_REQUEST_TIMEOUT, SK_THREADS, SK_HTTP_THREADS, SK_DRAIN_TIMEOUT, SK_LOG_FORMAT,
-    SK_LOG_LEVEL, SK_STATE_DIR, SK_EVENTS_QUEUE, SK_ALLOW_EMPTY, SK_N
+    SK_LOG_LEVEL, SK_STATE_DIR, SK_EVENTS_QUEUE, SK_ALLOW_EMPTY, SK_MAX_CONNECTIONS,
+    SK_MAX_CONNECTIONS_PER_CLIENT, SK_HEADER_TIMEOUT, SK_BODY_TIMEOUT, SK_REQUEST_MEMORY, SK_N
 };
 static const char *const server_keys[SK_N + 1] = {
     "listen", "admin_tokens", "infer_tokens", "backend_dir", "max_body", "request_timeout",
     "threads", "http_threads", "drain_timeout", "log_format", "log_level", "state_dir",
-    "events_queue", "allow_empty",
+    "events_queue", "allow_empty", "max_connections", "max_connections_per_client",
+    "header_timeout", "body_timeout", "request_memory",
 };
 
 enum memory_key {
@@ -440,8 +443,12 @@ static int server_value(struct parser *p, int k, const char *v)
         free(c->listen_host);
         c->listen_host = NULL;
         return larder__parse_listen(v, &c->listen_host, &c->listen_port);
-    case SK_ADMIN_TOKENS: return set_path(p, &c->admin_tokens, v);
-    case SK_INFER_TOKENS: return set_path(p, &c->infer_tokens, v);
+    case SK_ADMIN_TOKENS:
+        c->admin_tokens_line = p->line;
+        return set_path(p, &c->admin_tokens, v);
+    case SK_INFER_TOKENS:
+        c->infer_tokens_line = p->line;
+        return set_path(p, &c->infer_tokens, v);
     case SK_BACKEND_DIR: return set_path(p, &c->backend_dir, v);
     case SK_STATE_DIR: return set_path(p, &c->state_dir, v);
     case SK_MAX_BODY: {
@@ -452,6 +459,20 @@ static int server_value(struct parser *p, int k, const char *v)
         int r = larder_parse_size(v, &c->events_queue);
         return r < 0 ? r : c->events_queue < 1024 || c->events_queue > (1ull << 30) ? -ERANGE : 0;
     }
+    case SK_MAX_CONNECTIONS: {
+        int r = parse_uint(v, 1u << 20, &c->max_connections);
+        return r < 0 ? r : c->max_connections == 0 ? -ERANGE : 0;
+    }
+    case SK_MAX_CONNECTIONS_PER_CLIENT: {
+        int r = parse_uint(v, 1u << 20, &c->max_connections_per_client);
+        return r < 0 ? r : c->max_connections_per_client == 0 ? -ERANGE : 0;
+    }
+    case SK_REQUEST_MEMORY: {
+        int r = larder_parse_size(v, &c->request_memory);
+        return r < 0 ? r : c->request_memory == 0 ? -ERANGE : 0;
+    }
+    case SK_HEADER_TIMEOUT: return positive_duration(v, &c->header_timeout_ms);
+    case SK_BODY_TIMEOUT: return positive_duration(v, &c->body_timeout_ms);
     case SK_REQUEST_TIMEOUT: return positive_duration(v, &c->request_timeout_ms);
     case SK_DRAIN_TIMEOUT: return positive_duration(v, &c->drain_timeout_ms);
     case SK_THREADS: return parse_uint(v, 256, &c->threads);
@@ -1205,6 +1226,48 @@ static void check_watermarks(struct parser *p)
     }
 }
 
+/* A request body of max_body must fit in request_memory, or it could never be taken. */
+static void check_request_memory(struct parser *p)
+{
+    const struct larder__config *c = p->c;
+    const struct keyset *ks = &p->server_ks;
+    unsigned line = ks->line[SK_REQUEST_MEMORY];
+    char body[32], mem[32];
+    if (!(ks->ok & (1ul << SK_REQUEST_MEMORY)) && !(ks->ok & (1ul << SK_MAX_BODY)))
+        return;
+    if ((ks->line[SK_MAX_BODY] && !(ks->ok & (1ul << SK_MAX_BODY))) ||
+        (line && !(ks->ok & (1ul << SK_REQUEST_MEMORY))) || c->request_memory >= c->max_body)
+        return; /* a bad value is already reported */
+    larder__format_size(c->max_body, body, sizeof body);
+    larder__format_size(c->request_memory, mem, sizeof mem);
+    if (line)
+        fail_at(p, line, "server", "request_memory", "must be at least max_body (%s%s)", body,
+                ks->line[SK_MAX_BODY] ? "" : " when not set");
+    else
+        fail_at(p, ks->line[SK_MAX_BODY], "server", "max_body",
+                "must be at most request_memory (%s when not set)", mem);
+}
+
+/* The token files are read like the config itself: a missing, unreadable or empty one is
+ * an error at the line of its key. */
+static void check_token_files(struct parser *p)
+{
+    const struct larder__config *c = p->c;
+    const struct keyset *ks = &p->server_ks;
+    static const int keys[] = {SK_ADMIN_TOKENS, SK_INFER_TOKENS};
+    for (size_t i = 0; i < 2; i++) {
+        const char *path = keys[i] == SK_ADMIN_TOKENS ? c->admin_tokens : c->infer_tokens;
+        char err[512];
+        if (!path || !(ks->ok & (1ul << keys[i])))
+            continue;
+        int r = larder__tokens_check_file(path, err, sizeof err);
+        if (r == -ENOMEM)
+            out_of_memory(p);
+        else if (r < 0)
+            fail_at(p, ks->line[keys[i]], "server", server_keys[keys[i]], "%s", err);
+    }
+}
+
 static void check_models(struct parser *p)
 {
     struct larder__config *c = p->c;
@@ -1213,6 +1276,8 @@ static void check_models(struct parser *p)
     if (!check_duplicates(p))
         check_fallbacks(p);
     check_watermarks(p);
+    check_request_memory(p);
+    check_token_files(p);
     for (size_t i = 0; i < c->n_models && !p->rc; i++)
         if (c->models[i].path && path_option(&c->models[i]) < 0)
             out_of_memory(p);
@@ -1225,6 +1290,11 @@ static int set_defaults(struct larder__config *c, const char *file)
     c->events_queue = LARDER__SSE_QUEUE_DEFAULT;
     c->request_timeout_ms = 60000;
     c->drain_timeout_ms = 30000;
+    c->max_connections = 1024;
+    c->max_connections_per_client = 256;
+    c->header_timeout_ms = 30000;
+    c->body_timeout_ms = 120000;
+    c->request_memory = 256ull << 20;
     c->log_format = LARDER__LOG_TEXT;
     c->log_level = LARDER__LOG_INFO;
     c->default_ttl_ms = LARDER_TTL_DEFAULT;

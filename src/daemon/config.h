@@ -60,6 +60,8 @@ struct larder__config {
     unsigned listen_port;         /* default 8377 */
     char *admin_tokens;           /* resolved path; NULL = admin routes refused */
     char *infer_tokens;           /* resolved path; NULL = infer routes open */
+    unsigned admin_tokens_line;   /* config line of each token file's key (0 = not set) */
+    unsigned infer_tokens_line;
     char *backend_dir;            /* resolved; NULL = environment, then built-in */
     uint64_t max_body;            /* default 32 MiB */
     int64_t request_timeout_ms;   /* default 60 s */
@@ -71,6 +73,13 @@ struct larder__config {
     enum larder__log_level log_level;
     char *state_dir;              /* resolved; NULL = none */
     bool allow_empty;             /* a reload may leave no model, or no admin tokens */
+    unsigned max_connections;     /* open connections, all clients; default 1024 */
+    unsigned max_connections_per_client; /* open connections of one address; default 256 */
+    int64_t header_timeout_ms;    /* a request's headers, from the connection's opening or
+                                   * the end of its previous request; default 30 s */
+    int64_t body_timeout_ms;      /* a request's body, from its headers; default 120 s */
+    uint64_t request_memory;      /* body bytes buffered for requests in flight, all
+                                   * together; default 256 MiB */
     /* [memory] */
     uint64_t budget_bytes;        /* 0 = budget_fraction */
     double budget_fraction;       /* 0 = library default */

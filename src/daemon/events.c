@@ -2,6 +2,7 @@
 #include "events.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -20,12 +21,14 @@ const double larder__load_buckets[LARDER__LOAD_BUCKETS] = {
 struct client {
     pthread_mutex_t lock;
     struct MHD_Connection *conn;
+    int fd;               /* its socket, -1 when unknown */
     struct larder__events *hub;
     char *buf;            /* queued bytes, buf[0..len) */
     size_t len;
     bool suspended;       /* we suspended the connection and nobody resumed it yet */
     bool ended;           /* end the stream normally */
     bool dropped;         /* too slow: end the stream with an error */
+    bool gone;            /* its connection hung up: end the stream */
     struct client *next;
 };
 
@@ -232,6 +235,46 @@ void larder__events_ping(struct larder__events *h)
     for_clients(h, ping, sizeof ping - 1, false);
 }
 
+void larder__events_reap(struct larder__events *h)
+{
+    size_t n = 0, k = 0, nr = 0;
+    pthread_mutex_lock(&h->lock);
+    for (struct client *c = h->clients; c; c = c->next)
+        n++;
+    struct pollfd *fds = n ? calloc(n, sizeof *fds) : NULL;
+    struct client **waiting = n ? calloc(n, sizeof *waiting) : NULL;
+    struct MHD_Connection **resume = n ? calloc(n, sizeof *resume) : NULL;
+    /* A suspended stream is resumed only under h->lock, and MHD does not close it while
+     * it is suspended: its socket stays its own while this holds the lock. */
+    for (struct client *c = h->clients; c && fds && waiting && resume; c = c->next) {
+        pthread_mutex_lock(&c->lock);
+        if (c->suspended && c->fd >= 0 && !c->gone) {
+            fds[k] = (struct pollfd){.fd = c->fd, .events = POLLRDHUP};
+            waiting[k++] = c;
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    if (k && poll(fds, k, 0) > 0) {
+        for (size_t i = 0; i < k; i++) {
+            if (!(fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
+                continue;
+            struct client *c = waiting[i];
+            pthread_mutex_lock(&c->lock);
+            c->gone = true;
+            c->suspended = false;
+            resume[nr++] = c->conn;
+            pthread_mutex_unlock(&c->lock);
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    /* As in for_clients: still suspended, so still there, and no one else resumes them. */
+    for (size_t i = 0; i < nr; i++)
+        MHD_resume_connection(resume[i]);
+    free(fds);
+    free(waiting);
+    free(resume);
+}
+
 void larder__events_close(struct larder__events *h)
 {
     pthread_mutex_lock(&h->lock);
@@ -264,7 +307,7 @@ static ssize_t client_read(void *cls, uint64_t pos, char *buf, size_t max)
     struct client *c = cls;
     ssize_t n;
     pthread_mutex_lock(&c->lock);
-    if (c->dropped) {
+    if (c->dropped || c->gone) {
         n = MHD_CONTENT_READER_END_WITH_ERROR;
     } else if (c->len) {
         size_t take = c->len < max ? c->len : max;
@@ -313,6 +356,7 @@ struct MHD_Response *larder__events_response(struct larder__events *h,
     memcpy(c->buf, hello, sizeof hello - 1);
     c->len = sizeof hello - 1;
     c->conn = conn;
+    c->fd = -1;
     c->hub = h;
     pthread_mutex_init(&c->lock, NULL);
     struct MHD_Response *resp =
@@ -342,6 +386,9 @@ struct MHD_Response *larder__events_response(struct larder__events *h,
     int sndbuf = SSE_SOCKET_BUFFER;
     if (ci)
         setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    pthread_mutex_lock(&c->lock);
+    c->fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_unlock(&c->lock);
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     return resp;

@@ -51,6 +51,11 @@ void larder__events_publish(struct larder__events *h, const char *type, json_t *
 /* Sends an SSE comment to every client, to find dead connections. */
 void larder__events_ping(struct larder__events *h);
 
+/* Ends the streams of clients that have gone (their connection hung up while their stream
+ * waited for events), so that they stop counting at once rather than at the next write
+ * that fails. Any thread; cheap (one poll(2) of the waiting streams). */
+void larder__events_reap(struct larder__events *h);
+
 /* Ends every stream now and refuses new ones. Any thread. */
 void larder__events_close(struct larder__events *h);
 

@@ -24,9 +24,14 @@
 #include "daemon.h"
 
 
+struct larder__http;
+struct larder__conn;
+
 struct larder__request {
     struct larder__daemon *d;
+    struct larder__http *http;
     struct MHD_Connection *conn;
+    struct larder__conn *cs;    /* the connection's limits and deadlines; may be NULL */
     const char *method;
     const char *url;
     const char *content_type;   /* NULL when the request has none */
@@ -35,6 +40,12 @@ struct larder__request {
     size_t body_cap;
     uint64_t discarded;         /* body bytes dropped past max_body */
     bool too_big;
+    bool started;               /* its headers are complete: the access handler saw it */
+    bool bad_path;              /* a control byte in the path, or a NUL in the query */
+    bool no_memory;             /* its body would take request_memory past its limit */
+    uint64_t reserved;          /* bytes of request_memory it holds */
+    uint64_t memory_limit;      /* request_memory when it started */
+    double body_deadline;       /* monotonic seconds: its body must be complete by then */
     bool suspended;
     bool inflight;              /* counted in the daemon's inflight until completed */
     bool dispatched;
@@ -49,7 +60,6 @@ struct larder__request {
     char *model;                /* the model named in the path, for the log line */
     /* While suspended (the end of http.c): owned by another thread, or taken back by the
      * shutdown, which then answers it itself. */
-    struct larder__http *http;
     bool owned;                 /* handed to an owner: its replies are set under a lock */
     bool taken;                 /* answered by the shutdown; the owner's replies are dropped */
     atomic_int refs;            /* once owned: MHD's completion and the owner */
@@ -63,8 +73,6 @@ struct larder__owned {
     unsigned owners;            /* owners that have not called larder__request_resume yet */
     bool closing;               /* answer_all ran: later suspensions are answered at once */
 };
-
-struct larder__http;
 
 struct larder__http_counts {
     uint64_t by_status[6];      /* 1xx .. 5xx at [1..5] */
@@ -105,6 +113,15 @@ unsigned larder__http_port(struct larder__http *h);
 
 /* A copy of the request counters. */
 void larder__http_counts(struct larder__http *h, struct larder__http_counts *ret);
+
+/* Body bytes buffered for requests in flight ([server] request_memory). */
+struct larder__request_memory {
+    uint64_t in_flight_bytes;
+    uint64_t limit_bytes;
+    uint64_t refused;           /* requests answered 503 request_memory */
+};
+void larder__http_request_memory(struct larder__http *h, struct larder__request_memory *ret);
+
 
 /* Replies: set the response of r (replacing any earlier one). The json reference is
  * stolen. Any thread that owns r. */
@@ -161,11 +178,25 @@ void larder__text_free(struct larder__text *t);
 void larder__reply_text(struct larder__request *r, unsigned status, const char *content_type,
                         struct larder__text *t);
 
+/* Appends the server's own Prometheus lines (connections, refusals, read deadlines,
+ * request memory) to t. */
+void larder__http_metrics_text(struct larder__http *h, struct larder__text *t);
+
 /* Adds a header to the reply set last. */
 void larder__reply_header(struct larder__request *r, const char *name, const char *value);
 
 /* Maps a library or backend error to a reply (status, code, Retry-After). */
 void larder__reply_larder_error(struct larder__request *r, int err, const char *what);
+/* The same with Retry-After saying retry_ms rounded up to whole seconds (at least 1);
+ * retry_ms < 0: the error's usual Retry-After. */
+void larder__reply_larder_error_retry(struct larder__request *r, int err, const char *what,
+                                      int64_t retry_ms);
+
+/* Checks that len bytes at s are one JSON text (RFC 8259, as jansson reads it with
+ * JSON_DECODE_ANY: no NUL character, nesting at most 2048 deep) without building
+ * anything: no allocation, one pass. False with "line L column C: WHAT" in err when it
+ * is not. Any thread. */
+bool larder__json_check(const char *s, size_t len, char *err, size_t errlen);
 
 /* Suspends r (HTTP thread, inside the route). Counts it in d->inflight. */
 void larder__request_suspend(struct larder__request *r);

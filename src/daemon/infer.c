@@ -1,9 +1,12 @@
 /* larderd inference: POST /v1/models/{name}/infer.
  *
- * The HTTP thread validates the request, suspends it and asks the manager for a lease
- * without waiting (larder_acquire_async). When the lease arrives (at once for a warm
- * model, after the load for a cold one) the job moves to the inference pool, which runs
- * the backend, builds the reply, returns the lease and resumes the request.
+ * The HTTP thread checks what is cheap (the model, the token, a Content-Type, a body),
+ * suspends the request and asks the manager for a lease without waiting
+ * (larder_acquire_async). A JSON body is first checked on the inference pool, never on
+ * an HTTP thread, and an invalid one answers before any load. When the lease arrives (at
+ * once for a warm model, after the load for a cold one) the job moves to the inference
+ * pool, which runs the backend, builds the reply, returns the lease and resumes the
+ * request.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,7 +25,8 @@ struct infer_job {
     double t_lease;               /* the lease (or error) arrived */
     struct larder_option *params; /* query arguments */
     size_t n_params;
-    char *content_type;
+    char *content_type;           /* as the request gave it, parameters included */
+    int64_t timeout_ms;           /* for the lease */
 };
 
 static void job_free(struct infer_job *j)
@@ -51,16 +55,22 @@ static enum MHD_Result add_param(void *cls, enum MHD_ValueKind kind, const char 
     return MHD_YES;
 }
 
-/* The media type without parameters, lower case: "image/png". */
-static char *media_type(const char *ct)
+/* True when the media type of ct (parameters and case aside) is type. */
+static bool media_is(const char *ct, const char *type)
 {
     size_t n = strcspn(ct, ";");
     while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
         n--;
-    char *s = strndup(ct, n);
-    for (char *c = s; c && *c; c++)
-        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
-    return s;
+    while (n && (*ct == ' ' || *ct == '\t')) {
+        ct++;
+        n--;
+    }
+    return n == strlen(type) && strncasecmp(ct, type, n) == 0;
+}
+
+static bool json_body(const char *ct)
+{
+    return media_is(ct, "application/json") || media_is(ct, "text/json");
 }
 
 /* ---- the reply ---------------------------------------------------------------------------- */
@@ -184,34 +194,55 @@ static void run_backend(struct infer_job *j)
     larder__lease_result_free(j->lease, &res);
 }
 
-/* The message of the model's last failed load, copied into buf; "" when none. */
-static void last_error(struct larder__daemon *d, const char *name, char *buf, size_t len)
+/* The message of the model's last failed load, copied into buf ("" when none), and the
+ * time left of its cooldown (0 when none; ret_cooldown_ms may be NULL). */
+static void last_error(struct larder__daemon *d, const char *name, char *buf, size_t len,
+                       int64_t *ret_cooldown_ms)
 {
     struct larder_snapshot *s = NULL;
     larder *m = larder__mgr_get(d);
-    buf[0] = 0;
+    int64_t cooldown = 0;
+    if (buf)
+        buf[0] = 0;
     if (m && larder_snapshot(m, &s) == 0) {
-        for (size_t i = 0; i < s->n; i++)
-            if (strcmp(s->components[i].name, name) == 0 && s->components[i].last_error_message)
-                snprintf(buf, len, "%s", s->components[i].last_error_message);
+        for (size_t i = 0; i < s->n; i++) {
+            const struct larder_component_info *c = &s->components[i];
+            if (strcmp(c->name, name) != 0)
+                continue;
+            if (buf && c->last_error_message)
+                snprintf(buf, len, "%s", c->last_error_message);
+            cooldown = c->cooldown_ms > 0 ? c->cooldown_ms : 0;
+        }
     }
     larder_snapshot_free(s);
     if (m)
         larder__mgr_put(d);
+    if (ret_cooldown_ms)
+        *ret_cooldown_ms = cooldown;
+}
+
+int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name)
+{
+    int64_t ms;
+    last_error(d, name, NULL, 0, &ms);
+    return ms;
 }
 
 static void reply_acquire_error(struct infer_job *j)
 {
     char msg[1024], why[700] = "";
+    int64_t cooldown = -1;
     if (j->err == LARDER_ETOOBIG) {
         larder__reply_too_big(j->r, j->name, false);
         return;
     }
     if (j->err == LARDER_ELOAD || j->err == LARDER_ECOOLDOWN)
-        last_error(j->r->d, j->name, why, sizeof why);
+        last_error(j->r->d, j->name, why, sizeof why, &cooldown);
     snprintf(msg, sizeof msg, "model '%s': %s%s%s", j->name, larder_strerror(j->err),
              *why ? ": " : "", why);
-    larder__reply_larder_error(j->r, j->err, msg);
+    /* Retry-After: the cooldown's real remainder, not a guess. */
+    larder__reply_larder_error_retry(j->r, j->err, msg,
+                                     j->err == LARDER_ECOOLDOWN && cooldown > 0 ? cooldown : -1);
 }
 
 static void run_infer(void *arg)
@@ -243,25 +274,37 @@ static void on_lease(void *ud, int err, larder_lease *lease)
     }
 }
 
-/* ---- validation on the HTTP thread --------------------------------------------------------- */
+/* ---- admission: cheap checks on the HTTP thread, the body's on the pool ---------------- */
 
-static bool check_body(struct larder__request *r, const char *mt)
+/* From a pool thread the request may be answered, and freed, before
+ * larder_acquire_async returns: nothing of j or of its request is read after it. */
+static void acquire(struct infer_job *j)
 {
-    if (r->body_len == 0) {
-        larder__reply_error(r, 400, "empty_body", "the request has no body");
-        return false;
+    struct larder__daemon *d = j->r->d;
+    larder *m = larder__mgr_get(d);
+    int e = m ? larder_acquire_async(m, j->name, j->timeout_ms, on_lease, j) : LARDER_ECLOSED;
+    if (m)
+        larder__mgr_put(d);
+    if (e < 0) { /* on_lease is not called: j is still ours */
+        j->err = e;
+        run_infer(j);
     }
-    if (strcmp(mt, "application/json") == 0 || strcmp(mt, "text/json") == 0) {
-        json_error_t jerr;
-        json_t *v = json_loadb(r->body, r->body_len, JSON_DECODE_ANY, &jerr);
-        if (!v) {
-            larder__reply_error(r, 400, "invalid_json", "line %d column %d: %s", jerr.line,
-                                jerr.column, jerr.text);
-            return false;
-        }
-        json_decref(v);
+}
+
+/* On the inference pool: a JSON body must parse before its model is asked for (a
+ * validity scan, no tree: the backend parses it once, for real). */
+static void check_json_then_acquire(void *arg)
+{
+    struct infer_job *j = arg;
+    struct larder__request *r = j->r;
+    char why[256];
+    if (!larder__json_check(r->body, r->body_len, why, sizeof why)) {
+        larder__reply_error(r, 400, "invalid_json", "%s", why);
+        job_free(j);
+        larder__request_resume(r);
+        return;
     }
-    return true;
+    acquire(j);
 }
 
 /* The model's timeout, or -1 with a 404 reply when the config has no such model. */
@@ -277,18 +320,17 @@ static int64_t model_timeout(struct larder__request *r, const char *name)
     return t;
 }
 
-static struct infer_job *job_new(struct larder__request *r, const char *name, char *mt)
+static struct infer_job *job_new(struct larder__request *r, const char *name, int64_t timeout)
 {
     struct infer_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        free(mt);
+    if (!j)
         return NULL;
-    }
     j->r = r;
-    j->content_type = mt;
+    j->timeout_ms = timeout;
+    j->content_type = strdup(r->content_type);
     j->name = strdup(name);
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, j);
-    bool ok = j->name != NULL;
+    bool ok = j->name && j->content_type;
     for (size_t i = 0; i < j->n_params; i++)
         ok = ok && j->params[i].key && j->params[i].value;
     if (!ok) {
@@ -311,25 +353,22 @@ void larder__route_infer(struct larder__request *r, const char *name)
                             "application/json, ...)");
         return;
     }
-    char *mt = media_type(r->content_type);
-    if (!mt || !check_body(r, mt)) {
-        free(mt);
-        if (!mt)
-            larder__reply_error(r, 500, "internal", "out of memory");
+    if (r->body_len == 0) {
+        larder__reply_error(r, 400, "empty_body", "the request has no body");
         return;
     }
-    struct infer_job *j = job_new(r, name, mt);
+    /* The backend gets the Content-Type whole ("audio/L16; rate=8000"): its parameters
+     * say how to read the body, and it refuses what it cannot take. */
+    struct infer_job *j = job_new(r, name, timeout);
     if (!j) {
         larder__reply_error(r, 500, "internal", "out of memory");
         return;
     }
     larder__request_suspend(r);
-    larder *m = larder__mgr_get(r->d);
-    int e = m ? larder_acquire_async(m, name, timeout, on_lease, j) : LARDER_ECLOSED;
-    if (m)
-        larder__mgr_put(r->d);
-    if (e < 0) {
-        j->err = e;
+    if (!json_body(r->content_type))
+        acquire(j);
+    else if (larder__pool_submit(r->d->infer_pool, check_json_then_acquire, j) < 0) {
+        j->err = LARDER_ECLOSED; /* only while shutting down, with no pool left */
         run_infer(j);
     }
 }

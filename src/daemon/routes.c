@@ -407,6 +407,12 @@ static void route_memory(struct larder__request *r, const char *name)
     json_object_set_new(o, "gpu_budgets", budgets);
     json_object_set_new(o, "policy", json_string(s->policy));
     json_object_set_new(o, "components", components_memory(s));
+    struct larder__request_memory req;
+    larder__http_request_memory(r->http, &req);
+    json_object_set_new(o, "requests",
+                        json_pack("{s:I,s:I,s:I}", "in_flight_bytes",
+                                  (json_int_t)req.in_flight_bytes, "limit_bytes",
+                                  (json_int_t)req.limit_bytes, "refused", (json_int_t)req.refused));
     larder_memory_free(mem);
     larder_snapshot_free(s);
     larder__reply_json(r, 200, o);
@@ -416,6 +422,8 @@ static void route_metrics(struct larder__request *r, const char *name)
 {
     struct larder__text t = {0};
     int e = larder__metrics_text(r->d, &t);
+    if (e == 0)
+        larder__http_metrics_text(r->http, &t);
     if (e < 0) {
         larder__text_free(&t);
         larder__reply_larder_error(r, e, "metrics failed");
@@ -426,6 +434,11 @@ static void route_metrics(struct larder__request *r, const char *name)
 
 static void route_events(struct larder__request *r, const char *name)
 {
+    if (strcmp(r->method, "HEAD") == 0) { /* the headers of a stream, and no client */
+        larder__reply_bytes(r, 200, "text/event-stream", NULL, 0);
+        larder__reply_header(r, "Cache-Control", "no-cache");
+        return;
+    }
     struct MHD_Response *resp = larder__events_response(r->d->events, r->conn);
     if (!resp)
         larder__reply_error(r, 503, "shutting_down", "the server is stopping");
@@ -625,6 +638,9 @@ static void on_load_lease(void *ud, int err, larder_lease *lease)
     struct admin_job *j = ud;
     if (err == LARDER_ETOOBIG)
         larder__reply_too_big(j->r, j->name, true);
+    else if (err == LARDER_ECOOLDOWN)
+        larder__reply_larder_error_retry(j->r, err, NULL,
+                                         larder__cooldown_left_ms(j->r->d, j->name));
     else if (err < 0)
         larder__reply_larder_error(j->r, err, NULL);
     else
@@ -651,7 +667,8 @@ static void route_load(struct larder__request *r, const char *name)
         if (m)
             larder__mgr_put(r->d);
         if (e < 0)
-            larder__reply_larder_error(r, e, NULL);
+            larder__reply_larder_error_retry(
+                r, e, NULL, e == LARDER_ECOOLDOWN ? larder__cooldown_left_ms(r->d, name) : -1);
         else
             larder__reply_json(r, 202, json_pack("{s:s,s:s}", "name", name, "state", "loading"));
         return;

@@ -13,6 +13,10 @@
 /* POST /v1/models/{name}/infer (infer.c). */
 void larder__route_infer(struct larder__request *r, const char *name);
 
+/* What is left of the cooldown of model `name` after a failed load, in ms; 0 when none.
+ * Any thread, no manager lock held (infer.c). */
+int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name);
+
 /* One component of a snapshot as the JSON object of GET /v1/models, appended to t. */
 void larder__component_text(struct larder__text *t, const struct larder_component_info *c);
 
