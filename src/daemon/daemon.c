@@ -646,6 +646,9 @@ static int open_manager(struct larder__daemon *d, const struct larder__config *c
         o.psi_trigger = c->psi_trigger;
     if (c->history_s >= 0)
         o.history_seconds = (unsigned)c->history_s;
+    /* A shutdown has already waited drain_timeout for requests (and the loads they wait
+     * on): the loads still running then get as long again, at most 10 s. */
+    o.close_timeout_ms = c->drain_timeout_ms < 10000 ? c->drain_timeout_ms : 10000;
     o.on_event = larder__events_on_event;
     o.event_ud = d->events;
     int r = larder_open(&o, &d->mgr);
