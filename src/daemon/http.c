@@ -1886,3 +1886,11 @@ unsigned larder__http_owners(struct larder__http *h)
     pthread_mutex_unlock(&h->owned.lock);
     return n;
 }
+
+bool larder__request_memory_take(struct larder__request *r, uint64_t bytes)
+{
+    if (memory_take(r, bytes))
+        return true;
+    atomic_fetch_add(&r->http->memory_refused, 1);
+    return false;
+}

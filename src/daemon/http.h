@@ -226,4 +226,9 @@ void larder__route(struct larder__request *r);
  * written through it); -1 when unknown. Valid while r is. Any thread while r is suspended. */
 int larder__request_socket(struct larder__request *r);
 
+/* Charges `bytes` more of request_memory to r (decoded input a backend reported, on top
+ * of its body), given back with the body when r is freed. False, and counted as a
+ * refusal, when they do not fit. The thread that owns r. */
+bool larder__request_memory_take(struct larder__request *r, uint64_t bytes);
+
 #endif

@@ -153,13 +153,24 @@ static void reply_cancelled(struct infer_job *j, const struct larder__infer_ctl 
 static void reply_backend_error(struct infer_job *j, int e, const char *err,
                                 const struct larder__infer_ctl *ctl, double infer_ms)
 {
-    if (e == LARDER_BACKEND_ECANCELED)
+    if (e == LARDER_BACKEND_ECANCELED) {
         reply_cancelled(j, ctl, infer_ms);
-    else if (e == LARDER_BACKEND_ETOOBIG)
+    } else if (e == LARDER_BACKEND_ETOOBIG && ctl->reserve_refused) {
+        larder__reply_error(j->r, 503, "request_memory",
+                            "model '%s': decoding the input needs more request memory than "
+                            "is free now; %s", j->name, *err ? err : "try again");
+        larder__reply_header(j->r, "Retry-After", "1");
+    } else if (e == LARDER_BACKEND_ETOOBIG) {
         larder__reply_error(j->r, 413, "input_too_large", "%s",
                             *err ? err : "the input decodes past the model's limit");
-    else
+    } else {
         larder__reply_larder_error(j->r, e, err);
+    }
+}
+
+static bool reserve_request_memory(void *ud, uint64_t bytes)
+{
+    return larder__request_memory_take(ud, bytes);
 }
 
 static void run_backend(struct infer_job *j)
@@ -175,6 +186,8 @@ static void run_backend(struct infer_job *j)
     struct larder__infer_ctl ctl = {
         .timeout_ms = infer_timeout(r->d, j->name),
         .client_fd = larder__request_socket(r),
+        .reserve = reserve_request_memory,
+        .reserve_ud = r,
     };
     struct larder_infer_result res = {0};
     char err[1024] = "";

@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "plugin.h"
 #include "routes.h"
 
 static void put(struct larder__text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -60,6 +61,14 @@ static void daemon_gauges(struct larder__text *t, struct larder__daemon *d)
 {
     header(t, "larder_inflight_requests", "gauge", "requests waiting for a lease or a worker");
     put(t, "larder_inflight_requests %u\n", atomic_load(&d->inflight));
+    uint64_t deadline = 0, gone = 0;
+    larder__infer_cancel_counts(&deadline, &gone);
+    header(t, "larder_infer_cancelled_total", "counter",
+           "inferences stopped by their infer_timeout or because their client went away");
+    put(t, "larder_infer_cancelled_total{reason=\"deadline\"} %llu\n",
+        (unsigned long long)deadline);
+    put(t, "larder_infer_cancelled_total{reason=\"client_gone\"} %llu\n",
+        (unsigned long long)gone);
     header(t, "larder_worker_jobs", "gauge", "inference jobs queued or running");
     put(t, "larder_worker_jobs %zu\n", larder__pool_pending(d->infer_pool));
     header(t, "larder_sse_clients", "gauge", "event stream clients connected");

@@ -114,13 +114,18 @@ static int host_cancelled(void *host_ctx)
     return ctl->why != LARDER__CANCEL_NONE;
 }
 
-/* Request memory is counted per call only: the daemon has no request-memory budget to
- * charge it to yet, so every reservation is granted (see docs/backends.md). */
+/* Request memory a backend is about to decode into, charged to the request through the
+ * ctl's reserve (the daemon's request_memory); refused when it does not fit. */
 static int host_reserve(void *host_ctx, uint64_t bytes)
 {
     struct larder__infer_ctl *ctl = host_ctx;
-    if (ctl)
-        ctl->reserved_bytes += bytes;
+    if (!ctl)
+        return 0;
+    if (ctl->reserve && !ctl->reserve(ctl->reserve_ud, bytes)) {
+        ctl->reserve_refused = true;
+        return -1;
+    }
+    ctl->reserved_bytes += bytes;
     return 0;
 }
 

@@ -104,6 +104,11 @@ struct larder__infer_ctl {
     double next_poll;            /* the next time the socket is polled */
     enum larder__cancel why;     /* the first reason a check saw; kept once set */
     uint64_t reserved_bytes;     /* request memory the backend reported */
+    /* Charges reported request memory to the request (NULL: every reservation is granted);
+     * true when granted. */
+    bool (*reserve)(void *reserve_ud, uint64_t bytes);
+    void *reserve_ud;
+    bool reserve_refused;        /* a reservation was refused */
 };
 
 /* Runs the plugin's infer on the model and instance of a lease. ctl (may be NULL: no

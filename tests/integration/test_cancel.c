@@ -46,7 +46,12 @@ static const char models[] =
     "infer_timeout = 1s\n"
     "\n"
     "[model.ocr]\n"
-    "backend = tesseract\n";
+    "backend = tesseract\n"
+    "\n"
+    "[model.ocr-roomy]\n"
+    "backend = tesseract\n"
+    "max_pixels = 200000000\n"
+    "max_image_bytes = 1GiB\n";
 
 static struct daemon d;
 
@@ -123,6 +128,11 @@ static void test_infer_timeout_answers_504(void **state)
     assert_int_equal(st, 200);
     larder__http_response_clear(&r);
     assert_int_equal(json_field(&d, "/v1/models/deadline", "instances.created"), 1);
+    /* counted, by its reason */
+    assert_int_equal(http(&d, "GET", "/metrics", NULL, NULL, 0, false, &r), 200);
+    if (!strstr(r.body, "larder_infer_cancelled_total{reason=\"deadline\"} 1\n"))
+        fail_msg("/metrics does not count the cancelled inference");
+    larder__http_response_clear(&r);
 }
 
 /* examples/speech.wav's samples repeated for `seconds` of 16 kHz audio, as a WAV. */
@@ -178,6 +188,24 @@ static void test_image_bomb_refused(void **state)
     larder__http_response_clear(&r);
 }
 
+/* A 12000x12000 image its model would take (576 MB decoded, under its max_image_bytes)
+ * but the server's request memory (256 MiB) cannot: 503 request_memory, nothing decoded,
+ * and the memory is free again for the next request. */
+static void test_image_past_request_memory(void **state)
+{
+    unsigned char png[PNG_HEADER_LEN];
+    png_header_only(png, 12000, 12000);
+    struct larder__http_response r = {0};
+    int st = http(&d, "POST", "/v1/models/ocr-roomy/infer", "image/png", png, sizeof png, false,
+                  &r);
+    assert_int_equal(st, 503);
+    assert_string_equal(error_code(&r), "request_memory");
+    larder__http_response_clear(&r);
+    assert_true(json_field(&d, "/v1/memory", "requests.refused") >= 1);
+    WAIT_UNTIL(json_field(&d, "/v1/memory", "requests.in_flight_bytes") == 0);
+    assert_int_equal(json_field(&d, "/v1/memory", "requests.in_flight_bytes"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -185,6 +213,7 @@ int main(void)
         cmocka_unit_test(test_infer_timeout_answers_504),
         cmocka_unit_test(test_long_speech_times_out),
         cmocka_unit_test(test_image_bomb_refused),
+        cmocka_unit_test(test_image_past_request_memory),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
