@@ -29,6 +29,8 @@ check-repeat: build
 	meson test -C $(BUILD) --print-errorlogs --repeat $(REPEAT) $(TESTS)
 
 run: build
+	@# a token file others may read draws a warning; git keeps no such permission
+	chmod go-rwx examples/admin.tokens
 	OMP_THREAD_LIMIT=1 $(BUILD)/src/daemon/larderd --config $(CONFIG) --listen $(LISTEN)
 
 bench: build
