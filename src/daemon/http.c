@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -1707,11 +1708,22 @@ void larder__http_counts(struct larder__http *h, struct larder__http_counts *ret
     pthread_mutex_unlock(&h->lock);
 }
 
-int larder__request_socket(struct larder__request *r)
+int larder__request_socket_dup(struct larder__request *r, bool *ret_answered)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    return ci ? (int)ci->connect_fd : -1;
+    struct larder__owned *o = &r->http->owned;
+    int fd = -1;
+    if (r->owned)
+        pthread_mutex_lock(&o->lock);
+    /* Once the shutdown has answered r, MHD may have closed and freed its connection. */
+    *ret_answered = r->owned && r->taken;
+    if (!*ret_answered) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        fd = ci ? fcntl((int)ci->connect_fd, F_DUPFD_CLOEXEC, 0) : -1;
+    }
+    if (r->owned)
+        pthread_mutex_unlock(&o->lock);
+    return fd;
 }
 
 /* ---- suspended requests and their owners --------------------------------------------------

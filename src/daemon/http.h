@@ -222,9 +222,12 @@ bool larder__request_arg_parse(struct larder__request *r, const char *name,
 /* Routes one complete request (routes.c). Sets a reply or suspends r. */
 void larder__route(struct larder__request *r);
 
-/* The socket of r's connection, for polling whether its client hung up (never read or
- * written through it); -1 when unknown. Valid while r is. Any thread while r is suspended. */
-int larder__request_socket(struct larder__request *r);
+/* A duplicate of the socket of r's connection, for polling whether its client hung up
+ * (never read or written through it): the caller closes it. -1 when unknown, and also
+ * when r was already answered by the shutdown (*ret_answered true: its connection may be
+ * gone, and the owner has nothing left to do but give r back). The owner of a suspended
+ * r, any thread. */
+int larder__request_socket_dup(struct larder__request *r, bool *ret_answered);
 
 /* Charges `bytes` more of request_memory to r (decoded input a backend reported, on top
  * of its body), given back with the body when r is freed. False, and counted as a

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 
 #include "log.h"
@@ -183,9 +184,13 @@ static void run_backend(struct infer_job *j)
         .params = j->params,
         .n_params = j->n_params,
     };
+    bool answered = false;
+    int client_fd = larder__request_socket_dup(r, &answered);
+    if (answered)
+        return; /* by the shutdown: the work is not wanted any more */
     struct larder__infer_ctl ctl = {
         .timeout_ms = infer_timeout(r->d, j->name),
-        .client_fd = larder__request_socket(r),
+        .client_fd = client_fd,
         .reserve = reserve_request_memory,
         .reserve_ud = r,
     };
@@ -194,6 +199,8 @@ static void run_backend(struct infer_job *j)
     double t0 = larder__now();
     int e = larder__lease_infer(j->lease, &req, &ctl, &res, err, sizeof err);
     double infer_ms = (larder__now() - t0) * 1000.0;
+    if (client_fd >= 0)
+        close(client_fd);
     if (e < 0) {
         reply_backend_error(j, e, err, &ctl, infer_ms);
         return;
