@@ -343,6 +343,12 @@ static struct snap snapshot(struct daemon *d, long long budget)
  * both are served. */
 static void test_two_asr_one_budget(void **state)
 {
+#if defined(__SANITIZE_THREAD__)
+    /* ThreadSanitizer maps shadow memory for what a load touches: the daemon's RSS delta
+     * for one model is then several times the model, more than this whole budget. */
+    printf("ThreadSanitizer build: RSS deltas count shadow memory; skipped\n");
+    skip();
+#endif
     struct daemon d;
     size_t len = 0;
     char *wav = read_file(EXAMPLES_DIR "/speech.wav", &len);
