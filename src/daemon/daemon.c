@@ -701,22 +701,28 @@ static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
 
 static int start_http(struct larder__daemon *d, char *err, size_t errlen)
 {
+    /* Read before the server starts: from then on a reload may replace the config. */
     const struct larder__config *c = d->conf;
     char *host = NULL;
     unsigned port = c->listen_port;
-    int r = 0;
+    int models = (int)c->n_models;
+    bool admin = d->admin != NULL;
     if (d->listen_override && larder__parse_listen(d->listen_override, &host, &port) < 0) {
         snprintf(err, errlen, "--listen: bad address '%s' (HOST:PORT)", d->listen_override);
         return -EINVAL;
     }
-    r = larder__http_start(d, host ? host : c->listen_host, port, c->http_threads, &d->http,
-                           err, errlen);
+    if (!host && !(host = strdup(c->listen_host))) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    char *backend_dir = strdup(larder__backend_dir(c));
+    int r = larder__http_start(d, host, port, c->http_threads, &d->http, err, errlen);
     if (r == 0)
         larder__log(LARDER__LOG_INFO, "listening",
-                    json_pack("{s:s,s:i,s:i,s:s,s:b}", "host", host ? host : c->listen_host,
-                              "port", (int)larder__http_port(d->http), "models",
-                              (int)c->n_models, "backend_dir", larder__backend_dir(c),
-                              "admin_routes", d->admin != NULL));
+                    json_pack("{s:s,s:i,s:i,s:s?,s:b}", "host", host, "port",
+                              (int)larder__http_port(d->http), "models", models, "backend_dir",
+                              backend_dir, "admin_routes", admin));
+    free(backend_dir);
     free(host);
     return r;
 }
