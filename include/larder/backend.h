@@ -19,6 +19,15 @@
  * an error code of minor N only to a host of minor N or later (to a minor-0 host, an
  * input too big is LARDER_BACKEND_EINPUT).
  *
+ * Minor 2 added streamed replies: the request's stream flag and the host's emit service.
+ * A caller that can forward a reply piece by piece (server-sent events, NDJSON, a worker
+ * connection) sets stream; a backend of minor >= 2 that produces its reply in pieces (the
+ * tokens of a generation) then calls host->emit once per piece, as it goes, and finally
+ * returns its result as usual: that result is the stream's last piece (a summary such as
+ * the finish reason and token counts). A backend that does not stream ignores the flag
+ * and returns its whole result, which the caller sends as a single piece. Each piece is
+ * one JSON object, so the very same sequence can be framed over a worker connection.
+ *
  * Every call carries bytes in and JSON (or bytes) out, so the very same call can be
  * carried over a socket to a worker process unchanged.
  */
@@ -33,7 +42,7 @@ extern "C" {
 #endif
 
 #define LARDER_BACKEND_ABI_MAJOR 1
-#define LARDER_BACKEND_ABI_MINOR 1
+#define LARDER_BACKEND_ABI_MINOR 2
 #define LARDER_BACKEND_ENTRY "larder_backend_entry"
 
 /* Errors a backend returns (negative). The host maps them to HTTP statuses. */
@@ -84,6 +93,14 @@ struct larder_host {
      * without allocating. Bytes reported add up over one infer call and are released by
      * the host when the call returns. Same thread rule as cancelled. May be NULL. */
     int (*reserve_request_bytes)(void *host_ctx, uint64_t bytes);
+    /* ---- minor 2 ---- */
+    /* Sends one piece of a streamed reply of the request whose host_ctx this is: a JSON
+     * object text of len bytes (no NUL needed), copied before the call returns. Only for a
+     * request whose stream flag is set. Blocks while the receiver is slow (bounded by the
+     * host). 0: sent; negative: the receiver has gone or the request was cancelled, and
+     * the backend stops as for cancelled (LARDER_BACKEND_ECANCELED). Same thread rule as
+     * cancelled. May be NULL (then the host never sets stream). */
+    int (*emit)(void *host_ctx, const char *json, size_t len);
 };
 
 struct larder_infer_request {
@@ -95,6 +112,8 @@ struct larder_infer_request {
     /* ---- minor 1: read only when host->abi_minor >= 1 ---- */
     void *host_ctx;           /* the request's handle for the host's cancelled and
                                * reserve_request_bytes; opaque to the backend */
+    /* ---- minor 2: read only when host->abi_minor >= 2 ---- */
+    int stream;               /* non-zero: the caller takes pieces through host->emit */
 };
 
 struct larder_infer_result {

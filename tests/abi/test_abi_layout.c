@@ -34,7 +34,7 @@ VALUE(LARDER_BACKEND_EOPTION, -30003);
 VALUE(LARDER_BACKEND_EMODEL, -30004);
 VALUE(LARDER_BACKEND_EINTERNAL, -30005);
 VALUE(LARDER_BACKEND_ENOMEM, -30006);
-VALUE(LARDER_BACKEND_ABI_MINOR, 1);
+VALUE(LARDER_BACKEND_ABI_MINOR, 2);
 VALUE(LARDER_BACKEND_ECANCELED, -30007);
 VALUE(LARDER_BACKEND_ETOOBIG, -30008);
 VALUE(LARDER_LOG_ERROR, 0);
@@ -52,7 +52,8 @@ AT(larder_host, log, 8);
 AT(larder_host, rss_bytes, 16);
 AT(larder_host, cancelled, 24);             /* minor 1 */
 AT(larder_host, reserve_request_bytes, 32); /* minor 1 */
-SIZE(larder_host, 40);
+AT(larder_host, emit, 40);                  /* minor 2 */
+SIZE(larder_host, 48);
 
 AT(larder_infer_request, body, 0);
 AT(larder_infer_request, body_len, 8);
@@ -60,7 +61,8 @@ AT(larder_infer_request, content_type, 16);
 AT(larder_infer_request, params, 24);
 AT(larder_infer_request, n_params, 32);
 AT(larder_infer_request, host_ctx, 40); /* minor 1 */
-SIZE(larder_infer_request, 48);
+AT(larder_infer_request, stream, 48);   /* minor 2 */
+SIZE(larder_infer_request, 56);
 
 AT(larder_infer_result, json, 0);
 AT(larder_infer_result, bytes, 8);
