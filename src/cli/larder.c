@@ -2,9 +2,11 @@
  *
  *   larder serve --config FILE [--listen HOST:PORT] ...   run the daemon (as larderd)
  *   larder ps [--all] [--url URL | --config FILE]         models loaded (or all)
+ *   larder ps [--all] --url URL --url URL ...              the same over several nodes
  *   larder load NAME [--url URL | --config FILE] [--token TOKEN]     load a model now
  *   larder unload NAME [--url URL | --config FILE] [--token TOKEN]   drain and unload it
  *   larder check CONFIG                                    validate a config, load nothing
+ *   larder cluster haproxy [--bind ADDR:PORT] NODE...      HAProxy config for these nodes
  *   larder --version | --help
  *
  * The daemon is at --url URL, else the [server] listen address of --config FILE (a
@@ -26,6 +28,7 @@
 
 #include "check.h"
 #include "client.h"
+#include "cluster.h"
 #include "config.h"
 #include "daemon.h"
 
@@ -34,10 +37,14 @@
 #define TIMEOUT_MS 600000 /* a load may take minutes */
 
 /* The options a command may take. */
-enum { OPT_URL = 1, OPT_TOKEN = 2, OPT_ALL = 4, OPT_CONFIG = 8 };
+enum { OPT_URL = 1, OPT_TOKEN = 2, OPT_ALL = 4, OPT_CONFIG = 8, OPT_BIND = 16 };
+#define MAX_URLS LARDER__CLUSTER_MAX_NODES
 
 struct cli {
-    const char *url_opt;  /* --url */
+    const char *url_opt;  /* --url (the first) */
+    const char *urls[MAX_URLS]; /* every --url, in order */
+    unsigned n_urls;
+    const char *bind;     /* --bind */
     const char *config;   /* --config */
     const char *token;    /* --token, else $LARDER_TOKEN */
     bool all;
@@ -55,6 +62,8 @@ static void usage(FILE *f)
             "       larder load NAME [--url URL | --config FILE] [--token TOKEN]\n"
             "       larder unload NAME [--url URL | --config FILE] [--token TOKEN]\n"
             "       larder check CONFIG\n"
+            "       larder ps [--all] --url URL --url URL ...\n"
+            "       larder cluster haproxy [--bind ADDR:PORT] [NAME=]HOST:PORT...\n"
             "       larder --version | --help\n"
             "\n"
             "  serve   run the daemon in the foreground, as larderd does\n"
@@ -62,6 +71,11 @@ static void usage(FILE *f)
             "  load    load a model now (admin)\n"
             "  unload  drain a model and unload it (admin)\n"
             "  check   validate a config as start-up does, loading nothing (exit 1 on errors)\n"
+            "  cluster haproxy  print an HAProxy config that routes each model to one node\n"
+            "          (consistent hashing on the model name; docs/scale-out.md)\n"
+            "\n"
+            "ps with several --url prints one table over those nodes, with a NODE column;\n"
+            "a node that does not answer is reported and the others are still listed.\n"
             "\n"
             "The daemon is at --url URL, else [server] listen of --config FILE, else $LARDER_URL,\n"
             "else " DEFAULT_URL "; a wildcard listen address (0.0.0.0, ::) means\n"
@@ -134,7 +148,7 @@ static void fmt_expires(json_t *m, char *buf, size_t len)
         snprintf(buf, len, "%lld minutes from now", (long long)(exp + 59999) / 60000);
 }
 
-static void print_model(json_t *m)
+static void print_model(json_t *m, const char *node)
 {
     char mem[32], inst[32], exp[48];
     json_t *in = json_object_get(m, "instances");
@@ -151,38 +165,124 @@ static void print_model(json_t *m)
         snprintf(inst, sizeof inst, "shared (%lld)", (long long)json_integer_value(
                                                          json_object_get(m, "leases")));
     fmt_expires(m, exp, sizeof exp);
+    if (node)
+        printf("%-16s ", node);
     printf("%-24s %-10s %-14s %-12s %s\n", json_string_value(json_object_get(m, "name")),
            json_string_value(json_object_get(m, "state")), inst, mem, exp);
 }
 
-static int cmd_ps(struct cli *c, char **args)
+/* GET /v1/models of the daemon at c->u: its reply parsed, or NULL after a message. The
+ * node's name (X-Larder-Node, else its URL) goes to node. */
+static json_t *fetch_models(struct cli *c, char *node, size_t node_len)
 {
     struct larder__http_response resp = {0};
     if (call(c, "GET", "/v1/models", &resp) < 0)
-        return 1;
+        return NULL;
     if (resp.status != 200) {
         report("ps", &resp);
         larder__http_response_clear(&resp);
-        return 1;
+        return NULL;
     }
+    if (!larder__http_header(&resp, "X-Larder-Node", node, node_len))
+        snprintf(node, node_len, "%s", c->url);
     json_t *o = json_loads(resp.body, 0, NULL);
-    json_t *models = json_object_get(o, "models"), *m;
-    size_t i;
-    if (!json_is_array(models)) {
+    larder__http_response_clear(&resp);
+    if (!json_is_array(json_object_get(o, "models"))) {
         fprintf(stderr, "larder: ps: %s answered with no model list\n", c->url);
         json_decref(o);
-        larder__http_response_clear(&resp);
-        return 1;
+        return NULL;
     }
-    printf("%-24s %-10s %-14s %-12s %s\n", "NAME", "STATE", "INSTANCES", "MEMORY", "EXPIRES");
-    json_array_foreach(models, i, m) {
+    return o;
+}
+
+static void print_models(struct cli *c, json_t *o, const char *node)
+{
+    json_t *m;
+    size_t i;
+    json_array_foreach(json_object_get(o, "models"), i, m) {
         const char *state = json_string_value(json_object_get(m, "state"));
         if (c->all || (state && strcmp(state, "unloaded") != 0))
-            print_model(m);
+            print_model(m, node);
     }
+}
+
+static void format_url(struct cli *c);
+
+/* ps over several nodes: one table with a NODE column. A node that cannot be reached or
+ * answers with an error is said so on stderr and gets a row of its own; the exit status
+ * is 1 only when no node answered. */
+static int ps_fleet(struct cli *c)
+{
+    json_t *replies[MAX_URLS] = {NULL};
+    char nodes[MAX_URLS][300];
+    unsigned answered = 0;
+    for (unsigned k = 0; k < c->n_urls; k++) {
+        struct cli one = *c;
+        if (larder__url_parse(c->urls[k], &one.u) < 0) {
+            fprintf(stderr, "larder: bad URL '%s' (--url; expected http://HOST:PORT)\n",
+                    c->urls[k]);
+            snprintf(nodes[k], sizeof nodes[k], "%s", c->urls[k]);
+            continue;
+        }
+        format_url(&one);
+        replies[k] = fetch_models(&one, nodes[k], sizeof nodes[k]);
+        if (!replies[k])
+            snprintf(nodes[k], sizeof nodes[k], "%s", one.url);
+        answered += replies[k] != NULL;
+    }
+    printf("%-16s %-24s %-10s %-14s %-12s %s\n", "NODE", "NAME", "STATE", "INSTANCES", "MEMORY",
+           "EXPIRES");
+    for (unsigned k = 0; k < c->n_urls; k++) {
+        if (replies[k])
+            print_models(c, replies[k], nodes[k]);
+        else
+            printf("%-16s %-24s %s\n", nodes[k], "-", "unreachable");
+        json_decref(replies[k]);
+    }
+    return answered ? 0 : 1;
+}
+
+static int cmd_ps(struct cli *c, char **args)
+{
+    char node[300];
+    if (c->n_urls > 1)
+        return ps_fleet(c);
+    json_t *o = fetch_models(c, node, sizeof node);
+    if (!o)
+        return 1;
+    printf("%-24s %-10s %-14s %-12s %s\n", "NAME", "STATE", "INSTANCES", "MEMORY", "EXPIRES");
+    print_models(c, o, NULL);
     json_decref(o);
-    larder__http_response_clear(&resp);
     return 0;
+}
+
+/* ---- cluster -------------------------------------------------------------------------------- */
+
+static int cmd_cluster(struct cli *c, char **args)
+{
+    struct larder__cluster *cl = calloc(1, sizeof *cl);
+    char err[512];
+    int r = 0;
+    if (!cl)
+        return 1;
+    if (strcmp(args[0], "haproxy") != 0) {
+        free(cl);
+        return bad_usage("cluster: unknown subcommand '%s' (cluster haproxy NODE...)", args[0]);
+    }
+    if (!args[1]) {
+        free(cl);
+        return bad_usage("cluster haproxy needs at least one node ([NAME=]HOST:PORT)");
+    }
+    cl->bind = c->bind;
+    for (char **a = args + 1; *a && r == 0; a++)
+        if (larder__cluster_add_node(cl, *a, err, sizeof err) < 0)
+            r = bad_usage("cluster haproxy: %s", err);
+    if (r == 0 && (larder__cluster_haproxy(cl, stdout) < 0 || fflush(stdout) != 0)) {
+        fprintf(stderr, "larder: cluster haproxy: cannot write the configuration\n");
+        r = 1;
+    }
+    free(cl);
+    return r;
 }
 
 /* ---- load / unload ------------------------------------------------------------------------ */
@@ -350,22 +450,27 @@ static int find_daemon(struct cli *c)
 struct command {
     const char *name;
     const char *operand; /* what follows the command, exactly one; NULL: nothing */
+    bool more;           /* operand is the first of one or more */
     unsigned opts;       /* OPT_* it takes */
     bool daemon;         /* talks to a daemon; else --config FILE may be the operand */
     int (*run)(struct cli *c, char **args);
 };
 
 static const struct command commands[] = {
-    {"ps", NULL, OPT_URL | OPT_CONFIG | OPT_ALL | OPT_TOKEN, true, cmd_ps},
-    {"load", "model NAME", OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_load},
-    {"unload", "model NAME", OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_unload},
-    {"check", "CONFIG file", OPT_CONFIG, false, cmd_check},
+    {"ps", NULL, false, OPT_URL | OPT_CONFIG | OPT_ALL | OPT_TOKEN, true, cmd_ps},
+    {"load", "model NAME", false, OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_load},
+    {"unload", "model NAME", false, OPT_URL | OPT_CONFIG | OPT_TOKEN, true, cmd_unload},
+    {"check", "CONFIG file", false, OPT_CONFIG, false, cmd_check},
+    {"cluster", "subcommand (haproxy)", true, OPT_BIND, false, cmd_cluster},
 };
 
 static const char *opt_name(unsigned bit)
 {
-    return bit == OPT_URL ? "--url" : bit == OPT_TOKEN ? "--token" : bit == OPT_ALL ? "--all"
-                                                                                : "--config";
+    return bit == OPT_URL     ? "--url"
+           : bit == OPT_TOKEN ? "--token"
+           : bit == OPT_ALL   ? "--all"
+           : bit == OPT_BIND  ? "--bind"
+                              : "--config";
 }
 
 enum parsed { PARSED, SHOW_HELP, SHOW_VERSION };
@@ -389,14 +494,22 @@ static int parse_options(int argc, char **argv, struct cli *c, int *first)
         {"url", required_argument, NULL, 'u'},    {"token", required_argument, NULL, 't'},
         {"config", required_argument, NULL, 'c'}, {"all", no_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"bind", required_argument, NULL, 'b'},   {NULL, 0, NULL, 0},
     };
     int ch, r = PARSED;
     opterr = 0;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, ":u:t:c:ahV", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":u:t:c:b:ahV", opts, NULL)) != -1) {
         switch (ch) {
-        case 'u': c->url_opt = optarg; c->given |= OPT_URL; break;
+        case 'u':
+            if (c->n_urls == MAX_URLS)
+                return -bad_usage("at most %d --url", MAX_URLS);
+            if (!c->url_opt)
+                c->url_opt = optarg;
+            c->urls[c->n_urls++] = optarg;
+            c->given |= OPT_URL;
+            break;
+        case 'b': c->bind = optarg; c->given |= OPT_BIND; break;
         case 't': c->token = optarg; c->given |= OPT_TOKEN; break;
         case 'c': c->config = optarg; c->given |= OPT_CONFIG; break;
         case 'a': c->all = true; c->given |= OPT_ALL; break;
@@ -441,13 +554,19 @@ int main(int argc, char **argv)
             cmd = &commands[i];
     if (!cmd)
         return bad_usage("unknown command '%s'", name);
-    for (unsigned bit = 1; bit <= OPT_CONFIG; bit <<= 1)
+    for (unsigned bit = 1; bit <= OPT_BIND; bit <<= 1)
         if ((c.given & bit) && !(cmd->opts & bit))
             return bad_usage("%s does not take %s", name, opt_name(bit));
     if (!cmd->operand && nargs > 0)
         return bad_usage("%s: unexpected argument '%s'", name, args[0]);
-    if (cmd->operand && nargs + (!cmd->daemon && c.config) != 1)
+    if (cmd->more && nargs < 1)
+        return bad_usage("%s needs a %s", name, cmd->operand);
+    if (cmd->operand && !cmd->more && nargs + (!cmd->daemon && c.config) != 1)
         return bad_usage("%s needs one %s", name, cmd->operand);
+    if (c.n_urls > 1 && cmd->run != cmd_ps)
+        return bad_usage("%s takes one --url", name);
+    if (c.n_urls > 1 && c.config)
+        return bad_usage("ps takes several --url or one --config, not both");
     if (!c.token) {
         const char *env = getenv("LARDER_TOKEN");
         c.token = env && *env ? env : NULL;

@@ -385,13 +385,14 @@ enum server_key {
     SK_LISTEN, SK_ADMIN_TOKENS, SK_INFER_TOKENS, SK_BACKEND_DIR, SK_MAX_BODY,
     SK_REQUEST_TIMEOUT, SK_THREADS, SK_HTTP_THREADS, SK_DRAIN_TIMEOUT, SK_LOG_FORMAT,
     SK_LOG_LEVEL, SK_STATE_DIR, SK_EVENTS_QUEUE, SK_ALLOW_EMPTY, SK_MAX_CONNECTIONS,
-    SK_MAX_CONNECTIONS_PER_CLIENT, SK_HEADER_TIMEOUT, SK_BODY_TIMEOUT, SK_REQUEST_MEMORY, SK_N
+    SK_MAX_CONNECTIONS_PER_CLIENT, SK_HEADER_TIMEOUT, SK_BODY_TIMEOUT, SK_REQUEST_MEMORY, SK_NODE_NAME,
+    SK_N
 };
 static const char *const server_keys[SK_N + 1] = {
     "listen", "admin_tokens", "infer_tokens", "backend_dir", "max_body", "request_timeout",
     "threads", "http_threads", "drain_timeout", "log_format", "log_level", "state_dir",
     "events_queue", "allow_empty", "max_connections", "max_connections_per_client",
-    "header_timeout", "body_timeout", "request_memory",
+    "header_timeout", "body_timeout", "request_memory", "node_name",
 };
 
 enum memory_key {
@@ -432,6 +433,26 @@ static int positive_duration(const char *v, int64_t *ret)
     if (ms <= 0)
         return -ERANGE;
     *ret = ms;
+    return 0;
+}
+
+/* A node name goes into a reply header and a Prometheus label: 1 to 64 of [A-Za-z0-9._:-]. */
+bool larder__node_name_valid(const char *v)
+{
+    size_t n = strlen(v);
+    return n >= 1 && n <= LARDER__NODE_NAME_MAX &&
+           strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") == n;
+}
+
+static int set_node_name(struct larder__config *c, const char *v)
+{
+    if (!larder__node_name_valid(v))
+        return -EINVAL;
+    char *s = strdup(v);
+    if (!s)
+        return -ENOMEM;
+    free(c->node_name);
+    c->node_name = s;
     return 0;
 }
 
@@ -480,6 +501,9 @@ static int server_value(struct parser *p, int k, const char *v)
     case SK_LOG_FORMAT: return larder__log_parse_format(v, &c->log_format);
     case SK_LOG_LEVEL: return larder__log_parse_level(v, &c->log_level);
     case SK_ALLOW_EMPTY: return larder__parse_bool(v, &c->allow_empty);
+    case SK_NODE_NAME:
+        p->hint = "1 to 64 letters, digits, '.', '_', ':' or '-'";
+        return set_node_name(c, v);
     }
     return -EINVAL;
 }
@@ -1522,6 +1546,7 @@ struct larder__config *larder__config_free(struct larder__config *c)
     free(c->infer_tokens);
     free(c->backend_dir);
     free(c->state_dir);
+    free(c->node_name);
     free(c->policy);
     free(c->psi_trigger);
     free(c);

@@ -26,6 +26,7 @@
 #include "log.h"
 
 #define LARDER__DEFAULT_PORT 8377
+#define LARDER__NODE_NAME_MAX 64
 
 struct larder__model_conf {
     char *name;
@@ -80,6 +81,7 @@ struct larder__config {
     int64_t body_timeout_ms;      /* a request's body, from its headers; default 120 s */
     uint64_t request_memory;      /* body bytes buffered for requests in flight, all
                                    * together; default 256 MiB */
+    char *node_name;              /* X-Larder-Node of every reply; NULL = the host name */
     /* [memory] */
     uint64_t budget_bytes;        /* 0 = budget_fraction */
     double budget_fraction;       /* 0 = library default */
@@ -186,6 +188,10 @@ bool larder__model_conf_equal(const struct larder__model_conf *a,
 /* Parses a duration: "250ms", "30s", "5m", "2h", "1d", a plain number (seconds),
  * "never" (-1) or "0". Errors: -EINVAL, -ERANGE. */
 int larder__parse_duration(const char *s, int64_t *ret_ms);
+
+/* True when v may name a node (`[server] node_name`): 1 to LARDER__NODE_NAME_MAX of
+ * [A-Za-z0-9._:-], so it needs no quoting in a header or a Prometheus label. */
+bool larder__node_name_valid(const char *v);
 
 /* Parses yes/no, true/false, on/off, 1/0. Errors: -EINVAL. */
 int larder__parse_bool(const char *s, bool *ret_value);

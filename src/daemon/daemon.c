@@ -316,6 +316,7 @@ static void diff_server(const struct larder__config *o, const struct larder__con
     changed(ap, rs, "server.state_dir", !str_same(o->state_dir, n->state_dir), false);
     changed(ap, rs, "server.events_queue", o->events_queue != n->events_queue, false);
     changed(ap, rs, "server.allow_empty", o->allow_empty != n->allow_empty, true);
+    changed(ap, rs, "server.node_name", !str_same(o->node_name, n->node_name), false);
 }
 
 static void diff_memory(const struct larder__config *o, const struct larder__config *n,
@@ -699,6 +700,22 @@ static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
     return r;
 }
 
+/* [server] node_name, else the host name (cut at its first dot, and "larder" when it has
+ * a character a node name may not hold). */
+static void set_node_name(struct larder__daemon *d, const struct larder__config *c)
+{
+    char host[256] = "";
+    if (c->node_name) {
+        snprintf(d->node_name, sizeof d->node_name, "%s", c->node_name);
+        return;
+    }
+    if (gethostname(host, sizeof host - 1) < 0)
+        host[0] = 0;
+    host[strcspn(host, ".")] = 0;
+    snprintf(d->node_name, sizeof d->node_name, "%s",
+             larder__node_name_valid(host) ? host : "larder");
+}
+
 static int start_http(struct larder__daemon *d, char *err, size_t errlen)
 {
     /* Read before the server starts: from then on a reload may replace the config. */
@@ -715,13 +732,14 @@ static int start_http(struct larder__daemon *d, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    set_node_name(d, c);
     char *backend_dir = strdup(larder__backend_dir(c));
     int r = larder__http_start(d, host, port, c->http_threads, &d->http, err, errlen);
     if (r == 0)
         larder__log(LARDER__LOG_INFO, "listening",
-                    json_pack("{s:s,s:i,s:i,s:s?,s:b}", "host", host, "port",
+                    json_pack("{s:s,s:i,s:i,s:s?,s:b,s:s}", "host", host, "port",
                               (int)larder__http_port(d->http), "models", models, "backend_dir",
-                              backend_dir, "admin_routes", admin));
+                              backend_dir, "admin_routes", admin, "node", d->node_name));
     free(backend_dir);
     free(host);
     return r;

@@ -41,6 +41,7 @@ struct larder__daemon {
     atomic_ullong reloads;
     double started;                 /* monotonic seconds */
     char *listen_override;          /* --listen, kept across reloads */
+    char node_name[LARDER__NODE_NAME_MAX + 1]; /* X-Larder-Node; fixed at start-up */
     bool log_format_fixed;          /* --log-format given: reloads keep it */
     bool log_level_fixed;           /* --log-level given: reloads keep it */
     enum larder__log_format log_format;

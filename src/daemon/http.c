@@ -1087,6 +1087,7 @@ static enum MHD_Result queue_reply(struct larder__request *r)
         larder__reply_error(r, 500, "internal", "no reply was produced");
     if (!r->resp)
         return MHD_NO;
+    MHD_add_response_header(r->resp, "X-Larder-Node", r->d->node_name);
     enum MHD_Result ok = MHD_queue_response(r->conn, r->status, r->resp);
     MHD_destroy_response(r->resp);
     r->resp = NULL;

@@ -57,6 +57,38 @@ static void per_component(struct larder__text *t, const struct larder_snapshot *
     }
 }
 
+/* What an inference gateway scrapes to route by load, named as the Gateway API Inference
+ * Extension's model-server protocol names them (vLLM's names): requests waiting for their
+ * model (its load, or a free instance) and requests holding a lease, per model and in all;
+ * and, in the slot of the KV-cache utilisation, the share of the memory budget reserved,
+ * which is what fills up on a larder node. */
+static void gateway_gauges(struct larder__text *t, const struct larder_snapshot *s)
+{
+    unsigned long long waiting = 0, running = 0;
+    header(t, "vllm:num_requests_waiting", "gauge", "requests waiting for their model");
+    for (size_t i = 0; i < s->n; i++) {
+        put(t, "vllm:num_requests_waiting{model_name=\"%s\"} %u\n", s->components[i].name,
+            s->components[i].waiters);
+        waiting += s->components[i].waiters;
+    }
+    header(t, "vllm:num_requests_running", "gauge", "requests holding a lease on their model");
+    for (size_t i = 0; i < s->n; i++) {
+        put(t, "vllm:num_requests_running{model_name=\"%s\"} %u\n", s->components[i].name,
+            s->components[i].leases);
+        running += s->components[i].leases;
+    }
+    double usage = s->budget_bytes ? (double)s->reserved_bytes / (double)s->budget_bytes : 0;
+    header(t, "vllm:kv_cache_usage_perc", "gauge",
+           "share of the memory budget reserved (1 = full), in the KV-cache utilisation slot");
+    put(t, "vllm:kv_cache_usage_perc %.17g\n", usage);
+    header(t, "larder_requests_waiting", "gauge", "requests waiting for their model, all models");
+    put(t, "larder_requests_waiting %llu\n", waiting);
+    header(t, "larder_requests_running", "gauge", "requests holding a lease, all models");
+    put(t, "larder_requests_running %llu\n", running);
+    header(t, "larder_budget_usage_ratio", "gauge", "reserved bytes over the budget");
+    put(t, "larder_budget_usage_ratio %.17g\n", usage);
+}
+
 static void daemon_gauges(struct larder__text *t, struct larder__daemon *d)
 {
     header(t, "larder_inflight_requests", "gauge", "requests waiting for a lease or a worker");
@@ -158,12 +190,13 @@ int larder__metrics_text(struct larder__daemon *d, struct larder__text *t)
         larder__mgr_put(d);
     if (e < 0)
         return e;
-    larder__text_reserve(t, 16384 + s->n * 1200);
+    larder__text_reserve(t, 16384 + s->n * 1400);
     larder__events_counts(d->events, &ec);
     larder__http_counts(d->http, &hc);
     manager_wide(t, s);
     daemon_gauges(t, d);
     per_component(t, s);
+    gateway_gauges(t, s);
     event_counters(t, &ec);
     http_counters(t, &hc);
     header(t, "larder_reloads_total", "counter", "config reloads that succeeded");

@@ -141,8 +141,8 @@ static struct larder_snapshot *snapshot_or_reply(struct larder__request *r)
 static void route_health(struct larder__request *r, const char *name)
 {
     larder__reply_json(r, 200,
-                       json_pack("{s:s,s:f}", "status", "ok", "uptime_s",
-                                 larder__now() - r->d->started));
+                       json_pack("{s:s,s:s,s:f}", "status", "ok", "node", r->d->node_name,
+                                 "uptime_s", larder__now() - r->d->started));
 }
 
 /* Readiness concerns the preload models only: each is loaded (or was, and is now
