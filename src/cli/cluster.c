@@ -101,7 +101,7 @@ static void write_front(const struct larder__cluster *c, FILE *f)
 {
     fprintf(f,
             "global\n"
-            "    maxconn 20000\n"
+            "    maxconn 4096\n"
             "    tune.bufsize 65536\n"
             "    log stdout format raw local0 info\n"
             "\n"
@@ -133,6 +133,17 @@ static void write_front(const struct larder__cluster *c, FILE *f)
             c->bind ? c->bind : "*:8377", body_routes);
 }
 
+/* HAProxy lets a node carry at most factor/100 times the mean load of the nodes before
+ * it sends a model's request to the next node on the ring. The mean counts idle nodes
+ * too, so with N nodes a factor under 100 x N spills a node's second request at once
+ * (a reply still closing counts). 90 x N spills a node only once it carries about ten
+ * requests in flight while the others are idle: a hot model gets a second node, a warm
+ * one keeps its own. */
+static unsigned default_factor(unsigned n)
+{
+    return n * 90 < 150 ? 150 : n * 90;
+}
+
 int larder__cluster_haproxy(const struct larder__cluster *c, FILE *f)
 {
     unsigned ids[LARDER__CLUSTER_MAX_NODES];
@@ -149,10 +160,11 @@ int larder__cluster_haproxy(const struct larder__cluster *c, FILE *f)
     else
         fprintf(f, "    balance hdr(X-Larder-Model)\n"
                    "    hash-type consistent\n"
-                   "    hash-balance-factor 150\n");
+                   "    hash-balance-factor %u\n",
+                c->balance_factor ? c->balance_factor : default_factor(c->n));
     fprintf(f, "    option httpchk GET /ready\n"
                "    http-check expect status 200\n"
-               "    default-server check inter %ums fall 2 rise 2 maxconn 200\n",
+               "    default-server check inter %ums fall 2 rise 2 maxconn 200 weight 100\n",
             c->check_ms ? c->check_ms : 1000);
     for (unsigned i = 0; i < c->n; i++)
         fprintf(f, "    use-server %s if { var(txn.node) -m str %s }\n", c->nodes[i].name,

@@ -24,6 +24,7 @@ struct larder__cluster {
     const char *bind;       /* the frontend's address; NULL = "*:8377" */
     bool round_robin;       /* the baseline a benchmark compares with: no model affinity */
     unsigned check_ms;      /* health-check interval; 0 = 1000 */
+    unsigned balance_factor; /* hash-balance-factor; 0 = 90 x nodes, at least 150 */
 };
 
 /* Parses "[NAME=]HOST:PORT" and appends that node to c. Errors: -EINVAL

@@ -24,12 +24,19 @@ struct daemon {
     unsigned port;
     struct larder__url url;
     int exit_status;         /* after daemon_stop: the exit status, or 128 + signal */
+    char host[64];           /* the address it listens on; 127.0.0.1 by default */
+    char netns[64];          /* the network namespace it runs in; "" = the test's own */
 };
 
 /* Writes `config` (the [model.*] sections and anything else; the harness adds [server]
  * with listen and admin_tokens unless `config` has its own [server]) and starts
  * larderd. Waits (generously) for GET /health to answer 200. Returns 0 or -1. */
 int daemon_start(struct daemon *d, const char *config);
+
+/* daemon_start for a daemon in network namespace `netns` (made by `ip netns add`; NULL:
+ * the test's own) that listens on `host`: `config` then has its own [server] section with
+ * `listen = HOST:0` and `admin_tokens = admin.tokens`. Returns 0 or -1. */
+int daemon_start_at(struct daemon *d, const char *config, const char *netns, const char *host);
 
 /* When set (before daemon_start), the daemon is started as `LARDER_CLI_PATH serve`
  * instead of larderd. */
@@ -45,6 +52,10 @@ int daemon_write_config(struct daemon *d, const char *config);
 /* Sends SIGTERM and waits for the exit; SIGKILL after 60 s. Removes the directory.
  * Returns the exit status. Safe to call twice. */
 int daemon_stop(struct daemon *d);
+
+/* Kills the daemon with SIGKILL (a node that dies) and reaps it; daemon_stop then only
+ * removes its directory. */
+void daemon_kill(struct daemon *d);
 
 /* cmocka teardown: stops every daemon a test started and did not stop (a failed
  * assertion leaves the test before its daemon_stop), and removes its directory. The
