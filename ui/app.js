@@ -351,10 +351,14 @@ async function refreshMemory(history) {
 function renderTimeline() {
   const box = $('timeline');
   const W = box.clientWidth || 800, H = box.clientHeight || 260;
-  const L = 64, R = 10, T = 18, B = 22;
+  const L = 64, R = 10, T = 40, B = 22;
   box.setAttribute('viewBox', `0 0 ${W} ${H}`);
   box.replaceChildren();
-  const now = Date.now(), t0 = now - WINDOW_MS;
+  // the last ten minutes, or less while the page has seen less
+  const now = Date.now();
+  const first = Math.min(samples.length ? samples[0].t : now, markers.length ? markers[0].t : now);
+  const span = Math.min(WINDOW_MS, Math.max(60000, now - first));
+  const t0 = now - span;
   const shown = samples.filter(s => s.t >= t0);
   const budget = memory ? memory.budget_bytes : 0;
   const cg = memory && memory.cgroup ? memory.cgroup : null;
@@ -363,7 +367,7 @@ function renderTimeline() {
   for (const s of shown) top = Math.max(top, s.rss, s.reserved, s.cgroup || 0);
   if (cgLimit && cgLimit < top * 1.5) top = Math.max(top, cgLimit);
   top = top * 1.1 || 1;
-  const x = t => L + (W - L - R) * (t - t0) / WINDOW_MS;
+  const x = t => L + (W - L - R) * (t - t0) / span;
   const y = v => T + (H - T - B) * (1 - v / top);
   for (let k = 0; k <= 4; k++) {
     const v = top * k / 4;
@@ -372,9 +376,9 @@ function renderTimeline() {
     label.textContent = bytes(v);
     box.append(label);
   }
-  for (let m = 0; m <= 10; m += 2) {
-    const label = svg('text', {x: x(t0 + m * 60000) - 10, y: H - 6});
-    label.textContent = m === 10 ? 'now' : `-${10 - m} min`;
+  for (let k = 0; k <= 5; k++) {
+    const label = svg('text', {x: x(t0 + span * k / 5) - 10, y: H - 6});
+    label.textContent = k === 5 ? 'now' : '-' + duration(span * (5 - k) / 5);
     box.append(label);
   }
   const line = (cls, pick) => {
@@ -394,7 +398,8 @@ function renderTimeline() {
     });
   for (const mk of markers) {
     if (mk.t < t0) continue;
-    const c = svg('circle', {cx: x(mk.t), cy: T - 8, r: 5, class: 'marker ' + mk.kind});
+    const row = ['load', 'load_fail', 'evict', 'unload', 'pressure'].indexOf(mk.kind);
+    const c = svg('circle', {cx: x(mk.t), cy: 7 + 7 * Math.max(0, row), r: 4, class: 'marker ' + mk.kind});
     c.setAttribute('data-kind', mk.kind);
     c.setAttribute('data-name', mk.name);
     const title = svg('title');
