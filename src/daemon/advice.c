@@ -352,7 +352,7 @@ static void judge_fit(json_t *items, const struct larder_snapshot *s, size_t k)
                            "budget_bytes", (json_int_t)s->budget_bytes, "pinned_bytes",
                            (json_int_t)pinned, "fallback", c->fallback),
                  over ? "'%s' needs %llu MiB, more than the whole budget: raise [memory] budget "
-                        "to %lluMiB, or give it a smaller fallback"
+                        "to %lluMiB, or serve its requests with a smaller fallback"
                       : "'%s' needs %llu MiB, more than the pinned models leave of the budget: "
                         "raise [memory] budget to %lluMiB, or unpin one",
                  c->name, (unsigned long long)mib_up(bytes),
