@@ -22,6 +22,8 @@
  *   label          a name echoed in replies; default "synthetic"
  *   path           a file read into the model's memory at load, like weights; its size
  *                  is the default size
+ *   leak           "yes": unload never frees the model's memory, as a backend that leaks
+ *                  would (its RSS is not returned); default "no"
  *
  * Request: any body, any content type. Query parameters: `sleep_ms=N` replaces infer_ms,
  * `error=input|media|internal` makes the request fail with that error.
@@ -73,6 +75,7 @@ struct config {
     unsigned long long infer_ms;
     long long fail_first; /* -1 never, LLONG_MAX always, else N */
     char label[64];
+    bool leak;            /* unload keeps the model's memory */
 };
 
 struct model {
@@ -100,7 +103,7 @@ static size_t g_n_fail;
 
 static const char *const option_keys[] = {
     "size", "instance_size", "load_ms", "instance_ms", "infer_ms", "fail", "pooled", "label",
-    "path", NULL};
+    "path", "leak", NULL};
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
@@ -195,19 +198,28 @@ static int parse_fail(const char *s, long long *ret)
     return 0;
 }
 
-static int parse_pooled(const char *s, char *err, size_t errlen)
+/* A yes/no option (key names it in the message); *ret unchanged when absent. */
+static int parse_yes_no(const char *key, const char *s, bool *ret, char *err, size_t errlen)
 {
-    bool yes;
-
     if (!s)
         return 0;
     if (strcmp(s, "yes") == 0 || strcmp(s, "true") == 0 || strcmp(s, "1") == 0)
-        yes = true;
+        *ret = true;
     else if (strcmp(s, "no") == 0 || strcmp(s, "false") == 0 || strcmp(s, "0") == 0)
-        yes = false;
+        *ret = false;
     else
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
-                              "pooled '%s': expected yes or no", s);
+                              "%s '%s': expected yes or no", key, s);
+    return 0;
+}
+
+static int parse_pooled(const char *s, char *err, size_t errlen)
+{
+    bool yes = POOLED;
+    int rc = parse_yes_no("pooled", s, &yes, err, errlen);
+
+    if (rc < 0)
+        return rc;
     if (yes != POOLED)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION, "pooled = %s needs backend = %s",
                               s, yes ? "synthetic-pooled" : "synthetic");
@@ -282,7 +294,9 @@ static int config_parse(const struct larder_option *opts, size_t n, struct confi
     if ((rc = larder_pu_check_keys(opts, n, option_keys, err, errlen)) < 0 ||
         (rc = parse_sizes(opts, n, c, err, errlen)) < 0 ||
         (rc = parse_times(opts, n, c, err, errlen)) < 0 ||
-        (rc = parse_pooled(larder_pu_opt_get(opts, n, "pooled"), err, errlen)) < 0)
+        (rc = parse_pooled(larder_pu_opt_get(opts, n, "pooled"), err, errlen)) < 0 ||
+        (rc = parse_yes_no("leak", larder_pu_opt_get(opts, n, "leak"), &c->leak, err,
+                           errlen)) < 0)
         return rc;
     if (parse_fail(failv, &c->fail_first) < 0)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EOPTION,
@@ -344,7 +358,8 @@ static void syn_unload(void *model)
 
     if (!m)
         return;
-    free(m->mem);
+    if (!m->cfg.leak) /* a leaking model's memory stays resident until the process exits */
+        free(m->mem);
     free(m);
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "advice.h"
 #include "log.h"
 
 #define SSE_SOCKET_BUFFER (64 * 1024)
@@ -38,6 +39,7 @@ struct larder__events {
     bool closing;
     size_t queue_bytes;
     struct larder__event_counts counts;
+    struct larder__advice *advice;
 };
 
 static const char *const type_names[] = {
@@ -72,8 +74,10 @@ const char *larder__reason_name(enum larder_evict_reason r)
 int larder__events_new(size_t queue_bytes, struct larder__events **ret_events)
 {
     struct larder__events *h = calloc(1, sizeof *h);
-    if (!h)
+    if (!h || larder__advice_new(&h->advice) < 0) {
+        free(h);
         return -ENOMEM;
+    }
     h->queue_bytes = queue_bytes;
     pthread_mutex_init(&h->lock, NULL);
     *ret_events = h;
@@ -88,6 +92,7 @@ struct larder__events *larder__events_free(struct larder__events *h)
     /* Clients still listed belong to responses MHD has not destroyed; they unlink
      * themselves, so by now (MHD stopped) the list is empty. */
     pthread_mutex_destroy(&h->lock);
+    larder__advice_free(h->advice);
     free(h);
     return NULL;
 }
@@ -204,6 +209,7 @@ void larder__events_on_event(void *ud, const struct larder_event *ev)
 {
     struct larder__events *h = ud;
     count_event(h, ev);
+    larder__advice_record(h->advice, ev);
     json_t *o = event_json(ev);
     if (!o)
         return;
@@ -281,6 +287,11 @@ void larder__events_close(struct larder__events *h)
     h->closing = true;
     pthread_mutex_unlock(&h->lock);
     for_clients(h, "", 0, true);
+}
+
+struct larder__advice *larder__events_advice(struct larder__events *h)
+{
+    return h->advice;
 }
 
 unsigned larder__events_clients(struct larder__events *h)

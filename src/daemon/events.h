@@ -45,6 +45,9 @@ struct larder__events *larder__events_free(struct larder__events *h);
 /* The manager's event callback; ud is the struct larder__events. */
 void larder__events_on_event(void *ud, const struct larder_event *ev);
 
+/* What the events taught for GET /v1/advice and the per-model load histograms. */
+struct larder__advice *larder__events_advice(struct larder__events *h);
+
 /* Publishes a daemon event (e.g. "reload") with a JSON object body (stolen). */
 void larder__events_publish(struct larder__events *h, const char *type, json_t *data);
 

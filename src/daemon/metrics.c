@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "advice.h"
 #include "plugin.h"
 #include "routes.h"
 
@@ -198,6 +199,7 @@ int larder__metrics_text(struct larder__daemon *d, struct larder__text *t)
     per_component(t, s);
     gateway_gauges(t, s);
     event_counters(t, &ec);
+    larder__advice_load_histograms(larder__events_advice(d->events), t);
     http_counters(t, &hc);
     header(t, "larder_reloads_total", "counter", "config reloads that succeeded");
     put(t, "larder_reloads_total %llu\n", (unsigned long long)atomic_load(&d->reloads));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "advice.h"
 #include "log.h"
 
 enum { GET = 1, POST = 2 };
@@ -418,6 +419,28 @@ static void route_memory(struct larder__request *r, const char *name)
     larder__reply_json(r, 200, o);
 }
 
+static void route_advice(struct larder__request *r, const char *name)
+{
+    struct larder_memory *mem = NULL;
+    struct larder_snapshot *s = NULL;
+    larder *m = larder__mgr_get(r->d);
+    int e = m ? larder_memory(m, 0, &mem) : LARDER_ECLOSED;
+    if (e == 0)
+        e = larder_snapshot(m, &s);
+    if (m)
+        larder__mgr_put(r->d);
+    if (e < 0) {
+        larder_memory_free(mem);
+        larder__reply_larder_error(r, e, "advice failed");
+        return;
+    }
+    json_t *items = larder__advice_items(larder__events_advice(r->d->events), s, mem);
+    larder_memory_free(mem);
+    larder_snapshot_free(s);
+    larder__reply_json(r, 200, json_pack("{s:o,s:f}", "advice", items, "window_s",
+                                         LARDER__ADVICE_WINDOW_S));
+}
+
 static void route_metrics(struct larder__request *r, const char *name)
 {
     struct larder__text t = {0};
@@ -707,6 +730,9 @@ static const struct route routes[] = {
     {"v1/memory/cleanup", POST, route_cleanup},
     {"v1/events", GET, route_events},
     {"v1/reload", POST, route_reload},
+    {"v1/advice", GET, route_advice},
+    {"ui", GET, larder__route_ui},
+    {"ui/*", GET, larder__route_ui},
 };
 
 /* Matches path (no leading '/', no query) against pattern; the "*" part is copied to
@@ -745,6 +771,11 @@ void larder__route(struct larder__request *r)
     if (atomic_load(&r->d->stopping) && strcmp(r->url, "/health") != 0) {
         larder__reply_error(r, 503, "shutting_down", "the server is stopping");
         larder__reply_header(r, "Connection", "close");
+        return;
+    }
+    if (strcmp(r->url, "/") == 0) { /* the dashboard */
+        larder__reply_bytes(r, 302, "text/plain; charset=utf-8", NULL, 0);
+        larder__reply_header(r, "Location", "/ui");
         return;
     }
     const char *path = r->url;

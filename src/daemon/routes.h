@@ -17,6 +17,10 @@ void larder__route_infer(struct larder__request *r, const char *name);
  * Any thread, no manager lock held (infer.c). */
 int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name);
 
+/* GET /ui (the dashboard's page) and /ui/FILE (its scripts and styles), compiled in
+ * (ui.c). */
+void larder__route_ui(struct larder__request *r, const char *name);
+
 /* One component of a snapshot as the JSON object of GET /v1/models, appended to t. */
 void larder__component_text(struct larder__text *t, const struct larder_component_info *c);
 
