@@ -856,10 +856,22 @@ static PyObject *do_define(Manager *self, PyObject *name, PyObject *load, PyObje
 
 static PyObject *Manager_define(Manager *self, PyObject *args, PyObject *kw)
 {
-    PyObject *name, *load;
-    if (!PyArg_ParseTuple(args, "UO:define", &name, &load))
+    PyObject *name, *load, *unload = NULL;
+    if (!PyArg_ParseTuple(args, "UO|O:define", &name, &load, &unload))
         return NULL;
-    return do_define(self, name, load, kw);
+    if (!unload)
+        return do_define(self, name, load, kw);
+    /* unload may come third by position, as in define(name, load, unload). */
+    PyObject *k = kw ? PyDict_Copy(kw) : PyDict_New();
+    if (!k)
+        return NULL;
+    PyObject *r = NULL;
+    if (PyDict_GetItemString(k, "unload"))
+        PyErr_SetString(PyExc_TypeError, "define() got unload twice");
+    else if (PyDict_SetItemString(k, "unload", unload) == 0)
+        r = do_define(self, name, load, k);
+    Py_DECREF(k);
+    return r;
 }
 
 static PyObject *Manager_undefine(Manager *self, PyObject *args, PyObject *kw);
