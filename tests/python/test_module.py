@@ -263,6 +263,8 @@ class Basics(unittest.TestCase):
         self.assertGreaterEqual(r["measured_bytes"], 60 * MiB)
         self.m.unload("blob")
         r = self.m.registry()["blob"]["memory"]
+        if "libasan" in os.environ.get("LD_PRELOAD", ""):
+            return  # ASan keeps freed memory in its quarantine: nothing goes back
         # A large bytes object is its own mapping: freeing it gives the pages back.
         self.assertGreaterEqual(r["last_returned_bytes"], 48 * MiB)
 
