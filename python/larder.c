@@ -938,7 +938,9 @@ typedef struct {
     double wait_ms, load_ms;
 } Lease;
 
-static PyObject *lease_new(Manager *mgr, larder_lease *l)
+/* `requested` may be the name object the caller passed (it is reused when the requested
+ * component served, the common case: no string is made per lease). */
+static PyObject *lease_new_named(Manager *mgr, larder_lease *l, PyObject *requested)
 {
     Lease *o = PyObject_New(Lease, &LeaseType);
     if (!o) {
@@ -951,8 +953,9 @@ static PyObject *lease_new(Manager *mgr, larder_lease *l)
     if (!v)
         v = larder_lease_model(l);
     o->value = Py_NewRef(v);
-    o->served_by = PyUnicode_FromString(larder_lease_served_by(l));
-    o->requested = PyUnicode_FromString(larder_lease_requested(l));
+    const char *req = larder_lease_requested(l), *by = larder_lease_served_by(l);
+    o->requested = requested ? Py_NewRef(requested) : PyUnicode_FromString(req);
+    o->served_by = strcmp(req, by) == 0 ? Py_XNewRef(o->requested) : PyUnicode_FromString(by);
     o->cold = larder_lease_cold_start(l);
     o->wait_ms = larder_lease_wait_ms(l);
     o->load_ms = larder_lease_load_ms(l);
@@ -961,6 +964,11 @@ static PyObject *lease_new(Manager *mgr, larder_lease *l)
         return NULL;
     }
     return (PyObject *)o;
+}
+
+static PyObject *lease_new(Manager *mgr, larder_lease *l)
+{
+    return lease_new_named(mgr, l, NULL);
 }
 
 static void lease_release(Lease *o)
@@ -992,7 +1000,7 @@ static PyObject *Lease_enter(Lease *o, PyObject *unused)
     return Py_NewRef(o->value);
 }
 
-static PyObject *Lease_exit(Lease *o, PyObject *args)
+static PyObject *Lease_exit(Lease *o, PyObject *const *args, Py_ssize_t nargs)
 {
     lease_release(o);
     Py_RETURN_FALSE;
@@ -1084,17 +1092,29 @@ static int wait_interruptible(pthread_mutex_t *mu, pthread_cond_t *cv, const int
     }
 }
 
-static PyObject *acquire_lease(Manager *self, const char *name, int64_t timeout, unsigned flags)
+static PyObject *acquire_lease(Manager *self, PyObject *name_obj, int64_t timeout,
+                               unsigned flags)
 {
     if (!mgr_open(self))
         return NULL;
+    const char *name = PyUnicode_AsUTF8(name_obj);
+    if (!name)
+        return NULL;
+    /* The warm path: a grant that waits for nothing (lock-free for shared classes). A cold
+     * component starts loading here, and the wait below joins that load. */
+    larder_lease *l = NULL;
+    int r = larder_acquire_flags(self->m, name, LARDER_NO_WAIT, LARDER_ACQUIRE_NO_FALLBACK, &l);
+    if (r == 0)
+        return lease_new_named(self, l, name_obj);
+    if (r == LARDER_ENOTFOUND || r == -EINVAL || r == LARDER_ECLOSED)
+        return raise_larder(self->sh, r, name);
     struct syncw *w = calloc(1, sizeof *w);
     if (!w)
         return PyErr_NoMemory();
     pthread_mutex_init(&w->mu, NULL);
     cond_init_mono(&w->cv);
-    /* Never waits on a load: a warm grant answers at once, on this thread. */
-    int r = larder_acquire_async_flags(self->m, name, timeout, flags, syncw_cb, w);
+    /* Never waits on a load: an answer that is ready comes at once, on this thread. */
+    r = larder_acquire_async_flags(self->m, name, timeout, flags, syncw_cb, w);
     if (r < 0) {
         pthread_cond_destroy(&w->cv);
         pthread_mutex_destroy(&w->mu);
@@ -1112,13 +1132,11 @@ static PyObject *acquire_lease(Manager *self, const char *name, int64_t timeout,
             return NULL;
         }
         pthread_mutex_unlock(&w->mu);
-        larder_release(w->lease);
+        larder_release(w->lease); /* answered meanwhile; the interrupt wins */
         w->lease = NULL;
-        w->err = 0;
-        done = false;
     }
     int err = w->err;
-    larder_lease *l = w->lease;
+    l = w->lease;
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     free(w);
@@ -1126,22 +1144,46 @@ static PyObject *acquire_lease(Manager *self, const char *name, int64_t timeout,
         return NULL;
     if (err < 0)
         return raise_larder(self->sh, err, name);
-    return lease_new(self, l);
+    return lease_new_named(self, l, name_obj);
 }
 
-static PyObject *Manager_acquire(Manager *self, PyObject *args, PyObject *kw)
+/* acquire(name, timeout=30, *, fallback=True): parsed by hand, it is the hot path. */
+static PyObject *Manager_acquire(Manager *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
-    static char *kwlist[] = {"name", "timeout", "fallback", NULL};
-    const char *name;
-    PyObject *timeout = NULL;
-    int fallback = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|O$p:acquire", kwlist, &name, &timeout,
-                                     &fallback))
+    PyObject *name = NULL, *timeout = NULL, *fallback = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 - (nkw > 0) || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "acquire(name, timeout=30, *, fallback=True)");
         return NULL;
+    }
+    name = nargs > 0 ? args[0] : NULL;
+    timeout = nargs > 1 ? args[1] : NULL;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        const char *k = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+        PyObject **slot = !k                            ? NULL
+                          : strcmp(k, "name") == 0     ? &name
+                          : strcmp(k, "timeout") == 0  ? &timeout
+                          : strcmp(k, "fallback") == 0 ? &fallback
+                                                       : NULL;
+        if (!slot || *slot) {
+            PyErr_Format(PyExc_TypeError, "acquire() got an unexpected or repeated argument '%s'",
+                         k ? k : "?");
+            return NULL;
+        }
+        *slot = args[nargs + i];
+    }
+    if (!name || !PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "acquire() needs a component name (str)");
+        return NULL;
+    }
     int64_t t = 30000;
     if (timeout && parse_timeout(timeout, &t) < 0)
         return NULL;
-    return acquire_lease(self, name, t, fallback ? 0 : LARDER_ACQUIRE_NO_FALLBACK);
+    int fb = fallback ? PyObject_IsTrue(fallback) : 1;
+    if (fb < 0)
+        return NULL;
+    return acquire_lease(self, name, t, fb ? 0 : LARDER_ACQUIRE_NO_FALLBACK);
 }
 
 /* ---- asyncio ----------------------------------------------------------------------------------
@@ -2140,7 +2182,7 @@ static PyMethodDef Manager_methods[] = {
      "Decorator form of define(): @m.component(memory='1GiB') on the load function."},
     {"undefine", (PyCFunction)(void (*)(void))Manager_undefine, METH_VARARGS | METH_KEYWORDS,
      "undefine(name, timeout=30): drain, unload and drop a definition."},
-    {"acquire", (PyCFunction)(void (*)(void))Manager_acquire, METH_VARARGS | METH_KEYWORDS,
+    {"acquire", (PyCFunction)(void (*)(void))Manager_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(name, timeout=30, *, fallback=True) -> Lease (a context manager)."},
     {"acquire_async", (PyCFunction)(void (*)(void))Manager_acquire_async,
      METH_VARARGS | METH_KEYWORDS,
@@ -2185,7 +2227,7 @@ static PyTypeObject ManagerType = {
 
 static PyMethodDef Lease_methods[] = {
     {"__enter__", (PyCFunction)Lease_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Lease_exit, METH_VARARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Lease_exit, METH_FASTCALL, NULL},
     {"release", (PyCFunction)Lease_release, METH_NOARGS, "Return the lease (idempotent)."},
     {NULL},
 };
