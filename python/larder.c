@@ -874,8 +874,6 @@ static PyObject *Manager_define(Manager *self, PyObject *args, PyObject *kw)
     return r;
 }
 
-static PyObject *Manager_undefine(Manager *self, PyObject *args, PyObject *kw);
-
 /* @m.component(...) */
 typedef struct {
     PyObject_HEAD
@@ -1397,7 +1395,7 @@ struct job {
     int state;
     struct shared *sh;
     larder *m;
-    int kind; /* JOB_SET, JOB_UNLOAD */
+    int kind; /* JOB_SET, JOB_UNLOAD, JOB_UNDEFINE */
     char **names;
     size_t n;
     int64_t timeout;
@@ -1405,7 +1403,7 @@ struct job {
     int rc;
 };
 
-enum { JOB_SET, JOB_UNLOAD };
+enum { JOB_SET, JOB_UNLOAD, JOB_UNDEFINE };
 
 static void job_free(struct job *j)
 {
@@ -1424,8 +1422,10 @@ static void *job_main(void *arg)
     if (j->kind == JOB_SET)
         j->rc = larder_acquire_set(j->m, (const char *const *)j->names, j->n, j->timeout,
                                    j->leases);
-    else
+    else if (j->kind == JOB_UNLOAD)
         j->rc = larder_unload(j->m, j->names[0], j->timeout);
+    else
+        j->rc = larder_undefine(j->m, j->names[0], j->timeout);
     struct shared *sh = j->sh;
     pthread_mutex_lock(&j->mu);
     bool abandoned = j->state == W_ABANDONED;
@@ -1633,17 +1633,19 @@ static PyObject *LeaseSet_exit(LeaseSet *s, PyObject *args)
 
 /* ---- explicit control ----------------------------------------------------------------------- */
 
-static PyObject *Manager_unload(Manager *self, PyObject *args, PyObject *kw)
+/* unload(name, timeout=30) and undefine(name, timeout=30): drains, on a helper thread. */
+static PyObject *drain_call(Manager *self, PyObject *args, PyObject *kw, int kind,
+                            const char *format)
 {
     static char *kwlist[] = {"name", "timeout", NULL};
     const char *name;
     PyObject *timeout = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|O:unload", kwlist, &name, &timeout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, format, kwlist, &name, &timeout))
         return NULL;
     int64_t t = 30000;
     if ((timeout && parse_timeout(timeout, &t) < 0) || !mgr_open(self))
         return NULL;
-    struct job *j = job_new(self, JOB_UNLOAD, 1, t);
+    struct job *j = job_new(self, kind, 1, t);
     if (!j)
         return NULL;
     if (!(j->names[0] = strdup(name))) {
@@ -1659,26 +1661,14 @@ static PyObject *Manager_unload(Manager *self, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
+static PyObject *Manager_unload(Manager *self, PyObject *args, PyObject *kw)
+{
+    return drain_call(self, args, kw, JOB_UNLOAD, "s|O:unload");
+}
+
 static PyObject *Manager_undefine(Manager *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"name", "timeout", NULL};
-    const char *name;
-    PyObject *timeout = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|O:undefine", kwlist, &name, &timeout))
-        return NULL;
-    int64_t t = 30000;
-    if ((timeout && parse_timeout(timeout, &t) < 0) || !mgr_open(self))
-        return NULL;
-    int r;
-    larder *m = self->m;
-    busy_enter(self->sh);
-    Py_BEGIN_ALLOW_THREADS
-    r = larder_undefine(m, name, t);
-    Py_END_ALLOW_THREADS
-    busy_leave(self->sh);
-    if (r < 0)
-        return raise_larder(self->sh, r, name);
-    Py_RETURN_NONE;
+    return drain_call(self, args, kw, JOB_UNDEFINE, "s|O:undefine");
 }
 
 static PyObject *Manager_trim(Manager *self, PyObject *unused)

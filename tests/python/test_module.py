@@ -187,6 +187,23 @@ class Basics(unittest.TestCase):
         self.assertEqual(unloaded, ["A"])
         self.assertEqual(self.m.registry()["a"]["state"], "unloaded")
 
+    def test_undefine(self):
+        unloaded = []
+        self.m.define("a", lambda: "A", unloaded.append, memory="1MiB")
+        lease = self.m.acquire("a")
+        with self.assertRaises(larder.TimeoutError):
+            self.m.undefine("a", timeout=0.05)  # leased: stays defined and loaded
+        self.assertEqual(unloaded, [])
+        lease.release()
+        self.m.undefine("a")
+        self.assertEqual(unloaded, ["A"])
+        self.assertNotIn("a", self.m.registry())
+        with self.assertRaises(larder.NotFoundError):
+            self.m.acquire("a")
+        self.m.define("a", lambda: "A2", memory="1MiB")  # the name is free again
+        with self.m.acquire("a") as v:
+            self.assertEqual(v, "A2")
+
     def test_ttl_zero_unloads_when_idle(self):
         unloaded = []
         self.m.define("stage", lambda: "S", unloaded.append, memory="1MiB", ttl=0)
