@@ -2400,7 +2400,8 @@ PyMODINIT_FUNC PyInit_larder(void)
         PyModule_AddObjectRef(mod, "Lease", (PyObject *)&LeaseType) < 0 ||
         PyModule_AddObjectRef(mod, "LeaseSet", (PyObject *)&LeaseSetType) < 0 ||
         PyModule_AddObjectRef(mod, "AsyncLease", (PyObject *)&AsyncLeaseType) < 0 ||
-        PyModule_AddObjectRef(mod, "EventIterator", (PyObject *)&EventIterType) < 0)
+        PyModule_AddObjectRef(mod, "EventIterator", (PyObject *)&EventIterType) < 0 ||
+        PyModule_AddObjectRef(mod, "ComponentDecorator", (PyObject *)&ComponentDecoratorType) < 0)
         goto fail;
     PyModule_AddStringConstant(mod, "__version__", "0.1.0");
     if (!(asyncio_mod = PyImport_ImportModule("asyncio")))
