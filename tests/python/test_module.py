@@ -440,6 +440,22 @@ class Lifecycle(unittest.TestCase):
                  and m.registry()["slow"]["leases"] == 0, "the abandoned lease to return")
         m.close()
 
+    def test_keyboard_interrupt_during_set(self):
+        m = larder.Manager(budget="64MiB")
+        gate = Gate("v")
+        m.define("fast", lambda: "F", memory="1MiB")
+        m.define("slow", gate, memory="1MiB")
+        threading.Thread(target=lambda: (gate.started.wait(60), _thread.interrupt_main()),
+                         daemon=True).start()
+        with self.assertRaises(KeyboardInterrupt):
+            m.acquire_set(["fast", "slow"], timeout=None)
+        gate.opened.set()
+        # The set finishes on its helper thread and gives both leases back.
+        wait_for(lambda: m.registry()["slow"]["state"] == "ready"
+                 and sum(r["leases"] for r in m.registry().values()) == 0,
+                 "the abandoned set's leases to return")
+        m.close()
+
     def test_close_with_lease_out_and_waiter(self):
         unloaded = []
         m = larder.Manager(budget="64MiB")
