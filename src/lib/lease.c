@@ -537,10 +537,13 @@ static int name_cmp(const void *a, const void *b)
     return strcmp((*x)->name, (*y)->name);
 }
 
-/* Bytes the set needs at once: reservations of loaded members, estimates of others. */
+/* Bytes the set needs at once: reservations of loaded members, estimates of others.
+ * Reservations change under m->mu (admission charges them holding only that), so they are
+ * read under it, then each component's own figures under its lock (the usual order). */
 static int set_fits(struct larder *m, struct comp **cs, size_t n)
 {
     uint64_t total = 0;
+    pthread_mutex_lock(&m->mu);
     for (size_t i = 0; i < n; i++) {
         if (i > 0 && cs[i] == cs[i - 1])
             continue;
@@ -552,6 +555,7 @@ static int set_fits(struct larder *m, struct comp **cs, size_t n)
         pthread_mutex_unlock(&cs[i]->mu);
         total += b;
     }
+    pthread_mutex_unlock(&m->mu);
     return total > larder_get_budget(m) ? LARDER_ETOOBIG : 0;
 }
 
