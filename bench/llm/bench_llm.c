@@ -420,13 +420,14 @@ int main(int argc, char **argv)
         const char *state_a = json_string_value(json_object_get(info, "state"));
 
         printf("registry bench-a (state %s): estimate %lld bytes, measured %lld bytes "
-               "(estimate / measured %.2f; the plugin's estimate %llu)\n",
+               "(estimate / measured %.2f; the plugin's estimate %llu); last load %.1f ms "
+               "(model + first instance, as larderd timed it)\n",
                state_a ? state_a : "?",
                (long long)json_integer_value(json_object_get(ma, "estimate_bytes")),
                (long long)json_integer_value(json_object_get(ma, "measured_bytes")),
                (double)json_integer_value(json_object_get(ma, "estimate_bytes")) /
                    (double)json_integer_value(json_object_get(ma, "measured_bytes")),
-               est);
+               est, json_number_value(json_object_get(json_object_get(info, "load_ms"), "last")));
         printf("budget %llu bytes (1.5 x the estimate): one model fits, two do not; "
                "after the swaps: bench-a %lld loads, %lld evictions; bench-b %lld loads, %lld "
                "evictions\n",
