@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,8 @@ static int group_setup(void **state)
              "embedding = yes\npooling = mean\nthreads = 1\nctx = 256\n"
              "[model.rank]\nbackend = llama\npath = " GGUF_DIR "/tiny-reranker-f32.gguf\n"
              "pooling = rank\nthreads = 1\nctx = 256\n"
+             "[model.pair]\nbackend = llama\npath = " GGUF_DIR "/tiny-generator-f32.gguf\n"
+             "ctx = 256\nthreads = 1\ninstances = 2\n"
              "[model.changed]\nbackend = llama\npath = %s\nthreads = 1\nctx = 256\n",
              swap_path);
     return daemon_start(&d, config);
@@ -190,6 +193,44 @@ static void test_rerank_equals_plugin(void **state)
     json_decref(want);
 }
 
+/* One generation on its own thread: the parsed reply of a 200, else NULL (the main
+ * thread asserts). */
+static void *post_generation(void *arg)
+{
+    struct larder__http_response r = {0};
+    json_t *o = NULL;
+
+    (void)arg;
+    if (http(&d, "POST", "/v1/models/pair/infer", "application/json", GEN_BODY,
+             strlen(GEN_BODY), false, &r) == 200)
+        o = json_loads(r.body, 0, NULL);
+    larder__http_response_clear(&r);
+    return o;
+}
+
+/* Requests at once on a model of two instances (two llama contexts): each gets the
+ * tokens a lone request gets. */
+static void test_concurrent_instances(void **state)
+{
+    pthread_t t[4];
+    json_t *want = plugin_infer("tiny-generator-f32.gguf", NULL, NULL, GEN_BODY);
+
+    (void)state;
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, post_generation, NULL), 0);
+    for (int i = 0; i < 4; i++) {
+        void *got;
+
+        assert_int_equal(pthread_join(t[i], &got), 0);
+        assert_non_null(got);
+        assert_true(json_equal(json_object_get(got, "tokens"), json_object_get(want, "tokens")));
+        json_decref(got);
+    }
+    json_decref(want);
+    assert_true(json_field(&d, "/v1/models/pair", "instances.created") >= 1);
+    assert_true(json_field(&d, "/v1/models/pair", "instances.created") <= 2);
+}
+
 /* Wrong operations, a prompt past the context, malformed bodies: 4xx JSON errors, and each
  * model serves its next request. */
 static void test_bad_requests(void **state)
@@ -313,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_generation_equals_plugin),
         cmocka_unit_test(test_embeddings_equal_plugin),
         cmocka_unit_test(test_rerank_equals_plugin),
+        cmocka_unit_test(test_concurrent_instances),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_registry_bytes),
         cmocka_unit_test(test_non_gguf_files),
