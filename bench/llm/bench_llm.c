@@ -25,6 +25,7 @@
 #include <ggml-backend.h>
 #include <jansson.h>
 #include <llama.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,11 +82,14 @@ static void plain_load(struct plain *p, const char *path)
     p->vocab = llama_model_get_vocab(p->model);
 }
 
-static void plain_free(struct plain *p)
+/* trim: as larder does after an unload, give the freed heap back to the system. */
+static void plain_free(struct plain *p, bool trim)
 {
     llama_free(p->ctx);
     llama_model_free(p->model);
     memset(p, 0, sizeof *p);
+    if (trim)
+        malloc_trim(0);
 }
 
 /* Greedy generation of up to max tokens after PROMPT; returns the count, the token ids in
@@ -118,8 +122,8 @@ static int plain_generate(struct plain *p, int max, llama_token *out, double *tt
     return got;
 }
 
-/* Load, context and the first token; everything freed again. */
-static double plain_cold(const char *path)
+/* Load, context and the first token; everything freed again (then trimmed). */
+static double plain_cold(const char *path, bool trim)
 {
     struct plain p;
     llama_token t[1];
@@ -129,7 +133,7 @@ static double plain_cold(const char *path)
     if (plain_generate(&p, 1, t, NULL) != 1)
         die("plain: no first token");
     t1 = bench_now();
-    plain_free(&p);
+    plain_free(&p, trim);
     return t1 - t0;
 }
 
@@ -300,7 +304,7 @@ int main(int argc, char **argv)
     unsigned long long est = 0;
     double l_tps[MAX_ROUNDS], p_tps[MAX_ROUNDS], l_cold[MAX_ROUNDS], p_cold[MAX_ROUNDS];
     double l_ttft[MAX_ROUNDS], p_ttft[MAX_ROUNDS], e_ttft[MAX_ROUNDS];
-    double l_swap[MAX_ROUNDS], p_swap[MAX_ROUNDS];
+    double l_swap[MAX_ROUNDS], p_swap[MAX_ROUNDS], t_cold[MAX_ROUNDS], t_swap[MAX_ROUNDS];
     llama_token plain_toks[1024];
     int opt, n_plain = 0, n_larderd = 0, same = 1;
     struct plain p;
@@ -383,13 +387,14 @@ int main(int argc, char **argv)
     }
     ops->instance_free(pm, pi);
     ops->unload(pm);
-    plain_free(&p);
+    plain_free(&p, false);
 
     /* cold: unload, then the first request */
     for (int i = 0; i < rounds; i++) {
         unload("bench-a");
         l_cold[i] = infer("bench-a", 1, NULL);
-        p_cold[i] = plain_cold(model_a);
+        p_cold[i] = plain_cold(model_a, false);
+        t_cold[i] = plain_cold(model_a, true);
     }
     info = request("GET", "/v1/models/bench-a", NULL, 200);
 
@@ -398,20 +403,20 @@ int main(int argc, char **argv)
     for (int i = 0; i < rounds; i++) {
         const char *to = i % 2 ? "bench-b" : "bench-a";
         const char *path = i % 2 ? model_b : model_a;
-        double t0;
 
         l_swap[i] = infer(to, 1, NULL);
-        plain_load(&p, i % 2 ? model_a : model_b); /* the plain side holds the other one */
-        t0 = bench_now();
-        plain_free(&p);
-        {
+        for (int trim = 0; trim < 2; trim++) {
             llama_token t[1];
+            double t0;
 
+            plain_load(&p, i % 2 ? model_a : model_b); /* the plain side holds the other */
+            t0 = bench_now();
+            plain_free(&p, trim);
             plain_load(&p, path);
             plain_generate(&p, 1, t, NULL);
+            (trim ? t_swap : p_swap)[i] = bench_now() - t0;
+            plain_free(&p, trim);
         }
-        p_swap[i] = bench_now() - t0;
-        plain_free(&p);
     }
     {
         json_t *ma = json_object_get(info, "memory");
@@ -447,6 +452,7 @@ int main(int argc, char **argv)
         double lf = median(l_ttft, rounds), pf = median(p_ttft, rounds);
         double ef = median(e_ttft, rounds);
         double ls = median(l_swap, rounds), ps = median(p_swap, rounds);
+        double tc = median(t_cold, rounds), ts = median(t_swap, rounds);
 
         printf("generation: larderd %.1f tokens/s, plain %.1f tokens/s (%d tokens, greedy "
                "tokens %s)\n", lt, pt, n_plain, same ? "identical" : "DIFFER");
@@ -455,6 +461,8 @@ int main(int argc, char **argv)
         printf("cold: larderd %.1f ms (unload, then load + first token over HTTP), plain "
                "%.1f ms (load + context + first token)\n", lc * 1e3, pc * 1e3);
         printf("ratio cold larderd/plain: %.3f   (target <= 1.10)\n", lc / pc);
+        printf("  plain with malloc_trim(0) after each unload, as larder does: %.1f ms; "
+               "larderd/that %.3f\n", tc * 1e3, lc / tc);
         printf("warm first token: larderd %.2f ms (1-token request over HTTP), plugin "
                "stream %.2f ms (first piece through the host's emit), plain %.2f ms\n",
                lf * 1e3, ef * 1e3, pf * 1e3);
@@ -465,6 +473,8 @@ int main(int argc, char **argv)
         printf("swap: larderd %.1f ms per request that evicts the other model and loads "
                "its own, plain %.1f ms (unload + load + first token)\n", ls * 1e3, ps * 1e3);
         printf("ratio swap larderd/plain: %.3f   (target <= 1.10)\n", ls / ps);
+        printf("  plain with malloc_trim(0) after the unload, as larder does: %.1f ms; "
+               "larderd/that %.3f\n", ts * 1e3, ls / ts);
         printf("summary: tok/s %.2fx (>=0.95); cold %.2fx (<=1.10); TTFT +%.2f ms HTTP, "
                "+%.2f emit (<=1); swap %.2fx (<=1.10)%s\n",
                lt / pt, lc / pc, (lf - pf) * 1e3, (ef - pf) * 1e3, ls / ps,
