@@ -60,26 +60,32 @@ if [ -z "$tarball" ]; then
     fi
 fi
 [ -f "$tarball" ] || cannot "no package tarball $tarball"
-rm -rf "$work/pkg" && mkdir -p "$work/pkg" && tar -xzf "$tarball" -C "$work/pkg" ||
-    cannot "cannot unpack $tarball"
+rm -rf "$work/pkg"
+mkdir -p "$work/pkg" || cannot "cannot create $work/pkg"
+tar -xzf "$tarball" -C "$work/pkg" || cannot "cannot unpack $tarball"
 libdir="$work/pkg/package/bins/linux-x64-cuda"
 [ -f "$libdir/libggml-cuda.so" ] || cannot "$tarball has no bins/linux-x64-cuda/libggml-cuda.so"
 missing=$(ldd "$libdir/libggml-cuda.so" | awk '/not found/ { print $1 }' | tr '\n' ' ')
 [ -z "$missing" ] || cannot "libggml-cuda.so needs $missing(the CUDA 13 runtime and the" \
     "driver's libcuda.so.1: install them or put their directory on LD_LIBRARY_PATH)"
-libllama=$(cd "$libdir" && ls libllama*.so | grep -v common | head -n 1)
-libggml=$(cd "$libdir" && ls libggml.*.so | head -n 1)
-[ -n "$libllama" ] && [ -n "$libggml" ] || cannot "no libllama / libggml in $libdir"
+libllama='' libggml=''
+for f in "$libdir"/libllama*.so; do
+    case $f in *libllama-common*) ;; *) [ -f "$f" ] && libllama=${f##*/} ;; esac
+done
+for f in "$libdir"/libggml.*.so; do [ -f "$f" ] && libggml=${f##*/}; done
+if [ -z "$libllama" ] || [ -z "$libggml" ]; then cannot "no libllama / libggml in $libdir"; fi
 
 # ---- the plugin, against the CUDA build (the same sources as larder-llama.so)
 plugin="$work/backends/larder-llama-cuda.so"
+jansson=$(pkg-config --cflags --libs jansson) || cannot "pkg-config finds no jansson"
+# shellcheck disable=SC2086 # $jansson is a list of flags
 ${CC:-cc} -std=c11 -O2 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -fPIC -shared -pthread \
     -fvisibility=hidden '-DLARDER_LLAMA_NAME="llama-cuda"' \
     -I"$root/include" -I"$build/npm/llama-include" \
     "$root/backends/llama/llama.c" "$root/backends/llama/gguf-info.c" \
     "$root/backends/common/plugin-util.c" \
     -L"$libdir" "-l:$libllama" "-l:$libggml" -l:libggml-base.so "-Wl,-rpath,$libdir" \
-    $(pkg-config --cflags --libs jansson) -ldl -lm -o "$plugin" ||
+    $jansson -ldl -lm -o "$plugin" ||
     cannot "compiling $plugin failed"
 echo "plugin: $plugin ($libllama, $libggml)"
 
@@ -171,21 +177,22 @@ check_model() {
         "(layers + KV) + $(mib "$margin") MiB margin = $estimate MiB; llama.cpp allocated" \
         "$(mib "$reported") MiB; NVML: +$delta MiB ($method)"
     awk -v n="$delta" -v e="$estimate" 'BEGIN { printf "  NVML / estimate: %.2f\n", e ? n / e : 0 }'
-    [ "$delta" -le "$estimate" ] && ok "$name: the estimate covers what NVML measured" ||
-        bad "$name: NVML measured $delta MiB, more than the estimate $estimate MiB"
+    if [ "$delta" -le "$estimate" ]; then ok "$name: the estimate covers what NVML measured"
+    else bad "$name: NVML measured $delta MiB, more than the estimate $estimate MiB"; fi
     unload "$name"
     after=$(used_mib)
-    [ $((after - base)) -le 16 ] && ok "$name: released on unload ($after MiB, base $base)" ||
-        bad "$name: $((after - base)) MiB still held after unload ($after MiB, base $base)"
+    if [ $((after - base)) -le 16 ]; then ok "$name: released on unload ($after MiB, base $base)"
+    else bad "$name: $((after - base)) MiB still held after unload ($after MiB, base $base)"; fi
 }
 
 check_model all
-[ "$layers" -eq "$total" ] && ok "all: every layer offloaded under a 1 GiB budget" ||
-    bad "all: $layers/$total layers under a 1 GiB budget"
+if [ "$layers" -eq "$total" ]; then ok "all: every layer offloaded under a 1 GiB budget"
+else bad "all: $layers/$total layers under a 1 GiB budget"; fi
 check_model part
-[ "$layers" -gt 0 ] && [ "$layers" -lt "$total" ] &&
-    ok "part: $layers/$total layers fit 72 MiB, the rest on the CPU" ||
-    bad "part: $layers/$total layers under 72 MiB (expected some, not all)"
+if [ "$layers" -gt 0 ] && [ "$layers" -lt "$total" ]; then
+    ok "part: $layers/$total layers fit 72 MiB, the rest on the CPU"
+else bad "part: $layers/$total layers under 72 MiB (expected some, not all)"; fi
 
-[ $failed -eq 0 ] && echo "cuda-check: every check holds" || echo "cuda-check: some checks failed (log: $log)"
+if [ $failed -eq 0 ]; then echo "cuda-check: every check holds"
+else echo "cuda-check: some checks failed (log: $log)"; fi
 exit $failed
