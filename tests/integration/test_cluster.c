@@ -37,6 +37,7 @@
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,19 +89,22 @@ static void netns_cleanup(void)
 /* ---- this run's addresses ------------------------------------------------------------ */
 
 /* Runs of this test side by side (several build directories, CI) each hold a slot, a
- * lock on /tmp/larder-cluster-slot-N.lock kept until the process ends (the kernel drops
+ * lock on /tmp/larder-cluster-slots/N.lock kept until the process ends (the kernel drops
  * it even after SIGKILL). A slot owns 16 addresses, 198.18.0.0/15 (set aside for network
  * tests) with namespaces, 127.100.0.0/15 on loopback, and the names of its namespaces
  * and links: nothing of another run's can be taken. The slot is looked for from this
  * process's id onwards. */
 #define SLOTS 8192
+#define SLOT_DIR "/tmp/larder-cluster-slots"
 static int slot = -1, slot_fd = -1;
 
 static bool slot_lock(int s, int *fd)
 {
     char path[64];
-    snprintf(path, sizeof path, "/tmp/larder-cluster-slot-%d.lock", s);
-    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (mkdir(SLOT_DIR, 0777) == 0)
+        chmod(SLOT_DIR, 01777); /* any user's runs share it, umask aside */
+    snprintf(path, sizeof path, SLOT_DIR "/%d.lock", s);
+    *fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644); /* flock needs no write */
     if (*fd < 0)
         return false;
     if (flock(*fd, LOCK_EX | LOCK_NB) == 0)
