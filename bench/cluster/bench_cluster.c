@@ -12,8 +12,9 @@
  * reply delays no later request) through HAProxy with the configuration that
  * `larder cluster haproxy` prints, and its round-robin twin. The consistent-hashing run
  * then goes on: one node is killed and the trace continues for one more window.
- * A "minute" of the target is WINDOW seconds (40 by default, BENCH_CLUSTER_WINDOW): time
- * is scaled by 1.5 to keep the whole benchmark near four minutes.
+ * Windows are a minute, as the targets count (BENCH_CLUSTER_WINDOW seconds to change it),
+ * after half a window of warm-up; the steady window and the window after the kill have
+ * the same length, on the same trace. The whole benchmark takes about four minutes.
  *
  * usage: bench_cluster LARDERD [HAPROXY]
  * Prints figures and ratios; never fails on them.
@@ -59,6 +60,8 @@ struct node {
     unsigned port;
     struct larder__url url;
     double loads, load_s; /* the last figures read from it */
+    double model_loads[MODELS];
+    bool warm[MODELS];
 };
 
 static const char *larderd, *haproxy;
@@ -251,8 +254,12 @@ static int node_read(struct node *n, bool *warm)
         n->load_s += loads * json_number_value(json_object_get(json_object_get(m, "load_ms"),
                                                                "avg")) / 1000;
         int k = atoi(json_string_value(json_object_get(m, "name")) + 1);
-        if (warm && k >= 0 && k < MODELS)
-            warm[k] |= strcmp(json_string_value(json_object_get(m, "state")), "ready") == 0;
+        if (k >= 0 && k < MODELS) {
+            n->model_loads[k] = loads;
+            n->warm[k] = strcmp(json_string_value(json_object_get(m, "state")), "ready") == 0;
+            if (warm)
+                warm[k] |= n->warm[k];
+        }
     }
     json_decref(o);
     larder__http_response_clear(&r);
@@ -262,6 +269,7 @@ static int node_read(struct node *n, bool *warm)
 struct tally {
     double loads, load_s;
     int warm_union, warm_per_node_sum, nodes_read;
+    double model_loads[NODES][MODELS]; /* loads so far, per node and model */
 };
 
 static struct tally fleet(void)
@@ -279,6 +287,7 @@ static struct tally fleet(void)
         }
         t.loads += nodes[i].loads; /* a dead node keeps its last figures */
         t.load_s += nodes[i].load_s;
+        memcpy(t.model_loads[i], nodes[i].model_loads, sizeof t.model_loads[i]);
     }
     for (int m = 0; m < MODELS; m++)
         t.warm_union += all[m];
@@ -408,6 +417,38 @@ static void print_run(const struct run *r)
            r->failed);
 }
 
+/* Where a window's cold loads went (tallies a and b at its ends). A load is either a
+ * model's first on its node (it moved there, spilled there past the balance factor, or
+ * had not been asked for yet) or a reload after its node evicted it for room. Also: how
+ * many of the models node `dead` had served (none: dead < 0) were loaded by more than
+ * one survivor. */
+static void print_breakdown(const char *what, const struct tally *a, const struct tally *b,
+                            int dead)
+{
+    double loads = 0, firsts = 0;
+    int moved = 0, moved_twice = 0;
+    for (int m = 0; m < MODELS; m++) {
+        int on = 0;
+        for (int i = 0; i < NODES; i++) {
+            double before = a->model_loads[i][m], d = b->model_loads[i][m] - before;
+            loads += d;
+            firsts += before == 0 && d > 0;
+            on += d > 0;
+        }
+        if (dead >= 0 && a->model_loads[dead][m] > 0) {
+            moved++;
+            moved_twice += on > 1;
+        }
+    }
+    printf("  %s: %.0f cold loads: %.0f first loads of a model on its node, %.0f reloads "
+           "after an eviction",
+           what, loads, firsts, loads - firsts);
+    if (dead >= 0)
+        printf("; of the %d models n%d had served, %d were loaded by both survivors", moved,
+               dead, moved_twice);
+    printf("\n");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -421,7 +462,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const char *w = getenv("BENCH_CLUSTER_WINDOW");
-    double window = w && atof(w) > 0 ? atof(w) : 40, warm = window / 2;
+    double window = w && atof(w) > 0 ? atof(w) : 60, warm = window / 2;
     snprintf(hadir, sizeof hadir, "/tmp/larder-bench-lb-XXXXXX");
     if (!mkdtemp(hadir))
         return 1;
@@ -466,6 +507,8 @@ int main(int argc, char **argv)
     printf("after killing n1: %.0f cold loads in the next window against %.0f in the steady "
            "one; %zu of %zu requests unanswered in the whole run\n",
            after, ch.steady_end.loads, ch.failed, trace_n);
+    print_breakdown("steady window", &ch.steady_start, &ch.steady_end, -1);
+    print_breakdown("window after the kill", &ch.steady_end, &ch.after_kill, 1);
     printf("ratio cold_load_seconds: %.2f (consistent / round-robin, target <= 0.4)\n", r_cold);
     printf("ratio distinct_warm: %.2f (fleet / one node, target >= 2.5; round-robin %.2f)\n",
            r_warm,

@@ -60,9 +60,9 @@ static void per_component(struct larder__text *t, const struct larder_snapshot *
 
 /* What an inference gateway scrapes to route by load, named as the Gateway API Inference
  * Extension's model-server protocol names them (vLLM's names): requests waiting for their
- * model (its load, or a free instance) and requests holding a lease, per model and in all;
- * and, in the slot of the KV-cache utilisation, the share of the memory budget reserved,
- * which is what fills up on a larder node. */
+ * model (its load, or a free instance) and requests holding a lease, per model and in all.
+ * The protocol's KV-cache utilisation is not served: larder keeps no KV cache, and no other
+ * figure means the same. The share of the budget reserved has larder's own name. */
 static void gateway_gauges(struct larder__text *t, const struct larder_snapshot *s)
 {
     unsigned long long waiting = 0, running = 0;
@@ -79,9 +79,6 @@ static void gateway_gauges(struct larder__text *t, const struct larder_snapshot 
         running += s->components[i].leases;
     }
     double usage = s->budget_bytes ? (double)s->reserved_bytes / (double)s->budget_bytes : 0;
-    header(t, "vllm:kv_cache_usage_perc", "gauge",
-           "share of the memory budget reserved (1 = full), in the KV-cache utilisation slot");
-    put(t, "vllm:kv_cache_usage_perc %.17g\n", usage);
     header(t, "larder_requests_waiting", "gauge", "requests waiting for their model, all models");
     put(t, "larder_requests_waiting %llu\n", waiting);
     header(t, "larder_requests_running", "gauge", "requests holding a lease, all models");

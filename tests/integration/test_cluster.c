@@ -2,11 +2,13 @@
  * `larder cluster haproxy` prints (consistent hashing on the model name).
  *
  * Each node runs in a network namespace of its own, made here (`ip netns add`, a veth
- * pair to this namespace with a 10.x address on each end; the names carry this
- * process's id, so runs side by side do not collide, and every namespace and link is
- * removed at exit, also after a failed assertion or a crash). Where namespaces cannot be
- * made (not root, no CAP_NET_ADMIN, LARDER_TEST_NO_NETNS=1) the nodes listen on distinct
- * loopback addresses instead. The test skips only when HAProxy is not installed.
+ * pair to this namespace with an address on each end). Runs side by side hold distinct
+ * slots (a lock each) that own their addresses, namespace and link names, so they never
+ * collide; every namespace and link is removed at exit, also after a failed assertion or
+ * a crash, and those of a run that was killed go with the next run. Where namespaces
+ * cannot be made (not root, no CAP_NET_ADMIN, LARDER_TEST_NO_NETNS=1) the nodes listen
+ * on loopback addresses of the slot instead. HAProxy listens on one of the slot's
+ * loopback addresses. The test skips only when HAProxy is not installed.
  *
  * Checks: one model's requests always reach the same node, for the path routes and for
  * the OpenAI / Ollama routes that name the model in the body; real OCR and ASR models
@@ -32,8 +34,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -82,48 +86,140 @@ static void netns_cleanup(void)
     }
 }
 
-/* Namespaces of earlier runs that died without cleaning up (their process is gone). */
+/* ---- this run's addresses ------------------------------------------------------------ */
+
+/* Runs of this test side by side (several build directories, CI) each hold a slot, a
+ * lock on /tmp/larder-cluster-slots/N.lock kept until the process ends (the kernel drops
+ * it even after SIGKILL). A slot owns 16 addresses, 198.18.0.0/15 (set aside for network
+ * tests) with namespaces, 127.100.0.0/15 on loopback, and the names of its namespaces
+ * and links: nothing of another run's can be taken. The slot is looked for from this
+ * process's id onwards. */
+#define SLOTS 8192
+#define SLOT_DIR "/tmp/larder-cluster-slots"
+static int slot = -1, slot_fd = -1;
+
+static bool slot_lock(int s, int *fd)
+{
+    char path[64];
+    if (mkdir(SLOT_DIR, 0777) == 0)
+        chmod(SLOT_DIR, 01777); /* any user's runs share it, umask aside */
+    snprintf(path, sizeof path, SLOT_DIR "/%d.lock", s);
+    *fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644); /* flock needs no write */
+    if (*fd < 0)
+        return false;
+    if (flock(*fd, LOCK_EX | LOCK_NB) == 0)
+        return true;
+    close(*fd);
+    *fd = -1;
+    return false;
+}
+
+/* Address k (0..15) of the slot: A.B.C.D in buf. */
+static void slot_addr(char *buf, size_t len, bool ns, int k)
+{
+    unsigned at = (unsigned)slot * 16 + (unsigned)k;
+    snprintf(buf, len, "%u.%u.%u.%u", ns ? 198 : 127, (ns ? 18 : 100) + (at >> 16),
+             (at >> 8) & 255, at & 255);
+}
+
+static void slot_names(int s, int i, char *ns, size_t ns_len, char *host, char *peer)
+{
+    snprintf(ns, ns_len, "larder-it-%d-%d", s, i);
+    if (host)
+        snprintf(host, 16, "ldr%dh%d", s, i);
+    if (peer)
+        snprintf(peer, 16, "ldr%dn%d", s, i);
+}
+
+/* What a run that died left of slot s (its lock is free, so its process is gone). */
+static void slot_clear(int s)
+{
+    for (int i = 0; i < NODES; i++) {
+        char ns[64], host[16];
+        slot_names(s, i, ns, sizeof ns, host, NULL);
+        sh("ip netns del %s", ns);
+        sh("ip link del %s", host);
+    }
+}
+
+/* Slots of earlier runs that died without cleaning up: their namespaces go, each slot's
+ * under its lock, so a run that takes it meanwhile loses nothing. */
 static void netns_reap_stale(void)
 {
     FILE *p = popen("ip netns list 2>/dev/null", "r");
     char line[256];
+    int found[64], n = 0;
     while (p && fgets(line, sizeof line, p)) {
-        int pid, n;
-        if (sscanf(line, "larder-it-%d-%d", &pid, &n) == 2 && kill(pid, 0) < 0 &&
-            errno == ESRCH)
-            sh("ip netns del larder-it-%d-%d", pid, n);
+        int s, i;
+        if (sscanf(line, "larder-it-%d-%d", &s, &i) == 2 && s >= 0 && s < SLOTS &&
+            s != slot && n < 64 && (n == 0 || found[n - 1] != s))
+            found[n++] = s;
     }
     if (p)
         pclose(p);
+    for (int k = 0; k < n; k++) {
+        int fd;
+        if (slot_lock(found[k], &fd)) {
+            slot_clear(found[k]);
+            close(fd);
+        }
+    }
 }
 
-/* One /30 per node: 10.a.b.c+1 here, 10.a.b.c+2 in the node's namespace, a.b.c from this
- * process's id and the node's index. */
+/* True when this host has an address in the slot's 16 (someone else's network). */
+static bool slot_in_use_here(void)
+{
+    char first[32], cmd[128], line[256];
+    slot_addr(first, sizeof first, true, 0);
+    snprintf(cmd, sizeof cmd, "ip -4 -o addr show to %s/28 2>/dev/null", first);
+    FILE *p = popen(cmd, "r");
+    bool used = !p || fgets(line, sizeof line, p) != NULL;
+    if (p)
+        pclose(p);
+    return used;
+}
+
+static bool slot_take(bool ns)
+{
+    unsigned from = (unsigned)getpid() % SLOTS;
+    for (unsigned k = 0; k < SLOTS; k++) {
+        int s = (int)((from + k) % SLOTS), fd;
+        if (!slot_lock(s, &fd))
+            continue;
+        slot = s;
+        slot_fd = fd;
+        if (!ns)
+            return true;
+        slot_clear(s); /* a dead run's namespaces of this slot */
+        if (!slot_in_use_here())
+            return true;
+        close(fd);
+        slot = slot_fd = -1;
+    }
+    return false;
+}
+
+/* One /30 per node within the slot: .4i+1 here, .4i+2 in the node's namespace. */
 static bool netns_setup(void)
 {
-    if (getenv("LARDER_TEST_NO_NETNS") || sh("ip netns list") != 0)
+    if (getenv("LARDER_TEST_NO_NETNS") || sh("ip netns list") != 0 || !slot_take(true))
         return false;
     netns_reap_stale();
-    unsigned pid = (unsigned)getpid();
     for (int i = 0; i < NODES; i++) {
-        unsigned s = ((pid & 0x3ffffu) << 2) | (unsigned)i;
-        unsigned a = (s >> 14) & 255, b = (s >> 6) & 255, c = (s & 63) << 2;
-        char peer[16];
-        snprintf(netns[i], sizeof netns[i], "larder-it-%u-%d", pid, i);
+        char peer[16], here[32];
+        slot_names(slot, i, netns[i], sizeof netns[i], veth[i], peer);
+        slot_addr(here, sizeof here, true, 4 * i + 1);
+        slot_addr(node_host[i], sizeof node_host[i], true, 4 * i + 2);
         if (sh("ip netns add %s", netns[i]) != 0) {
             netns[i][0] = 0;
             return false;
         }
-        snprintf(veth[i], sizeof veth[i], "lc%uh%d", pid % 10000000u, i);
-        snprintf(peer, sizeof peer, "lc%un%d", pid % 10000000u, i);
-        snprintf(node_host[i], sizeof node_host[i], "10.%u.%u.%u", a, b, c + 2);
         if (sh("ip link add %s type veth peer name %s", veth[i], peer) != 0) {
             veth[i][0] = 0;
             return false;
         }
         if (sh("ip link set %s netns %s", peer, netns[i]) ||
-            sh("ip addr add 10.%u.%u.%u/30 dev %s", a, b, c + 1, veth[i]) ||
-            sh("ip link set %s up", veth[i]) ||
+            sh("ip addr add %s/30 dev %s", here, veth[i]) || sh("ip link set %s up", veth[i]) ||
             sh("ip netns exec %s ip addr add %s/30 dev %s", netns[i], node_host[i], peer) ||
             sh("ip netns exec %s ip link set %s up", netns[i], peer) ||
             sh("ip netns exec %s ip link set lo up", netns[i]))
@@ -144,13 +240,15 @@ static const char *haproxy_path(void)
     return NULL;
 }
 
-static unsigned free_port(void)
+/* A free port on address host (of this run's slot: no other run binds it). */
+static unsigned free_port(const char *host)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = {.sin_family = AF_INET};
     socklen_t len = sizeof a;
     unsigned port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+    if (fd >= 0 && inet_pton(AF_INET, host, &a.sin_addr) == 1 &&
+        bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
         getsockname(fd, (struct sockaddr *)&a, &len) == 0)
         port = ntohs(a.sin_port);
     if (fd >= 0)
@@ -226,10 +324,12 @@ static bool all_nodes_up(void)
 static int haproxy_start(void)
 {
     char cmd[2048], cfg[128], log[128];
-    unsigned port = free_port();
+    char host[32];
+    slot_addr(host, sizeof host, false, 14);
+    unsigned port = free_port(host);
     snprintf(cfg, sizeof cfg, "%s/haproxy.cfg", lb_dir);
     snprintf(log, sizeof log, "%s/haproxy.log", lb_dir);
-    int n = snprintf(cmd, sizeof cmd, "%s cluster haproxy --bind 127.0.0.1:%u", LARDER_CLI_PATH,
+    int n = snprintf(cmd, sizeof cmd, "%s cluster haproxy --bind %s:%u", LARDER_CLI_PATH, host,
                      port);
     for (int i = 0; i < NODES; i++)
         n += snprintf(cmd + n, sizeof cmd - (size_t)n, " n%d=%s:%u", i, nodes[i].host,
@@ -250,7 +350,7 @@ static int haproxy_start(void)
         _exit(127);
     }
     char u[64];
-    snprintf(u, sizeof u, "127.0.0.1:%u", port);
+    snprintf(u, sizeof u, "%s:%u", host, port);
     larder__url_parse(u, &lb);
     bool up = false;
     WAIT_UNTIL(waitpid(haproxy_pid, NULL, WNOHANG) == 0 && (up = all_nodes_up()));
@@ -298,11 +398,13 @@ static int group_setup(void **state)
     if (!use_netns) {
         netns_cleanup();
         fprintf(stderr, "network namespaces unavailable: nodes on loopback addresses\n");
+        if (slot < 0 && !slot_take(false))
+            return -1;
         for (int i = 0; i < NODES; i++)
-            snprintf(node_host[i], sizeof node_host[i], "127.0.0.%d", 11 + i);
+            slot_addr(node_host[i], sizeof node_host[i], false, 4 * i + 2);
     }
-    fprintf(stderr, "nodes: %s, %s, %s (%s)\n", node_host[0], node_host[1], node_host[2],
-            use_netns ? "one network namespace each" : "loopback");
+    fprintf(stderr, "nodes: %s, %s, %s (%s, slot %d)\n", node_host[0], node_host[1],
+            node_host[2], use_netns ? "one network namespace each" : "loopback", slot);
     for (int i = 0; i < NODES; i++) {
         node_config(config, sizeof config, i);
         if (daemon_start_at(&nodes[i], config, use_netns ? netns[i] : NULL, node_host[i]) < 0)
@@ -462,7 +564,8 @@ static void test_gateway_gauges(void **state)
     assert_true(metric(d, wait) == 1);
     assert_true(metric(d, "larder_requests_waiting") == 1);
     assert_true(metric(d, "larder_requests_running") >= 1);
-    assert_true(metric(d, "vllm:kv_cache_usage_perc") > 0);
+    assert_true(metric(d, "larder_budget_usage_ratio") > 0);
+    assert_true(metric(d, "vllm:kv_cache_usage_perc") == -1); /* no KV cache, none served */
     close(first); /* cancelled: the second gets the instance */
     WAIT_UNTIL(metric(d, wait) == 0 && metric(d, run) == 1);
     assert_true(metric(d, wait) == 0 && metric(d, run) == 1);
