@@ -672,7 +672,9 @@ void larder__openai_models_text(struct larder__text *t, const struct larder_snap
 {
     larder__text_lit(t, "\"object\":\"list\",\"data\":[");
     for (size_t i = 0; i < s->n; i++) {
-        larder__text_add(t, i ? ",{\"id\":" : "{\"id\":", i ? 8 : 7);
+        if (i)
+            larder__text_lit(t, ",");
+        larder__text_lit(t, "{\"id\":");
         larder__text_json_string(t, s->components[i].name);
         larder__text_lit(t, ",\"object\":\"model\",\"created\":");
         larder__text_json_int(t, (int64_t)created);

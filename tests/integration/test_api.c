@@ -1,0 +1,234 @@
+/* The OpenAI, Ollama and router routes at the HTTP level, against the real llama backend
+ * and the GGUF models the build writes: bad input on each route answers the route's error
+ * shape and status and costs nothing else, and a client that leaves a stream frees its
+ * instance at once. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "harness.h"
+
+static const char *models_dir(void)
+{
+    return MODELS_DIR;
+}
+
+static char junk_dir[64], junk[128];
+
+/* A copy of the generator that start-up checks; overwritten later with what is no GGUF. */
+static void make_junk(void)
+{
+    char cmd[512];
+    snprintf(junk_dir, sizeof junk_dir, "/tmp/larder-api-XXXXXX");
+    assert_non_null(mkdtemp(junk_dir));
+    snprintf(junk, sizeof junk, "%s/junk.gguf", junk_dir);
+    snprintf(cmd, sizeof cmd, "cp '%s/tiny-generator-f32.gguf' '%s'", models_dir(), junk);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void spoil_junk(void)
+{
+    FILE *f = fopen(junk, "w");
+    assert_non_null(f);
+    fputs("this is not a GGUF file\n", f);
+    fclose(f);
+}
+
+static void drop_junk(void)
+{
+    unlink(junk);
+    rmdir(junk_dir);
+}
+
+static void start(struct daemon *d)
+{
+    char conf[4096];
+    make_junk();
+    snprintf(conf, sizeof conf,
+             "[model.gen]\nbackend = llama\npath = %s/tiny-generator-f32.gguf\nctx = 4096\n"
+             "threads = 1\nmax_tokens = 8\ninstances = 1\n\n"
+             "[model.small]\nbackend = llama\npath = %s/tiny-generator-f32.gguf\nctx = 64\n"
+             "threads = 1\n\n"
+             "[model.emb]\nbackend = llama\npath = %s/tiny-embedder-f32.gguf\nembedding = yes\n"
+             "pooling = mean\nthreads = 1\n\n"
+             "[model.junk]\nbackend = llama\npath = %s\n",
+             models_dir(), models_dir(), models_dir(), junk);
+    assert_int_equal(daemon_start(d, conf), 0);
+}
+
+/* The error of a reply in a route's shape: OpenAI's object (message, type, code, param)
+ * or Ollama's string. Returns the code (OpenAI) or "" (Ollama). */
+static const char *check_shape(const struct larder__http_response *resp, bool ollama)
+{
+    static char code[64];
+    json_error_t jerr;
+    json_t *o = json_loads(resp->body ? resp->body : "", 0, &jerr);
+    if (!o)
+        fprintf(stderr, "not JSON: %s\n", resp->body ? resp->body : "(none)");
+    assert_non_null(o);
+    json_t *e = json_object_get(o, "error");
+    code[0] = 0;
+    if (ollama) {
+        assert_true(json_is_string(e) && json_string_length(e) > 0);
+    } else {
+        assert_true(json_is_object(e));
+        assert_true(json_is_string(json_object_get(e, "message")));
+        assert_true(json_is_string(json_object_get(e, "type")));
+        assert_non_null(json_object_get(e, "param"));
+        assert_true(json_is_string(json_object_get(e, "code")));
+        snprintf(code, sizeof code, "%s", json_string_value(json_object_get(e, "code")));
+    }
+    json_decref(o);
+    return code;
+}
+
+struct bad_case {
+    const char *path;
+    const char *body;
+    int status;
+    const char *code; /* OpenAI's code; NULL on Ollama's routes */
+};
+
+static void test_bad_input(void **state)
+{
+    struct daemon d;
+    start(&d);
+    spoil_junk();
+    char longp[24000] = "{\"model\":\"small\",\"messages\":[{\"role\":\"user\",\"content\":\"";
+    for (int i = 0; i < 2000; i++)
+        strcat(longp, "word ");
+    strcat(longp, "\"}]}");
+    const struct bad_case cases[] = {
+        {"/v1/chat/completions", "{\"model\":\"nosuch\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         404, "model_not_found"},
+        {"/v1/chat/completions", "{\"model\":\"gen\",\"messages\":", 400, "invalid_json"},
+        {"/v1/chat/completions", "[1,2]", 400, "invalid_json"},
+        {"/v1/chat/completions", "{\"model\":\"gen\",\"messages\":\"hi\"}", 400, "invalid_type"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400,
+         "invalid_type"},
+        {"/v1/chat/completions",
+         "{\"model\":\"gen\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"temperature\":\"hot\"}", 400, "invalid_type"},
+        {"/v1/chat/completions",
+         "{\"model\":\"gen\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+         400, "invalid_type"},
+        {"/v1/chat/completions", longp, 400, "context_length_exceeded"},
+        {"/v1/chat/completions",
+         "{\"model\":\"junk\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 500,
+         "load_failed"},
+        {"/v1/completions", "{\"model\":\"gen\",\"prompt\":5}", 400, "invalid_type"},
+        {"/v1/embeddings", "{\"model\":\"emb\",\"input\":5}", 400, "invalid_type"},
+        {"/v1/embeddings", "{\"model\":\"emb\",\"input\":\"x\",\"encoding_format\":\"hex\"}", 400,
+         "invalid_type"},
+        {"/v1/embeddings", "{\"model\":\"nosuch\",\"input\":\"x\"}", 404, "model_not_found"},
+        {"/v1/rerank", "{\"model\":\"emb\",\"query\":\"q\"}", 400, "invalid_type"},
+        {"/api/chat", "{\"model\":\"gen\",\"messages\":", 400, NULL},
+        {"/api/chat", "{\"model\":\"nosuch\",\"messages\":[]}", 404, NULL},
+        {"/api/chat", "{\"model\":\"gen\",\"messages\":{}}", 400, NULL},
+        {"/api/generate", "{\"model\":\"gen\",\"prompt\":\"x\",\"keep_alive\":\"banana\"}", 400,
+         NULL},
+        {"/api/generate", "{\"model\":\"gen\",\"prompt\":[1]}", 400, NULL},
+        {"/api/embed", "{\"model\":\"emb\",\"input\":{}}", 400, NULL},
+        {"/models/load", "{\"model\":\"gen\"}", 401, "unauthorized"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct larder__http_response resp = {0};
+        int st = http(&d, "POST", cases[i].path, "application/json", cases[i].body,
+                      strlen(cases[i].body), false, &resp);
+        if (st != cases[i].status)
+            fprintf(stderr, "case %zu %s: %d %s\n", i, cases[i].path, st, resp.body);
+        assert_int_equal(st, cases[i].status);
+        const char *code = check_shape(&resp, cases[i].code == NULL);
+        if (cases[i].code && strcmp(code, cases[i].code) != 0)
+            fprintf(stderr, "case %zu %s: code %s\n", i, cases[i].path, code);
+        if (cases[i].code)
+            assert_string_equal(code, cases[i].code);
+        larder__http_response_clear(&resp);
+    }
+    /* Admin: an unknown model on the router is 404; a known one loads. */
+    struct larder__http_response resp = {0};
+    const char *unknown = "{\"model\":\"nosuch\"}", *known = "{\"model\":\"emb\"}";
+    assert_int_equal(http(&d, "POST", "/models/load", "application/json", unknown,
+                          strlen(unknown), true, &resp), 404);
+    larder__http_response_clear(&resp);
+    assert_int_equal(http(&d, "POST", "/models/load", "application/json", known,
+                          strlen(known), true, &resp), 200);
+    larder__http_response_clear(&resp);
+    /* Nothing leaked, and the daemon serves. */
+    assert_int_equal(wait_json_field(&d, "/v1/models/gen", "leases", 0), 0);
+    assert_int_equal(wait_json_field(&d, "/v1/models/small", "leases", 0), 0);
+    const char *ok = "{\"model\":\"gen\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+    assert_int_equal(http(&d, "POST", "/v1/chat/completions", "application/json", ok, strlen(ok),
+                          false, NULL), 200);
+    assert_int_equal(http_get(&d, "/health"), 200);
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
+
+static long long cancelled_gone(struct daemon *d)
+{
+    struct larder__http_response resp = {0};
+    long long n = -1;
+    if (http(d, "GET", "/metrics", NULL, NULL, 0, false, &resp) == 200) {
+        const char *p = strstr(resp.body, "larder_infer_cancelled_total{reason=\"client_gone\"} ");
+        if (p)
+            n = atoll(strchr(p, ' ') + 1);
+    }
+    larder__http_response_clear(&resp);
+    return n;
+}
+
+/* A client that leaves a long stream: the generation stops, its only instance is free at
+ * once, and the next request gets it. */
+static void test_disconnect(void **state)
+{
+    struct daemon d;
+    start(&d);
+    static const char *const bodies[] = {
+        "{\"model\":\"gen\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+        "\"max_tokens\":3000,\"stream\":true}",
+        "{\"model\":\"gen\",\"prompt\":\"hi\",\"options\":{\"num_predict\":3000}}",
+    };
+    static const char *const paths[] = {"/v1/chat/completions", "/api/generate"};
+    for (int k = 0; k < 2; k++) {
+        int fd = larder__http_connect(&d.url, 10000);
+        assert_true(fd >= 0);
+        assert_int_equal(larder__http_send(fd, &d.url, "POST", paths[k], NULL, "application/json",
+                                           bodies[k], strlen(bodies[k])), 0);
+        char buf[8192];
+        size_t used = 0;
+        /* The first piece has come: the generation runs. */
+        assert_true(larder__http_read_until(fd, buf, sizeof buf, &used,
+                                            k == 0 ? "data: " : "\"done\":false",
+                                            WAIT_BOUND_MS) >= 0);
+        close(fd);
+        long long want = k + 1;
+        WAIT_UNTIL(cancelled_gone(&d) >= want);
+        assert_int_equal(cancelled_gone(&d), want);
+        assert_int_equal(wait_json_field(&d, "/v1/models/gen", "leases", 0), 0);
+        assert_int_equal(wait_json_field(&d, "/v1/models/gen", "instances.busy", 0), 0);
+        const char *next = "{\"model\":\"gen\",\"prompt\":\"x\",\"max_tokens\":2}";
+        assert_int_equal(http(&d, "POST", "/v1/completions", "application/json", next,
+                              strlen(next), false, NULL), 200);
+        assert_int_equal(json_field(&d, "/v1/models/gen", "instances.created"), 1);
+    }
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_bad_input, daemon_teardown),
+        cmocka_unit_test_teardown(test_disconnect, daemon_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
