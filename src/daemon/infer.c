@@ -588,6 +588,8 @@ static void prepare_then_acquire(void *arg)
     struct larder__call call = {0};
     bool ok = j->api->prepare(r, &call, &j->api_ud);
     int64_t timeout = -1;
+    /* Here a model declared `backend = external` with `api = openai` would be proxied to
+     * its server, streaming as it comes, instead of asking a plugin: not built yet. */
     if (ok && call.model) {
         free(r->model);
         r->model = strdup(call.model);
