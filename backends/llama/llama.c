@@ -80,6 +80,7 @@ struct model {
     char gpu_name[64];
     uint64_t gpu_bytes;        /* planned device bytes: offloaded weights + their KV */
     uint64_t kv_bytes;         /* per instance */
+    uint64_t gpu_margin;       /* compute margin the layer fitting keeps free on the GPU */
 };
 
 struct instance {
@@ -508,6 +509,7 @@ static int llm_load(const struct larder_option *opts, size_t n, void **ret_model
     m->kind = config_kind(&m->cfg);
     plan_gpu(&m->cfg, &gi, &plan);
     m->kv_bytes = larder_gguf_kv_layer_bytes(&gi, m->cfg.ctx) * gi.n_layer;
+    m->gpu_margin = compute_margin(&m->cfg, &gi);
     larder_gguf_info_clear(&gi);
 
     mp = llama_model_default_params();
@@ -1346,7 +1348,7 @@ static int describe(struct call *c, struct larder_infer_result *res)
 
     llama_model_meta_val_str(m->model, "general.architecture", arch, sizeof arch);
     return set_result(res,
-        json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:I,s:b,s:i,s:s?,s:I,s:I}", "kind",
+        json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:I,s:b,s:i,s:s?,s:I,s:I,s:I}", "kind",
                   kind_name(m->kind), "architecture", arch, "n_ctx", (int)m->cfg.ctx,
                   "n_ctx_train", llama_model_n_ctx_train(m->model), "n_embd",
                   llama_model_n_embd_out(m->model), "n_layer", llama_model_n_layer(m->model),
@@ -1354,7 +1356,8 @@ static int describe(struct call *c, struct larder_infer_result *res)
                   (json_int_t)llama_model_size(m->model), "chat_template",
                   m->chat_template != NULL, "gpu_layers", m->gpu_layers, "gpu_device",
                   m->gpu_name[0] ? m->gpu_name : NULL, "gpu_bytes", (json_int_t)m->gpu_bytes,
-                  "kv_bytes", (json_int_t)m->kv_bytes),
+                  "kv_bytes", (json_int_t)m->kv_bytes, "gpu_margin",
+                  (json_int_t)m->gpu_margin),
         c->err, c->errlen);
 }
 

@@ -30,6 +30,8 @@ static uint64_t host_rss(void)
 /* The request context harness_infer hands the plugin (ABI minor 1). */
 struct harness_ctx {
     unsigned checks;
+    json_t *pieces;      /* streamed pieces (ABI minor 2), when streaming */
+    unsigned refuse_at;  /* emit refuses from this piece on (0: never) */
 };
 
 static atomic_uint cancel_at, last_checks;
@@ -55,6 +57,22 @@ static int host_reserve(void *host_ctx, uint64_t bytes)
     return 0;
 }
 
+static int host_emit(void *host_ctx, const char *json, size_t len)
+{
+    struct harness_ctx *c = host_ctx;
+    json_t *piece;
+
+    assert_non_null(c);
+    assert_non_null(c->pieces);
+    if (c->refuse_at && json_array_size(c->pieces) + 1 >= c->refuse_at)
+        return -1;
+    piece = json_loadb(json, len, 0, NULL);
+    if (!json_is_object(piece))
+        fail_msg("streamed piece is not a JSON object: %.*s", (int)len, json);
+    json_array_append_new(c->pieces, piece);
+    return 0;
+}
+
 const struct larder_host harness_host = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
@@ -62,6 +80,7 @@ const struct larder_host harness_host = {
     .rss_bytes = host_rss,
     .cancelled = host_cancelled,
     .reserve_request_bytes = host_reserve,
+    .emit = host_emit,
 };
 
 unsigned harness_last_checks(void)
@@ -171,15 +190,15 @@ bool harness_has_option(const struct larder_backend_ops *ops, const char *key)
     return false;
 }
 
-int harness_infer_params(const struct larder_backend_ops *ops, void *model, void *instance,
-                         const void *body, size_t len, const char *content_type,
-                         const struct larder_option *params, size_t n_params,
-                         json_t **ret_reply)
+static int infer_ctx(const struct larder_backend_ops *ops, void *model, void *instance,
+                     const void *body, size_t len, const char *content_type,
+                     const struct larder_option *params, size_t n_params,
+                     struct harness_ctx *ctx_in, json_t **ret_reply)
 {
     struct larder_infer_request req = {.body = body, .body_len = len,
                                        .content_type = content_type, .params = params,
-                                       .n_params = n_params};
-    struct harness_ctx ctx = {0};
+                                       .n_params = n_params, .stream = ctx_in->pieces != NULL};
+    struct harness_ctx ctx = *ctx_in;
     struct larder_infer_result res;
     char err[512] = "";
     json_error_t jerr;
@@ -204,6 +223,28 @@ int harness_infer_params(const struct larder_backend_ops *ops, void *model, void
     ops->result_free(&res);
     assert_null(res.json);
     return rc;
+}
+
+int harness_infer_params(const struct larder_backend_ops *ops, void *model, void *instance,
+                         const void *body, size_t len, const char *content_type,
+                         const struct larder_option *params, size_t n_params,
+                         json_t **ret_reply)
+{
+    struct harness_ctx ctx = {0};
+
+    return infer_ctx(ops, model, instance, body, len, content_type, params, n_params, &ctx,
+                     ret_reply);
+}
+
+int harness_infer_stream(const struct larder_backend_ops *ops, void *model, void *instance,
+                         const char *body, unsigned refuse_at, json_t **ret_reply,
+                         json_t **ret_pieces)
+{
+    struct harness_ctx ctx = {.pieces = json_array(), .refuse_at = refuse_at};
+
+    *ret_pieces = ctx.pieces;
+    return infer_ctx(ops, model, instance, body, strlen(body), "application/json", NULL, 0,
+                     &ctx, ret_reply);
 }
 
 int harness_infer(const struct larder_backend_ops *ops, void *model, void *instance,

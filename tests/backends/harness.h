@@ -59,6 +59,13 @@ int harness_infer_params(const struct larder_backend_ops *ops, void *model, void
                          const struct larder_option *params, size_t n_params,
                          json_t **ret_reply);
 
+/* Runs one JSON request with the stream flag set (ABI minor 2): the pieces the plugin
+ * emits are collected into *ret_pieces (caller decrefs; set even on failure); from the
+ * refuse_at-th piece on (0: never) emit says the receiver has gone. */
+int harness_infer_stream(const struct larder_backend_ops *ops, void *model, void *instance,
+                         const char *body, unsigned refuse_at, json_t **ret_reply,
+                         json_t **ret_pieces);
+
 /* Loads with options (asserting success) and returns the model. */
 void *harness_load(const struct larder_backend_ops *ops, const struct larder_option *opts,
                    size_t n);
