@@ -14,6 +14,7 @@
 #include "http.h"
 #include "log.h"
 #include "probe.h"
+#include "stream.h"
 
 #define ERRLEN 1024
 
@@ -768,11 +769,18 @@ static unsigned stop_all(struct larder__daemon *d)
         larder__http_quiesce(d->http);
         wait_inflight(d, d->conf->drain_timeout_ms);
     }
+    /* Streams still running after the drain: their generations stop, and each client
+     * gets an error saying so before its stream ends. */
+    unsigned streams = larder__streams_stop();
+    if (streams)
+        larder__log(LARDER__LOG_WARN, "stopping: streams still running were ended",
+                    json_pack("{s:i,s:s}", "streams", (int)streams, "reply",
+                              "503 shutting_down"));
     if (d->events)
         larder__events_close(d->events);
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
     unsigned loads_left = close_manager(d);
-    wait_inflight(d, SETTLE_MS);
+    wait_inflight(d, streams ? WRITE_MS : SETTLE_MS);
     unsigned answered = larder__http_answer_all(d->http);
     if (answered) {
         larder__log(LARDER__LOG_WARN, "stopping: requests still running were answered",

@@ -212,6 +212,10 @@ static void reply_backend_error(struct infer_job *j, int e, const char *err,
         larder__reply_error(j->r, 400,
                             strstr(err, "context") ? "context_length_exceeded" : "bad_input",
                             "%s", *err ? err : "the backend refused the input");
+    } else if (e == LARDER_BACKEND_ECANCELED && atomic_load(&j->r->d->stopping) &&
+               ctl->why == LARDER__CANCEL_GONE) {
+        /* A streaming call refused its stream: the server stops. */
+        larder__reply_error(j->r, 503, "shutting_down", "the server is stopping");
     } else if (e == LARDER_BACKEND_ECANCELED) {
         reply_cancelled(j, ctl, infer_ms);
     } else if (e == LARDER_BACKEND_ETOOBIG && ctl->reserve_refused) {
@@ -261,11 +265,11 @@ static int start_stream(struct infer_job *j)
     return 0;
 }
 
-static int push_text(struct infer_job *j, struct larder__text *t, bool wait_alive)
+static int push_text(struct infer_job *j, struct larder__text *t)
 {
     int rc = t->failed ? -1 : 0;
     if (rc == 0 && t->len)
-        rc = larder__stream_push(j->s, t->buf, t->len, wait_alive ? job_alive : NULL, j);
+        rc = larder__stream_push(j->s, t->buf, t->len, job_alive, j);
     larder__text_free(t);
     return rc;
 }
@@ -285,7 +289,7 @@ static int job_emit(void *ud, const char *json, size_t len)
         larder__text_free(&t);
         return -1;
     }
-    return push_text(j, &t, true);
+    return push_text(j, &t);
 }
 
 /* The end of a stream: the API's last bytes from the result, or its error. */
@@ -297,6 +301,9 @@ static void end_stream(struct infer_job *j, int e, const char *err,
     json_t *result = e == 0 && res->json ? json_loads(res->json, 0, &jerr) : NULL;
     if (result) {
         j->api->end(j->api_ud, result, &j->timing, pieces, &t);
+    } else if (larder__stream_stopping(j->s)) {
+        j->api->fail(j->api_ud, 503, "shutting_down",
+                     "the server is stopping: the generation was ended", &t);
     } else {
         unsigned status;
         const char *code;
@@ -310,8 +317,9 @@ static void end_stream(struct infer_job *j, int e, const char *err,
                      &t);
     }
     json_decref(result);
-    push_text(j, &t, false);
-    larder__stream_end(j->s);
+    bool ok = !t.failed;
+    larder__stream_end(j->s, ok ? t.buf : NULL, ok ? t.len : 0);
+    larder__text_free(&t);
     j->s = NULL;
 }
 

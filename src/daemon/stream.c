@@ -19,13 +19,14 @@ struct larder__stream {
     bool suspended;             /* the response suspended the connection: nothing queued */
     bool ended;                 /* the producer is done */
     bool gone;                  /* the client went away, or the server stops */
+    bool stopping;              /* larder__streams_stop: pushes fail, the end still goes */
     int refs;                   /* the producer's and the response's */
     struct larder__stream *prev, *next;
 };
 
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct larder__stream *all;
-static bool closing;
+static bool closing, stopping;
 
 static double mono(void)
 {
@@ -119,7 +120,7 @@ struct larder__stream *larder__stream_new(struct MHD_Connection *conn, const cha
         return NULL;
     }
     pthread_mutex_lock(&all_lock);
-    bool refused = closing;
+    bool refused = closing || stopping;
     if (!refused) {
         s->next = all;
         if (all)
@@ -156,14 +157,16 @@ static void abs_after(int ms, struct timespec *ts)
     }
 }
 
-int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
-                        bool (*alive)(void *ud), void *ud)
+/* Appends n bytes, waiting for room; last: the stream's end, which a stopped stream still
+ * takes (without waiting), and which ends it. */
+static int push(struct larder__stream *s, const char *bytes, size_t n, bool (*alive)(void *ud),
+                void *ud, bool last)
 {
     bool resume = false;
     int r = 0;
     pthread_mutex_lock(&s->lock);
     /* A piece larger than the whole queue still goes to a client that has taken the rest. */
-    while (!s->gone && s->len && s->len + n > LARDER__STREAM_QUEUE) {
+    while (!s->gone && !s->stopping && s->len && s->len + n > LARDER__STREAM_QUEUE) {
         if (mono() - s->last_read > LARDER__STREAM_STALL_S) {
             s->gone = true;
             break;
@@ -171,7 +174,7 @@ int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
         struct timespec ts;
         abs_after(WAIT_SLICE_MS, &ts);
         pthread_cond_timedwait(&s->room, &s->lock, &ts);
-        if (alive && !s->gone) {
+        if (alive && !s->gone && !s->stopping) {
             pthread_mutex_unlock(&s->lock);
             bool ok = alive(ud);
             pthread_mutex_lock(&s->lock);
@@ -179,7 +182,7 @@ int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
                 s->gone = true;
         }
     }
-    if (s->gone) {
+    if (s->gone || (s->stopping && !last)) {
         r = -1;
     } else if (n) {
         if (s->len + n > s->cap) {
@@ -187,17 +190,21 @@ int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
             while (cap < s->len + n)
                 cap *= 2;
             char *nb = realloc(s->buf, cap);
-            if (!nb) {
-                pthread_mutex_unlock(&s->lock);
-                return -1;
+            if (nb) {
+                s->buf = nb;
+                s->cap = cap;
             }
-            s->buf = nb;
-            s->cap = cap;
         }
-        memcpy(s->buf + s->len, bytes, n);
-        s->len += n;
+        if (s->len + n <= s->cap) {
+            memcpy(s->buf + s->len, bytes, n);
+            s->len += n;
+        } else {
+            r = -1;
+        }
     }
-    if (r == 0 && s->suspended && s->len) {
+    if (last)
+        s->ended = true;
+    if (!s->gone && s->suspended && (s->len || last)) {
         s->suspended = false;
         resume = true;
     }
@@ -208,6 +215,12 @@ int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
     return r;
 }
 
+int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
+                        bool (*alive)(void *ud), void *ud)
+{
+    return push(s, bytes, n, alive, ud, false);
+}
+
 bool larder__stream_gone(struct larder__stream *s)
 {
     pthread_mutex_lock(&s->lock);
@@ -216,19 +229,36 @@ bool larder__stream_gone(struct larder__stream *s)
     return gone;
 }
 
-void larder__stream_end(struct larder__stream *s)
+bool larder__stream_stopping(struct larder__stream *s)
 {
-    bool resume = false;
     pthread_mutex_lock(&s->lock);
-    s->ended = true;
-    if (s->suspended) {
-        s->suspended = false;
-        resume = true;
-    }
+    bool stopped = s->stopping;
     pthread_mutex_unlock(&s->lock);
-    if (resume)
-        MHD_resume_connection(s->conn);
+    return stopped;
+}
+
+void larder__stream_end(struct larder__stream *s, const char *bytes, size_t n)
+{
+    push(s, bytes, n, NULL, NULL, true);
     stream_unref(s);
+}
+
+unsigned larder__streams_stop(void)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&all_lock);
+    stopping = true;
+    for (struct larder__stream *s = all; s; s = s->next) {
+        pthread_mutex_lock(&s->lock);
+        if (!s->ended && !s->gone) {
+            s->stopping = true;
+            pthread_cond_signal(&s->room);
+            n++;
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&all_lock);
+    return n;
 }
 
 void larder__streams_close(void)
@@ -261,6 +291,6 @@ void larder__streams_close(void)
 void larder__streams_open(void)
 {
     pthread_mutex_lock(&all_lock);
-    closing = false;
+    closing = stopping = false;
     pthread_mutex_unlock(&all_lock);
 }

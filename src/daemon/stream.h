@@ -9,6 +9,11 @@
  * nothing for STREAM_STALL_S while the queue was full. The connection is suspended while
  * the queue is empty, so a stream holds no HTTP thread.
  *
+ * A server that stops first lets streams run for its drain, then stops the ones still
+ * running (larder__streams_stop): their producers' pushes fail, so that the inference
+ * stops, while the last bytes (an error saying why) still reach the client; then it closes
+ * them all (larder__streams_close).
+ *
  * A stream is counted: the producer's reference and the response's. Threads: one producer
  * thread; MHD's threads for the response; larder__streams_close from any thread.
  */
@@ -41,13 +46,23 @@ int larder__stream_push(struct larder__stream *s, const char *bytes, size_t n,
 /* True once the receiver is gone. Producer thread. */
 bool larder__stream_gone(struct larder__stream *s);
 
-/* Ends the stream after what was pushed and drops the producer's reference. */
-void larder__stream_end(struct larder__stream *s);
+/* True once larder__streams_stop stopped the stream. Producer thread. */
+bool larder__stream_stopping(struct larder__stream *s);
+
+/* Appends the stream's last n bytes (when the receiver is still there), ends the stream
+ * after them and drops the producer's reference. Waits for room as a push does, except
+ * in a stopped stream, whose last bytes are queued at once. */
+void larder__stream_end(struct larder__stream *s, const char *bytes, size_t n);
+
+/* Stops every stream whose producer still runs (the drain of a stopping server is over):
+ * pushes fail from now on, each producer's last bytes still go out, and streams made
+ * from now on are refused. Returns how many were stopped. */
+unsigned larder__streams_stop(void);
 
 /* Ends every stream at once (the server stops): suspended connections are resumed and
  * their responses finish with an error; streams made from now on are refused. */
 void larder__streams_close(void);
-/* Streams may be made again (a server starts). */
+/* Streams may be made again (a server starts): undoes stop and close. */
 void larder__streams_open(void);
 
 #endif

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -48,11 +50,13 @@ static void drop_junk(void)
     rmdir(junk_dir);
 }
 
-static void start(struct daemon *d)
+/* server: a [server] section, or "" for the harness's. */
+static void start_with(struct daemon *d, const char *server)
 {
     char conf[4096];
     make_junk();
     snprintf(conf, sizeof conf,
+             "%s"
              "[model.gen]\nbackend = llama\npath = %s/tiny-generator-f32.gguf\nctx = 4096\n"
              "threads = 1\nmax_tokens = 8\ninstances = 1\n\n"
              "[model.small]\nbackend = llama\npath = %s/tiny-generator-f32.gguf\nctx = 64\n"
@@ -60,8 +64,13 @@ static void start(struct daemon *d)
              "[model.emb]\nbackend = llama\npath = %s/tiny-embedder-f32.gguf\nembedding = yes\n"
              "pooling = mean\nthreads = 1\n\n"
              "[model.junk]\nbackend = llama\npath = %s\n",
-             models_dir(), models_dir(), models_dir(), junk);
+             server, models_dir(), models_dir(), models_dir(), junk);
     assert_int_equal(daemon_start(d, conf), 0);
+}
+
+static void start(struct daemon *d)
+{
+    start_with(d, "");
 }
 
 /* The error of a reply in a route's shape: OpenAI's object (message, type, code, param)
@@ -224,11 +233,103 @@ static void test_disconnect(void **state)
     drop_junk();
 }
 
+
+/* Waits at most WAIT_BOUND_MS for the daemon to exit, leaving it to daemon_stop to reap. */
+static void wait_exit(struct daemon *d)
+{
+    siginfo_t si;
+    bool gone = false;
+    for (struct wait_bound b = wait_start(); !gone && wait_again(&b);) {
+        memset(&si, 0, sizeof si);
+        gone = waitid(P_PID, (id_t)d->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+               si.si_pid == d->pid;
+    }
+    assert_true(gone);
+}
+
+/* Opens a stream of body on path and reads until its first piece. */
+static int open_stream(struct daemon *d, const char *path, const char *body, char *buf,
+                       size_t len, size_t *used)
+{
+    int fd = larder__http_connect(&d->url, 10000);
+    assert_true(fd >= 0);
+    /* A small window: a client that stops reading holds the stream up soon. */
+    int rcv = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    assert_int_equal(larder__http_send(fd, &d->url, "POST", path, NULL, "application/json",
+                                       body, strlen(body)), 0);
+    assert_true(larder__http_read_until(fd, buf, len, used, "data: ", WAIT_BOUND_MS) >= 0);
+    return fd;
+}
+
+#define STREAM_BUF (8u << 20)
+
+/* SIGTERM while a stream runs, within drain_timeout: the stream runs to its end (the
+ * client gets every piece and [DONE]) and larderd exits 0. */
+static void test_stop_drains_stream(void **state)
+{
+    struct daemon d;
+    start(&d);
+    char *buf = malloc(STREAM_BUF);
+    assert_non_null(buf);
+    size_t used = 0;
+    int fd = open_stream(&d, "/v1/chat/completions",
+                         "{\"model\":\"gen\",\"messages\":[{\"role\":\"user\",\"content\":"
+                         "\"hi\"}],\"max_tokens\":300,\"stream\":true}",
+                         buf, STREAM_BUF, &used);
+    kill(d.pid, SIGTERM);
+    assert_true(larder__http_read_until(fd, buf, STREAM_BUF, &used, "data: [DONE]",
+                                        WAIT_BOUND_MS) >= 0);
+    if (strstr(buf, "\"error\""))
+        fprintf(stderr, "%s\n", strstr(buf, "\"error\"") - 200);
+    assert_null(strstr(buf, "\"error\""));
+    assert_non_null(strstr(buf, "\"finish_reason\":\""));
+    close(fd);
+    free(buf);
+    wait_exit(&d);
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
+
+/* SIGTERM while a stream outlasts drain_timeout (its client stopped reading): the
+ * generation is stopped, the client gets OpenAI's error event (shutting_down) and [DONE]
+ * after what was queued, and larderd exits 0. */
+static void test_stop_ends_stream(void **state)
+{
+    struct daemon d;
+    start_with(&d, "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\n"
+                   "drain_timeout = 200ms\n\n");
+    char *buf = malloc(STREAM_BUF);
+    assert_non_null(buf);
+    size_t used = 0;
+    /* Greedy from this prompt, the test generator runs to max_tokens (some 600 KB of
+     * events): far more than the queue and the sockets' buffers hold. */
+    int fd = open_stream(&d, "/v1/completions",
+                         "{\"model\":\"gen\",\"prompt\":\"x\",\"max_tokens\":4000,"
+                         "\"temperature\":0,\"stream\":true}",
+                         buf, STREAM_BUF, &used);
+    kill(d.pid, SIGTERM);
+    if (daemon_wait_log(&d, "streams still running were ended", 1) != 1)
+        daemon_dump_log(&d);
+    assert_int_equal(daemon_log_count(&d, "streams still running were ended"), 1);
+    assert_true(larder__http_read_until(fd, buf, STREAM_BUF, &used, "data: [DONE]",
+                                        WAIT_BOUND_MS) >= 0);
+    assert_non_null(strstr(buf, "\"code\":\"shutting_down\""));
+    assert_null(strstr(buf, "\"finish_reason\":\""));
+    close(fd);
+    free(buf);
+    wait_exit(&d);
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_bad_input, daemon_teardown),
         cmocka_unit_test_teardown(test_disconnect, daemon_teardown),
+        cmocka_unit_test_teardown(test_stop_drains_stream, daemon_teardown),
+        cmocka_unit_test_teardown(test_stop_ends_stream, daemon_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
