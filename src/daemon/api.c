@@ -41,14 +41,23 @@ static bool bad_param(struct larder__request *r, const char *param, const char *
     return false;
 }
 
-/* The "model" string of o into call->model. */
+/* The "model" string of o into call->model. It is checked first, before the fields whose
+ * meaning depends on the model: a well-formed body naming no configured model is 404. */
 static bool take_model(struct larder__request *r, json_t *o, struct larder__call *call)
 {
     json_t *m = json_object_get(o, "model");
     if (!json_is_string(m) || !json_string_length(m))
         return bad_param(r, "model", m ? "must be a model name (a string)"
                                        : "is required: the name of the model");
-    call->model = strdup(json_string_value(m));
+    const char *name = json_string_value(m);
+    pthread_rwlock_rdlock(&r->d->conf_lock);
+    bool known = larder__config_model(r->d->conf, name) != NULL;
+    pthread_rwlock_unlock(&r->d->conf_lock);
+    if (!known) {
+        larder__reply_error(r, 404, "model_not_found", "no model named '%s'", name);
+        return false;
+    }
+    call->model = strdup(name);
     return call->model != NULL;
 }
 
@@ -238,6 +247,26 @@ static void simple_free(void *ud)
     free(ud);
 }
 
+/* True for a model that these APIs serve: the llama backend's (generators, embedders,
+ * rerankers), and an external server's that declares the API it speaks (`api = openai`).
+ * The model lists clients read (data[] of /v1/models, /api/tags, /api/ps, /models) hold
+ * only these. */
+static bool speaks_api(struct larder__daemon *d, const struct larder_component_info *c)
+{
+    const char *backend = c->class_name ? c->class_name : "";
+    if (strcmp(backend, "llama") == 0)
+        return true;
+    if (strcmp(backend, "external") != 0)
+        return false;
+    bool api = false;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = larder__config_model(d->conf, c->name);
+    for (size_t i = 0; m && i < m->n_opts && !api; i++)
+        api = strcmp(m->opts[i].key, "api") == 0 && *m->opts[i].value;
+    pthread_rwlock_unlock(&d->conf_lock);
+    return api;
+}
+
 /* ---- larder's own stream: /v1/models/NAME/infer?stream=1 -------------------------------- */
 
 static void native_reply(struct larder__request *r, void *ud, json_t *result,
@@ -384,22 +413,30 @@ static json_t *oa_object(struct oa *a, const char *model, bool chunk, json_t *ch
                      choice);
 }
 
-static json_t *oa_choice(struct oa *a, const char *text, const char *finish, bool chunk)
+/* The backend's text (a JSON string, which may hold NULs), as a new reference; "" when
+ * it has none. */
+static json_t *text_of(json_t *text)
+{
+    return json_is_string(text) ? json_incref(text) : json_string("");
+}
+
+/* text: the backend's "text" (NULL: none, for a last chunk). */
+static json_t *oa_choice(struct oa *a, json_t *text, const char *finish, bool chunk)
 {
     json_t *c = json_pack("{s:i,s:n}", "index", 0, "logprobs");
     json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
     if (a->kind == OA_COMPLETION) {
-        json_object_set_new(c, "text", json_string(text ? text : ""));
+        json_object_set_new(c, "text", text_of(text));
     } else if (!chunk) {
-        json_object_set_new(c, "message", json_pack("{s:s,s:s,s:n}", "role", "assistant",
-                                                     "content", text ? text : "", "refusal"));
+        json_object_set_new(c, "message", json_pack("{s:s,s:o,s:n}", "role", "assistant",
+                                                     "content", text_of(text), "refusal"));
     } else {
         json_t *delta = json_object();
         if (!a->role_sent)
             json_object_set_new(delta, "role", json_string("assistant"));
         a->role_sent = true;
         if (text)
-            json_object_set_new(delta, "content", json_string(text));
+            json_object_set_new(delta, "content", text_of(text));
         json_object_set_new(c, "delta", delta);
     }
     return c;
@@ -410,7 +447,7 @@ static void oa_generation_reply(struct larder__request *r, void *ud, json_t *res
 {
     struct oa *a = ud;
     json_t *o = oa_object(a, t->model, false,
-                          oa_choice(a, str_at(result, "text", ""),
+                          oa_choice(a, json_object_get(result, "text"),
                                     str_at(result, "finish_reason", "stop"), false));
     json_object_set_new(o, "usage", oa_usage(result));
     json_object_set_new(o, "larder", larder_fields(t));
@@ -421,7 +458,7 @@ static void oa_generation_reply(struct larder__request *r, void *ud, json_t *res
 static void oa_piece(void *ud, json_t *piece, struct larder__text *out)
 {
     struct oa *a = ud;
-    json_t *o = oa_object(a, a->model, true, oa_choice(a, str_at(piece, "text", ""), NULL, true));
+    json_t *o = oa_object(a, a->model, true, oa_choice(a, json_object_get(piece, "text"), NULL, true));
     put_json(out, "data: ", o, "\n\n");
 }
 
@@ -431,7 +468,7 @@ static void oa_end(void *ud, json_t *result, const struct larder__timing *t, boo
     struct oa *a = ud;
     if (!pieces)
         put_json(out, "data: ",
-                 oa_object(a, t->model, true, oa_choice(a, str_at(result, "text", ""), NULL, true)),
+                 oa_object(a, t->model, true, oa_choice(a, json_object_get(result, "text"), NULL, true)),
                  "\n\n");
     json_t *last = oa_object(a, t->model, true,
                              oa_choice(a, NULL, str_at(result, "finish_reason", "stop"), true));
@@ -667,13 +704,17 @@ void larder__route_openai_rerank(struct larder__request *r, const char *name)
     openai_route(r, &oa_rerank_api);
 }
 
-void larder__openai_models_text(struct larder__text *t, const struct larder_snapshot *s,
-                                double created)
+void larder__openai_models_text(struct larder__text *t, struct larder__daemon *d,
+                                const struct larder_snapshot *s, double created)
 {
     larder__text_lit(t, "\"object\":\"list\",\"data\":[");
+    bool first = true;
     for (size_t i = 0; i < s->n; i++) {
-        if (i)
+        if (!speaks_api(d, &s->components[i]))
+            continue;
+        if (!first)
             larder__text_lit(t, ",");
+        first = false;
         larder__text_lit(t, "{\"id\":");
         larder__text_json_string(t, s->components[i].name);
         larder__text_lit(t, ",\"object\":\"model\",\"created\":");
@@ -843,21 +884,30 @@ static bool ol_prepare(struct larder__request *r, struct larder__call *call, voi
         empty = json_array_size(json_object_get(out, "messages")) == 0;
     } else if (ok && kind == OL_GENERATE) {
         json_t *p = json_object_get(o, "prompt"), *sys = json_object_get(o, "system");
+        json_t *raw = json_object_get(o, "raw"), *tmpl = json_object_get(o, "template");
         if (p && !json_is_null(p) && !json_is_string(p))
             ok = bad_param(r, "prompt", "must be a string");
         else if (sys && !json_is_null(sys) && !json_is_string(sys))
             ok = bad_param(r, "system", "must be a string");
+        else if (raw && !json_is_null(raw) && !json_is_boolean(raw))
+            ok = bad_param(r, "raw", "must be true or false");
+        else if (json_string_length(tmpl) || (tmpl && !json_is_null(tmpl) && !json_is_string(tmpl)))
+            ok = bad_param(r, "template", "is not taken: the model's own chat template is "
+                                          "used (send raw: true with a prompt formatted "
+                                          "your way)");
         empty = !json_string_length(p);
-        if (ok && !empty) {
-            /* The prompt goes to the model as written, after the system text if any. */
-            if (json_is_string(sys) && json_string_length(sys)) {
-                char *both = NULL;
-                if (asprintf(&both, "%s\n\n%s", json_string_value(sys), json_string_value(p)) >= 0)
-                    json_object_set_new(out, "prompt", json_string(both));
-                free(both);
-            } else {
-                json_object_set(out, "prompt", p);
-            }
+        if (ok && !empty && json_is_true(raw)) {
+            /* raw: the prompt goes to the model as written, without a template. */
+            json_object_set(out, "prompt", p);
+        } else if (ok && !empty) {
+            /* Else, as Ollama does, one user turn (after the system text, if any) through
+             * the model's chat template. */
+            json_t *msgs = json_array();
+            if (json_string_length(sys))
+                json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "system",
+                                                      "content", sys));
+            json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "user", "content", p));
+            json_object_set_new(out, "messages", msgs);
         }
         ok = ok && ol_options(r, o, out);
     } else if (ok) {
@@ -902,17 +952,17 @@ static bool ol_embeddings_prepare(struct larder__request *r, struct larder__call
     return ol_prepare(r, call, ud, OL_EMBEDDINGS);
 }
 
-/* {"model","created_at"} and the text of a piece (or the whole reply). */
-static json_t *ol_message(struct ol *a, const char *text, bool done)
+/* {"model","created_at"} and the text of a piece (or the whole reply; NULL: ""). */
+static json_t *ol_message(struct ol *a, json_t *text, bool done)
 {
     char when[48];
     iso_time(wall_now(), when, sizeof when);
     json_t *o = json_pack("{s:s,s:s}", "model", a->model, "created_at", when);
     if (a->kind == OL_CHAT)
-        json_object_set_new(o, "message", json_pack("{s:s,s:s}", "role", "assistant",
-                                                     "content", text));
+        json_object_set_new(o, "message", json_pack("{s:s,s:o}", "role", "assistant",
+                                                     "content", text_of(text)));
     else
-        json_object_set_new(o, "response", json_string(text));
+        json_object_set_new(o, "response", text_of(text));
     json_object_set_new(o, "done", json_boolean(done));
     return o;
 }
@@ -936,7 +986,7 @@ static void ol_durations(struct ol *a, json_t *o, json_t *result, const struct l
 }
 
 static json_t *ol_final(struct ol *a, json_t *result, const struct larder__timing *t,
-                        const char *text)
+                        json_t *text)
 {
     json_t *o = ol_message(a, text, true);
     json_object_set_new(o, "done_reason", json_string(str_at(result, "finish_reason", "stop")));
@@ -961,7 +1011,7 @@ static void ol_reply(struct larder__request *r, void *ud, json_t *result,
         if (a->kind == OL_EMBED)
             ol_durations(a, o, result, t);
     } else {
-        o = ol_final(a, result, t, str_at(result, "text", ""));
+        o = ol_final(a, result, t, json_object_get(result, "text"));
     }
     json_decref(result);
     larder__reply_json(r, 200, o);
@@ -969,15 +1019,15 @@ static void ol_reply(struct larder__request *r, void *ud, json_t *result,
 
 static void ol_piece(void *ud, json_t *piece, struct larder__text *out)
 {
-    put_json(out, "", ol_message(ud, str_at(piece, "text", ""), false), "\n");
+    put_json(out, "", ol_message(ud, json_object_get(piece, "text"), false), "\n");
 }
 
 static void ol_end(void *ud, json_t *result, const struct larder__timing *t, bool pieces,
                    struct larder__text *out)
 {
     if (!pieces)
-        put_json(out, "", ol_message(ud, str_at(result, "text", ""), false), "\n");
-    put_json(out, "", ol_final(ud, result, t, ""), "\n");
+        put_json(out, "", ol_message(ud, json_object_get(result, "text"), false), "\n");
+    put_json(out, "", ol_final(ud, result, t, NULL), "\n");
 }
 
 static void ol_fail(void *ud, unsigned status, const char *code, const char *msg,
@@ -1095,7 +1145,8 @@ static void ol_list(struct larder__request *r, bool loaded_only)
         return;
     json_t *list = json_array();
     for (size_t i = 0; i < s->n; i++)
-        if (!loaded_only || s->components[i].state == LARDER_STATE_READY)
+        if ((!loaded_only || s->components[i].state == LARDER_STATE_READY) &&
+            speaks_api(r->d, &s->components[i]))
             json_array_append_new(list, ol_model(r, &s->components[i], loaded_only));
     larder_snapshot_free(s);
     larder__reply_json(r, 200, json_pack("{s:o}", "models", list));
@@ -1142,6 +1193,8 @@ void larder__route_router_models(struct larder__request *r, const char *name)
     long long created = (long long)larder__wall_started(r->d);
     for (size_t i = 0; i < s->n; i++) {
         const struct larder_component_info *c = &s->components[i];
+        if (!speaks_api(r->d, c))
+            continue;
         json_t *status = json_pack("{s:s}", "value", router_state(c));
         if (c->last_error_message)
             json_object_set_new(status, "error", json_string(c->last_error_message));

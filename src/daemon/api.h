@@ -82,8 +82,9 @@ void larder__route_router_models(struct larder__request *r, const char *name);
 void larder__route_router_load(struct larder__request *r, const char *name);
 void larder__route_router_unload(struct larder__request *r, const char *name);
 
-/* The OpenAI-shaped part of GET /v1/models: ,"object":"list","data":[...] (api.c). */
-void larder__openai_models_text(struct larder__text *t, const struct larder_snapshot *s,
-                                double started_wall);
+/* The OpenAI-shaped part of GET /v1/models: "object":"list","data":[...], (api.c): the
+ * models these APIs serve (llama models, external ones that declare an api). */
+void larder__openai_models_text(struct larder__text *t, struct larder__daemon *d,
+                                const struct larder_snapshot *s, double started_wall);
 
 #endif

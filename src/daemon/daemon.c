@@ -733,7 +733,8 @@ static int start_http(struct larder__daemon *d, char *err, size_t errlen)
 static void wait_inflight(struct larder__daemon *d, int64_t timeout_ms)
 {
     double until = larder__now() + (double)timeout_ms / 1000.0;
-    while (atomic_load(&d->inflight) && larder__now() < until) {
+    while ((atomic_load(&d->inflight) || atomic_load(&d->stream_jobs)) &&
+           larder__now() < until) {
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -40,6 +40,7 @@ struct infer_job {
     /* while the backend runs */
     struct larder__infer_ctl *ctl;
     struct larder__stream *s;     /* once the stream's headers went out; r is given back */
+    struct larder__daemon *d;     /* set once r was given back: counted in d->stream_jobs */
     struct larder__timing timing;
 };
 
@@ -145,7 +146,7 @@ static void timing_headers(struct MHD_Response *resp, struct larder__request *r,
 static void reply_json_result(struct infer_job *j, const char *text, double infer_ms)
 {
     json_error_t jerr;
-    json_t *out = json_loads(text, JSON_DECODE_ANY, &jerr);
+    json_t *out = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!out) {
         larder__reply_error(j->r, 500, "backend_output", "the backend returned invalid JSON: %s",
                             jerr.text);
@@ -208,10 +209,13 @@ static void reply_backend_error(struct infer_job *j, int e, const char *err,
                                 const struct larder__infer_ctl *ctl, double infer_ms)
 {
     if (j->api && e == LARDER_BACKEND_EINPUT) {
-        /* A prompt longer than the model's context has a code of its own on these APIs. */
-        larder__reply_error(j->r, 400,
-                            strstr(err, "context") ? "context_length_exceeded" : "bad_input",
-                            "%s", *err ? err : "the backend refused the input");
+        larder__reply_error(j->r, 400, "bad_input", "%s",
+                            *err ? err : "the backend refused the input");
+    } else if (j->api && e == LARDER_BACKEND_ETOOBIG && !ctl->reserve_refused) {
+        /* An input longer than the model's context: OpenAI's code for it (on /infer it
+         * stays 413 input_too_large, as for every input past a backend's limit). */
+        larder__reply_error(j->r, 400, "context_length_exceeded", "%s",
+                            *err ? err : "the input is longer than the model's context");
     } else if (e == LARDER_BACKEND_ECANCELED && atomic_load(&j->r->d->stopping) &&
                ctl->why == LARDER__CANCEL_GONE) {
         /* A streaming call refused its stream: the server stops. */
@@ -260,6 +264,11 @@ static int start_stream(struct infer_job *j)
     timing_headers(resp, NULL, &j->timing);
     larder__reply_response(j->r, 200, resp);
     j->ctl->reserve = refuse_request_memory;
+    /* The job counts as in flight until it has given its lease back (run_infer): the
+     * client may have read the whole stream before that, and a stopping server must not
+     * close the manager under the release. */
+    j->d = j->r->d;
+    atomic_fetch_add(&j->d->stream_jobs, 1);
     larder__request_resume(j->r);
     j->r = NULL;
     return 0;
@@ -279,7 +288,7 @@ static int job_emit(void *ud, const char *json, size_t len)
 {
     struct infer_job *j = ud;
     json_error_t jerr;
-    json_t *piece = json_loadb(json, len, 0, &jerr);
+    json_t *piece = json_loadb(json, len, JSON_ALLOW_NUL, &jerr);
     if (!piece)
         return 0; /* not JSON: nothing a client could read, and no reason to stop */
     struct larder__text t = {0};
@@ -298,7 +307,7 @@ static void end_stream(struct infer_job *j, int e, const char *err,
 {
     struct larder__text t = {0};
     json_error_t jerr;
-    json_t *result = e == 0 && res->json ? json_loads(res->json, 0, &jerr) : NULL;
+    json_t *result = e == 0 && res->json ? json_loads(res->json, JSON_ALLOW_NUL, &jerr) : NULL;
     if (result) {
         j->api->end(j->api_ud, result, &j->timing, pieces, &t);
     } else if (larder__stream_stopping(j->s)) {
@@ -326,7 +335,7 @@ static void end_stream(struct infer_job *j, int e, const char *err,
 static void reply_api_result(struct infer_job *j, const char *text)
 {
     json_error_t jerr;
-    json_t *result = text ? json_loads(text, 0, &jerr) : NULL;
+    json_t *result = text ? json_loads(text, JSON_ALLOW_NUL, &jerr) : NULL;
     if (!result || !json_is_object(result)) {
         json_decref(result);
         larder__reply_error(j->r, 500, "backend_output", "the backend returned no JSON object");
@@ -460,9 +469,12 @@ static void run_infer(void *arg)
         larder_release(j->lease);
     }
     struct larder__request *r = j->r; /* NULL once a stream gave it back */
+    struct larder__daemon *counted = j->d;
     job_free(j);
     if (r)
         larder__request_resume(r);
+    if (counted)
+        atomic_fetch_sub(&counted->stream_jobs, 1);
 }
 
 static void on_lease(void *ud, int err, larder_lease *lease)
@@ -602,6 +614,16 @@ static void prepare_then_acquire(void *arg)
         free(r->model);
         r->model = strdup(call.model);
         timeout = model_timeout(r, call.model);
+    }
+    /* The backend's request is held for the call as the client's body is: both count
+     * against request_memory until the reply has gone out. */
+    if (timeout >= 0 && call.body_len && !larder__request_memory_take(r, call.body_len)) {
+        larder__reply_error(r, 503, "request_memory",
+                            "this request and the backend's copy of it (%zu bytes) do not fit "
+                            "the server's request memory now: try again shortly",
+                            call.body_len);
+        larder__reply_header(r, "Retry-After", "1");
+        timeout = -1;
     }
     if (!ok || timeout < 0) {
         free(call.model);

@@ -241,7 +241,7 @@ static void route_models(struct larder__request *r, const char *name)
     larder__text_reserve(&t, 64 + s->n * 800);
     /* OpenAI's list (object, data[].id) beside larder's registry (models[]). */
     LIT(&t, "{");
-    larder__openai_models_text(&t, s, larder__wall_started(r->d));
+    larder__openai_models_text(&t, r->d, s, larder__wall_started(r->d));
     LIT(&t, "\"models\":[");
     for (size_t i = 0; i < s->n; i++) {
         if (i)

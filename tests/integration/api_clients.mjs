@@ -32,6 +32,9 @@ path = ${models}/tiny-embedder-f32.gguf
 embedding = yes
 pooling = mean
 threads = 1
+
+[model.plain]
+backend = synthetic
 `);
 
 const daemon = spawn(larderd, ['--config', join(dir, 'larder.conf')],
@@ -69,6 +72,7 @@ async function openaiTests() {
     const { default: OpenAI } = require('openai');
     const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
 
+    // The models these routes serve: not the synthetic one.
     const list = await client.models.list();
     const ids = list.data.map((m) => m.id).sort();
     assert.deepEqual(ids, ['emb', 'gen']);
@@ -194,8 +198,16 @@ try {
     console.error(log);
     status = 1;
 } finally {
+    const exited = daemon.exitCode !== null || daemon.signalCode !== null
+        ? Promise.resolve({ code: daemon.exitCode, signal: daemon.signalCode })
+        : new Promise((r) => daemon.on('exit', (code, signal) => r({ code, signal })));
     daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.on('exit', r));
+    const { code, signal } = await exited;
+    if (code !== 0) {
+        console.error(`larderd exited with ${code ?? signal} after SIGTERM`);
+        console.error(log);
+        status = 1;
+    }
     rmSync(dir, { recursive: true, force: true });
 }
 process.exit(status);

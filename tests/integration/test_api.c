@@ -62,8 +62,9 @@ static void start_with(struct daemon *d, const char *server)
              "[model.small]\nbackend = llama\npath = %s/tiny-generator-f32.gguf\nctx = 64\n"
              "threads = 1\n\n"
              "[model.emb]\nbackend = llama\npath = %s/tiny-embedder-f32.gguf\nembedding = yes\n"
-             "pooling = mean\nthreads = 1\n\n"
-             "[model.junk]\nbackend = llama\npath = %s\n",
+             "pooling = mean\nthreads = 1\nctx = 64\n\n"
+             "[model.junk]\nbackend = llama\npath = %s\n\n"
+             "[model.plain]\nbackend = synthetic\n",
              server, models_dir(), models_dir(), models_dir(), junk);
     assert_int_equal(daemon_start(d, conf), 0);
 }
@@ -115,6 +116,14 @@ static void test_bad_input(void **state)
     for (int i = 0; i < 2000; i++)
         strcat(longp, "word ");
     strcat(longp, "\"}]}");
+    /* The same words as a prompt, and as an input past the embedder's context. */
+    static char longc[24000], longe[24000], longg[24000];
+    const char *words = strstr(longp, "word ");
+    int wlen = (int)(strlen(words) - 4);
+    snprintf(longc, sizeof longc, "{\"model\":\"small\",\"prompt\":\"%.*s\"}", wlen, words);
+    snprintf(longe, sizeof longe, "{\"model\":\"emb\",\"input\":\"%.*s\"}", wlen, words);
+    snprintf(longg, sizeof longg, "{\"model\":\"small\",\"prompt\":\"%.*s\",\"stream\":false}",
+             wlen, words);
     const struct bad_case cases[] = {
         {"/v1/chat/completions", "{\"model\":\"nosuch\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
          404, "model_not_found"},
@@ -147,6 +156,24 @@ static void test_bad_input(void **state)
         {"/api/generate", "{\"model\":\"gen\",\"prompt\":[1]}", 400, NULL},
         {"/api/embed", "{\"model\":\"emb\",\"input\":{}}", 400, NULL},
         {"/models/load", "{\"model\":\"gen\"}", 401, "unauthorized"},
+        /* A well-formed body naming an unknown model is 404 whatever else is wrong with it;
+         * a malformed body is 400 first; a model that is no name is 400. */
+        {"/v1/chat/completions", "{\"model\":\"nosuch\",\"messages\":\"hi\",\"n\":3}", 404,
+         "model_not_found"},
+        {"/v1/chat/completions", "{\"model\":\"nosuch\",\"messages\":", 400, "invalid_json"},
+        {"/v1/chat/completions", "{\"model\":5,\"messages\":[]}", 400, "invalid_type"},
+        {"/v1/completions", "{\"model\":\"nosuch\",\"prompt\":5}", 404, "model_not_found"},
+        {"/v1/embeddings", "{\"model\":\"nosuch\",\"input\":5}", 404, "model_not_found"},
+        {"/v1/rerank", "{\"model\":\"nosuch\"}", 404, "model_not_found"},
+        {"/api/generate", "{\"model\":\"nosuch\",\"prompt\":[1]}", 404, NULL},
+        {"/api/generate", "{\"model\":\"gen\",\"prompt\":\"x\",\"raw\":\"yes\"}", 400, NULL},
+        {"/api/generate", "{\"model\":\"gen\",\"prompt\":\"x\",\"template\":\"{{ .Prompt }}\"}",
+         400, NULL},
+        {"/models/unload", "{\"model\":\"gen\"}", 401, "unauthorized"},
+        /* Longer than the context on the other routes too. */
+        {"/v1/completions", longc, 400, "context_length_exceeded"},
+        {"/v1/embeddings", longe, 400, "context_length_exceeded"},
+        {"/api/generate", longg, 400, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct larder__http_response resp = {0};
@@ -233,6 +260,168 @@ static void test_disconnect(void **state)
     drop_junk();
 }
 
+
+/* POST path with body; the reply's JSON object (status in *ret_status). */
+static json_t *post(struct daemon *d, const char *path, const char *body, int *ret_status)
+{
+    struct larder__http_response resp = {0};
+    *ret_status = http(d, "POST", path, "application/json", body, strlen(body), false, &resp);
+    json_error_t jerr;
+    json_t *o = json_loads(resp.body ? resp.body : "", 0, &jerr);
+    if (!o || *ret_status != 200)
+        fprintf(stderr, "POST %s: %d %s\n", path, *ret_status, resp.body ? resp.body : "");
+    larder__http_response_clear(&resp);
+    assert_non_null(o);
+    return o;
+}
+
+static json_t *get(struct daemon *d, const char *path)
+{
+    struct larder__http_response resp = {0};
+    assert_int_equal(http(d, "GET", path, NULL, NULL, 0, false, &resp), 200);
+    json_error_t jerr;
+    json_t *o = json_loads(resp.body, 0, &jerr);
+    larder__http_response_clear(&resp);
+    assert_non_null(o);
+    return o;
+}
+
+/* The names at key of each entry of list, sorted, comma-separated. */
+static void names_of(json_t *list, const char *key, char *out, size_t len)
+{
+    const char *names[16];
+    size_t n = 0, i;
+    json_t *e;
+    json_array_foreach(list, i, e) if (n < 16) names[n++] = json_string_value(json_object_get(e, key));
+    for (size_t a = 0; a < n; a++)
+        for (size_t b = a + 1; b < n; b++)
+            if (strcmp(names[b], names[a]) < 0) {
+                const char *t = names[a];
+                names[a] = names[b];
+                names[b] = t;
+            }
+    out[0] = 0;
+    for (size_t a = 0; a < n; a++)
+        snprintf(out + strlen(out), len - strlen(out), "%s%s", a ? "," : "", names[a]);
+}
+
+/* The lists clients read hold the models these APIs serve (the llama ones), not the
+ * synthetic one; larder's own registry holds them all. */
+static void test_model_lists(void **state)
+{
+    struct daemon d;
+    start(&d);
+    char names[256];
+    json_t *o = get(&d, "/v1/models");
+    names_of(json_object_get(o, "data"), "id", names, sizeof names);
+    assert_string_equal(names, "emb,gen,junk,small");
+    names_of(json_object_get(o, "models"), "name", names, sizeof names);
+    assert_string_equal(names, "emb,gen,junk,plain,small");
+    json_decref(o);
+    o = get(&d, "/api/tags");
+    names_of(json_object_get(o, "models"), "name", names, sizeof names);
+    assert_string_equal(names, "emb,gen,junk,small");
+    json_decref(o);
+    o = get(&d, "/models");
+    names_of(json_object_get(o, "data"), "id", names, sizeof names);
+    assert_string_equal(names, "emb,gen,junk,small");
+    json_decref(o);
+    /* Loaded: plain is, and still not in /api/ps. */
+    int st;
+    json_decref(post(&d, "/v1/models/plain/infer", "{\"text\":\"x\"}", &st));
+    assert_int_equal(st, 200);
+    json_decref(post(&d, "/api/generate", "{\"model\":\"gen\",\"prompt\":\"x\",\"stream\":false,"
+                                          "\"options\":{\"num_predict\":1}}", &st));
+    assert_int_equal(st, 200);
+    o = get(&d, "/api/ps");
+    names_of(json_object_get(o, "models"), "name", names, sizeof names);
+    assert_string_equal(names, "gen");
+    json_decref(o);
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
+
+static const char *text_at(json_t *o, const char *a, const char *b)
+{
+    json_t *v = json_object_get(o, a);
+    if (b)
+        v = json_object_get(v, b);
+    assert_true(json_is_string(v));
+    return json_string_value(v);
+}
+
+/* /api/generate: raw takes the prompt as written (as /v1/completions does); otherwise the
+ * prompt (after system) is one user turn through the model's chat template (as /api/chat
+ * does). Greedy, so the same prompt tokens give the same text. */
+static void test_generate_template(void **state)
+{
+    struct daemon d;
+    start(&d);
+    int st;
+    const char *opts = "\"options\":{\"num_predict\":6,\"temperature\":0},\"stream\":false";
+    char body[512];
+    snprintf(body, sizeof body, "{\"model\":\"gen\",\"prompt\":\"once upon\",\"raw\":true,%s}", opts);
+    json_t *raw = post(&d, "/api/generate", body, &st);
+    assert_int_equal(st, 200);
+    json_t *cmpl = post(&d, "/v1/completions",
+                        "{\"model\":\"gen\",\"prompt\":\"once upon\",\"max_tokens\":6,"
+                        "\"temperature\":0}", &st);
+    assert_int_equal(st, 200);
+    json_t *choice = json_array_get(json_object_get(cmpl, "choices"), 0);
+    assert_string_equal(text_at(raw, "response", NULL), text_at(choice, "text", NULL));
+    assert_int_equal(json_integer_value(json_object_get(raw, "prompt_eval_count")),
+                     json_integer_value(json_object_get(json_object_get(cmpl, "usage"),
+                                                        "prompt_tokens")));
+
+    snprintf(body, sizeof body, "{\"model\":\"gen\",\"prompt\":\"once upon\",\"system\":\"be brief\",%s}",
+             opts);
+    json_t *tmpl = post(&d, "/api/generate", body, &st);
+    assert_int_equal(st, 200);
+    snprintf(body, sizeof body,
+             "{\"model\":\"gen\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+             "{\"role\":\"user\",\"content\":\"once upon\"}],%s}", opts);
+    json_t *chat = post(&d, "/api/chat", body, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(text_at(tmpl, "response", NULL), text_at(chat, "message", "content"));
+    json_int_t templated = json_integer_value(json_object_get(tmpl, "prompt_eval_count"));
+    assert_int_equal(templated, json_integer_value(json_object_get(chat, "prompt_eval_count")));
+    /* The template's tokens are there. */
+    assert_true(templated > json_integer_value(json_object_get(raw, "prompt_eval_count")) + 4);
+    json_decref(raw);
+    json_decref(cmpl);
+    json_decref(tmpl);
+    json_decref(chat);
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
+
+/* The backend's request the routes make counts against request_memory with the client's
+ * body: a body that fits alone but not with its translation is refused 503 request_memory,
+ * a small one is served, and the memory comes back. */
+static void test_request_memory(void **state)
+{
+    struct daemon d;
+    start_with(&d, "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\n"
+                   "max_body = 4k\nrequest_memory = 4k\n\n");
+    char body[4096];
+    int n = snprintf(body, sizeof body, "{\"model\":\"gen\",\"max_tokens\":1,\"messages\":"
+                                        "[{\"role\":\"user\",\"content\":\"");
+    while (n < 2600)
+        body[n++] = 'a';
+    snprintf(body + n, sizeof body - (size_t)n, "\"}]}");
+    struct larder__http_response resp = {0};
+    assert_int_equal(http(&d, "POST", "/v1/chat/completions", "application/json", body,
+                          strlen(body), false, &resp), 503);
+    assert_string_equal(check_shape(&resp, false), "request_memory");
+    larder__http_response_clear(&resp);
+    const char *ok = "{\"model\":\"gen\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\","
+                     "\"content\":\"hi\"}]}";
+    assert_int_equal(http(&d, "POST", "/v1/chat/completions", "application/json", ok,
+                          strlen(ok), false, NULL), 200);
+    assert_int_equal(wait_json_field(&d, "/v1/memory", "requests.in_flight_bytes", 0), 0);
+    assert_int_equal(daemon_stop(&d), 0);
+    drop_junk();
+}
 
 /* Waits at most WAIT_BOUND_MS for the daemon to exit, leaving it to daemon_stop to reap. */
 static void wait_exit(struct daemon *d)
@@ -328,6 +517,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_bad_input, daemon_teardown),
         cmocka_unit_test_teardown(test_disconnect, daemon_teardown),
+        cmocka_unit_test_teardown(test_model_lists, daemon_teardown),
+        cmocka_unit_test_teardown(test_generate_template, daemon_teardown),
+        cmocka_unit_test_teardown(test_request_memory, daemon_teardown),
         cmocka_unit_test_teardown(test_stop_drains_stream, daemon_teardown),
         cmocka_unit_test_teardown(test_stop_ends_stream, daemon_teardown),
     };
