@@ -12,6 +12,7 @@
 #include <gguf.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +54,7 @@ static bool arch_uint(const struct gguf_context *g, const char *arch, const char
 }
 
 /* The magic and version, read by hand for clear messages. */
-static int check_header(const char *path, uint64_t *ret_size, char *err, size_t errlen)
+static int check_header(const char *path, struct stat *ret_st, char *err, size_t errlen)
 {
     unsigned char head[8];
     struct stat st;
@@ -85,8 +86,85 @@ static int check_header(const char *path, uint64_t *ret_size, char *err, size_t 
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
                               "model file %s: GGUF version %u (2 or 3 are supported)", path,
                               version);
-    *ret_size = (uint64_t)st.st_size;
+    *ret_st = st;
     return 0;
+}
+
+/* The metadata of the files read last, by path and identity (device, inode, size, change
+ * times): parsing a large vocabulary takes milliseconds, and a model that is unloaded and
+ * loaded again, or estimated, is read again unchanged. A file that changed is read anew;
+ * failures are never kept. */
+#define CACHE_SLOTS 8
+
+struct cached {
+    char *path;
+    struct stat st;
+    struct larder_gguf_info info;
+};
+
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct cached cache[CACHE_SLOTS];
+static unsigned cache_next;
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Copies src into dst with its own layer array; false when out of memory. */
+static bool info_copy(struct larder_gguf_info *dst, const struct larder_gguf_info *src)
+{
+    *dst = *src;
+    dst->layer_bytes = malloc(src->n_layer * sizeof *dst->layer_bytes);
+    if (!dst->layer_bytes)
+        return false;
+    memcpy(dst->layer_bytes, src->layer_bytes, src->n_layer * sizeof *dst->layer_bytes);
+    return true;
+}
+
+static bool cache_get(const char *path, const struct stat *st, struct larder_gguf_info *info)
+{
+    bool hit = false;
+
+    pthread_mutex_lock(&cache_mu);
+    for (unsigned i = 0; i < CACHE_SLOTS && !hit; i++)
+        if (cache[i].path && strcmp(cache[i].path, path) == 0 && same_file(&cache[i].st, st))
+            hit = info_copy(info, &cache[i].info);
+    pthread_mutex_unlock(&cache_mu);
+    return hit;
+}
+
+static void cache_put(const char *path, const struct stat *st,
+                      const struct larder_gguf_info *info)
+{
+    struct cached c = {.path = strdup(path), .st = *st};
+
+    if (!c.path || !info_copy(&c.info, info)) {
+        free(c.path);
+        return;
+    }
+    pthread_mutex_lock(&cache_mu);
+    for (unsigned i = 0; i < CACHE_SLOTS; i++)
+        if (cache[i].path && strcmp(cache[i].path, path) == 0) {
+            struct cached old = cache[i];
+
+            cache[i] = c;
+            pthread_mutex_unlock(&cache_mu);
+            free(old.path);
+            free(old.info.layer_bytes);
+            return;
+        }
+    {
+        struct cached old = cache[cache_next];
+
+        cache[cache_next] = c;
+        cache_next = (cache_next + 1) % CACHE_SLOTS;
+        pthread_mutex_unlock(&cache_mu);
+        free(old.path);
+        free(old.info.layer_bytes);
+    }
 }
 
 static int layer_of(const char *name, uint32_t n_layer)
@@ -105,14 +183,18 @@ int larder_gguf_info_read(const char *path, struct larder_gguf_info *info, char 
 {
     struct gguf_init_params p = {.no_alloc = true, .ctx = NULL};
     struct gguf_context *g;
-    uint64_t file_size = 0, v, data_end = 0;
+    struct stat st;
+    uint64_t file_size, v, data_end = 0;
     int64_t id, tok, emb;
     const char *arch;
     int rc;
 
     memset(info, 0, sizeof *info);
-    if ((rc = check_header(path, &file_size, err, errlen)) < 0)
+    if ((rc = check_header(path, &st, err, errlen)) < 0)
         return rc;
+    if (cache_get(path, &st, info))
+        return 0;
+    file_size = (uint64_t)st.st_size;
     g = gguf_init_from_file(path, p);
     if (!g)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL,
@@ -192,6 +274,7 @@ int larder_gguf_info_read(const char *path, struct larder_gguf_info *info, char 
         goto out;
     }
     rc = 0;
+    cache_put(path, &st, info);
 out:
     gguf_free(g);
     if (rc < 0)

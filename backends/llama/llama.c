@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,11 +45,20 @@
 #define MAX_BATCH 512
 #define DEFAULT_MAX_TOKENS 256
 #define MAX_STOPS 16
-/* Compute buffers and outputs beyond weights and KV cache: a floor, plus what scales with
- * the batch (checked against measured loads, see docs/backends.md). */
-#define COMPUTE_FLOOR (8ULL << 20)
+/* Compute buffers and outputs beyond weights and KV cache: a floor for the graph's small
+ * tensors, plus what scales with the batch (checked against measured loads, see
+ * docs/backends.md). */
+#define COMPUTE_FLOOR (256ULL << 10)
+/* llama.cpp rounds a context up to a multiple of this many cells. */
+#define CTX_PAD 256
 
 enum kind { KIND_GENERATE, KIND_EMBED, KIND_RERANK };
+
+/* Bytes of the buffers llama.cpp reports allocating ("CPU KV buffer size = 0.50 MiB"): in
+ * host memory (CPU*, *_Host) and on devices. */
+struct buffers {
+    uint64_t host, dev;
+};
 
 struct config {
     char *path;
@@ -81,6 +91,8 @@ struct model {
     uint64_t gpu_bytes;        /* planned device bytes: offloaded weights + their KV */
     uint64_t kv_bytes;         /* per instance */
     uint64_t gpu_margin;       /* compute margin the layer fitting keeps free on the GPU */
+    struct buffers weights;    /* the model buffers llama.cpp allocated */
+    _Atomic uint64_t inst_host, inst_dev; /* buffers of the latest instance */
 };
 
 struct instance {
@@ -102,7 +114,28 @@ static _Thread_local char t_line[512];
 static _Thread_local size_t t_line_len;
 static _Thread_local enum ggml_log_level t_line_level;
 static _Thread_local struct model *t_loading;
+static _Thread_local struct buffers *t_buffers;
 static _Thread_local char t_last_error[256];
+
+/* "load_tensors:   CPU_Mapped model buffer size =     0.47 MiB": adds the size (rounded
+ * up by the print's last digit) to the host or device total. */
+static void count_buffer(const char *line, struct buffers *b)
+{
+    const char *at = strstr(line, " buffer size = "), *name, *end;
+    double mib;
+
+    if (!at || sscanf(at, " buffer size = %lf MiB", &mib) != 1 || mib < 0)
+        return;
+    if (!(name = strchr(line, ':')))
+        return;
+    name += strspn(name + 1, " ") + 1;
+    end = name + strcspn(name, " ");
+    uint64_t bytes = (uint64_t)((mib + 0.005) * 1048576.0);
+    if (strncmp(name, "CPU", 3) == 0 || (end - name > 5 && memcmp(end - 5, "_Host", 5) == 0))
+        b->host += bytes;
+    else
+        b->dev += bytes;
+}
 
 static void line_done(void)
 {
@@ -121,6 +154,8 @@ static void line_done(void)
         t_loading->gpu_layers = a;
         t_loading->n_layers_total = b;
     }
+    if (t_buffers)
+        count_buffer(t_line, t_buffers);
     switch (t_line_level) {
     case GGML_LOG_LEVEL_ERROR:
         lv = LARDER_LOG_WARN;
@@ -376,14 +411,27 @@ static uint32_t batch_size(const struct config *c)
     return c->ctx < MAX_BATCH ? c->ctx : MAX_BATCH;
 }
 
+/* The context llama.cpp makes of ctx: rounded up to whole blocks of cells. */
+static uint32_t padded_ctx(const struct config *c)
+{
+    return (c->ctx + CTX_PAD - 1) / CTX_PAD * CTX_PAD;
+}
+
+/* One instance's compute and output buffers, as llama.cpp sizes them for its worst-case
+ * batch of b = batch_size tokens over n = padded_ctx cells (flash attention, which it
+ * turns on for the CPU): the F16 attention mask (b x n x 2), the activations of a layer
+ * (b x (6 n_embd + 2 n_ff) x 4), for a generator the logits of the batch
+ * (b x n_vocab x 4), the output buffer ((n_vocab + n_embd) x 4), and a floor. llama.cpp's
+ * allocator reuses memory between these, so the sum is a bound from above. */
 static uint64_t compute_margin(const struct config *c, const struct larder_gguf_info *gi)
 {
-    uint64_t b = batch_size(c);
-    uint64_t attn = b * c->ctx * gi->n_head * 4;
-    uint64_t act = b * ((uint64_t)gi->n_embd * 6 + gi->n_ff * 3) * 4;
-    uint64_t logits = (uint64_t)gi->n_vocab * 4 * (config_kind(c) == KIND_GENERATE ? b : 1);
+    uint64_t b = batch_size(c), n = padded_ctx(c);
+    uint64_t mask = b * n * 2;
+    uint64_t act = b * ((uint64_t)gi->n_embd * 6 + (uint64_t)gi->n_ff * 2) * 4;
+    uint64_t logits = config_kind(c) == KIND_GENERATE ? b * gi->n_vocab * 4 : 0;
+    uint64_t out = (gi->n_vocab + gi->n_embd) * 4;
 
-    return COMPUTE_FLOOR + attn + act + logits;
+    return COMPUTE_FLOOR + mask + act + logits + out;
 }
 
 /* ---- GPU layer fitting -------------------------------------------------------------------- */
@@ -415,7 +463,7 @@ static ggml_backend_dev_t find_gpu(int index)
 static void plan_gpu(const struct config *c, const struct larder_gguf_info *gi,
                      struct gpu_plan *p)
 {
-    uint64_t kv = larder_gguf_kv_layer_bytes(gi, c->ctx);
+    uint64_t kv = larder_gguf_kv_layer_bytes(gi, padded_ctx(c));
     uint64_t used;
     size_t free_b = 0, total_b = 0;
 
@@ -465,7 +513,7 @@ static int llm_estimate(const struct larder_option *opts, size_t n, uint64_t *re
     int rc = config_parse(opts, n, &cfg, NULL, 0);
 
     if (rc == 0 && (rc = larder_gguf_info_read(cfg.path, &gi, NULL, 0)) == 0) {
-        uint64_t kv = larder_gguf_kv_layer_bytes(&gi, cfg.ctx) * gi.n_layer;
+        uint64_t kv = larder_gguf_kv_layer_bytes(&gi, padded_ctx(&cfg)) * gi.n_layer;
 
         plan_gpu(&cfg, &gi, &plan);
         *ret_bytes = gi.weight_bytes + kv + compute_margin(&cfg, &gi);
@@ -508,7 +556,7 @@ static int llm_load(const struct larder_option *opts, size_t n, void **ret_model
     pthread_once(&g_once, global_setup);
     m->kind = config_kind(&m->cfg);
     plan_gpu(&m->cfg, &gi, &plan);
-    m->kv_bytes = larder_gguf_kv_layer_bytes(&gi, m->cfg.ctx) * gi.n_layer;
+    m->kv_bytes = larder_gguf_kv_layer_bytes(&gi, padded_ctx(&m->cfg)) * gi.n_layer;
     m->gpu_margin = compute_margin(&m->cfg, &gi);
     larder_gguf_info_clear(&gi);
 
@@ -527,9 +575,11 @@ static int llm_load(const struct larder_option *opts, size_t n, void **ret_model
         mp.devices = none; /* no GPU: every layer on the CPU */
     }
     t_loading = m;
+    t_buffers = &m->weights;
     t_last_error[0] = '\0';
     m->model = llama_model_load_from_file(m->cfg.path, mp);
     t_loading = NULL;
+    t_buffers = NULL;
     if (!m->model) {
         rc = larder_pu_fail(err, errlen, LARDER_BACKEND_EMODEL, "llama.cpp cannot load %s%s%s",
                             m->cfg.path, t_last_error[0] ? ": " : "", t_last_error);
@@ -566,12 +616,18 @@ static void llm_unload(void *model)
     model_free(model);
 }
 
+/* Host bytes of the model and its latest instance, as llama.cpp allocated them (its
+ * buffer reports); the weights less the planned device bytes when it reported none. */
 static int llm_measure(void *model, uint64_t *ret_bytes)
 {
     struct model *m = model;
     uint64_t w = llama_model_size(m->model);
 
-    *ret_bytes = w > m->gpu_bytes ? w - m->gpu_bytes : 0;
+    if (m->weights.host || m->weights.dev)
+        w = m->weights.host;
+    else
+        w = w > m->gpu_bytes ? w - m->gpu_bytes : 0;
+    *ret_bytes = w + atomic_load(&m->inst_host);
     return 0;
 }
 
@@ -580,6 +636,7 @@ static int llm_instance_new(void *model, void **ret_instance, char *err, size_t 
     struct model *m = model;
     struct instance *in = calloc(1, sizeof *in);
     struct llama_context_params cp = llama_context_default_params();
+    struct buffers bufs = {0, 0};
 
     if (!in)
         return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM, "out of memory");
@@ -593,7 +650,13 @@ static int llm_instance_new(void *model, void **ret_instance, char *err, size_t 
         cp.pooling_type = m->cfg.pooling;
     }
     t_last_error[0] = '\0';
+    t_buffers = &bufs;
     in->ctx = llama_init_from_model(m->model, cp);
+    t_buffers = NULL;
+    if (in->ctx) {
+        atomic_store(&m->inst_host, bufs.host);
+        atomic_store(&m->inst_dev, bufs.dev);
+    }
     if (!in->ctx) {
         free(in);
         return larder_pu_fail(err, errlen, LARDER_BACKEND_ENOMEM,
@@ -1351,10 +1414,12 @@ static int describe(struct call *c, struct larder_infer_result *res)
 {
     struct model *m = c->m;
     char arch[64] = "";
+    uint64_t host = 0;
+    json_t *o;
 
+    llm_measure(m, &host);
     llama_model_meta_val_str(m->model, "general.architecture", arch, sizeof arch);
-    return set_result(res,
-        json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:I,s:b,s:i,s:s?,s:I,s:I,s:I}", "kind",
+    o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:I,s:b,s:i,s:s?,s:I,s:I,s:I}", "kind",
                   kind_name(m->kind), "architecture", arch, "n_ctx", (int)m->cfg.ctx,
                   "n_ctx_train", llama_model_n_ctx_train(m->model), "n_embd",
                   llama_model_n_embd_out(m->model), "n_layer", llama_model_n_layer(m->model),
@@ -1363,8 +1428,15 @@ static int describe(struct call *c, struct larder_infer_result *res)
                   m->chat_template != NULL, "gpu_layers", m->gpu_layers, "gpu_device",
                   m->gpu_name[0] ? m->gpu_name : NULL, "gpu_bytes", (json_int_t)m->gpu_bytes,
                   "kv_bytes", (json_int_t)m->kv_bytes, "gpu_margin",
-                  (json_int_t)m->gpu_margin),
-        c->err, c->errlen);
+                  (json_int_t)m->gpu_margin);
+    if (o) {
+        /* what llama.cpp allocated: the model and the latest instance */
+        json_object_set_new(o, "measured_host_bytes", json_integer((json_int_t)host));
+        json_object_set_new(o, "measured_device_bytes",
+                            json_integer((json_int_t)(m->weights.dev +
+                                                      atomic_load(&m->inst_dev))));
+    }
+    return set_result(res, o, c->err, c->errlen);
 }
 
 static int llm_infer(void *model, void *instance, const struct larder_infer_request *req,

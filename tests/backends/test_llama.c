@@ -435,11 +435,17 @@ static void test_bad_files_and_options(void **state)
     void *model = NULL;
 
     (void)state;
+    snprintf(rows, sizeof rows, "%s/rows.json", ex ? ex : ".");
+    /* the same path read whole first, then cut: the metadata read last is not reused */
     assert_true(fd >= 0);
-    assert_int_equal(write(fd, data, len / 2), (ssize_t)(len / 2));
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    {
+        struct larder_option o[] = {{"path", trunc}};
+        assert_int_equal(harness_check(ops, o, 1), 0);
+    }
+    assert_int_equal(ftruncate(fd, (off_t)(len / 2)), 0);
     close(fd);
     free(data);
-    snprintf(rows, sizeof rows, "%s/rows.json", ex ? ex : ".");
     {
         struct larder_option o[] = {{"path", trunc}};
         assert_int_equal(harness_check(ops, o, 1), LARDER_BACKEND_EMODEL);
@@ -507,6 +513,51 @@ static void test_estimate_from_metadata(void **state)
     ops->unload(model);
 }
 
+/* The estimate bounds what llama.cpp allocates (its buffer reports: weights, KV cache,
+ * compute and output buffers of one instance) from above, and not by much: for each kind
+ * of model the build writes, at a small and a large context. */
+static void test_estimate_covers_measured(void **state)
+{
+    static const char *const files[][3] = {
+        {"tiny-generator-f32.gguf", NULL, NULL},  {"tiny-generator-q8_0.gguf", NULL, NULL},
+        {"tiny-generator-q4_0.gguf", NULL, NULL}, {"tiny-embedder-f32.gguf", "embedding", "yes"},
+        {"tiny-reranker-f32.gguf", "pooling", "rank"},
+    };
+    static const char *const ctxs[] = {"32", "256", "2048", "4096"};
+
+    (void)state;
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++)
+        for (size_t k = 0; k < sizeof ctxs / sizeof ctxs[0]; k++) {
+            char path[4096];
+            struct larder_option o[] = {{"path", path}, {"threads", "1"}, {"ctx", ctxs[k]},
+                                        {files[f][1], files[f][2]}};
+            size_t n = files[f][1] ? 4 : 3;
+            uint64_t est = 0, measured = 0, described, weights;
+            void *model, *in;
+            json_t *d;
+
+            model_path(path, files[f][0]);
+            assert_int_equal(ops->estimate(o, n, &est), 0);
+            model = harness_load(ops, o, n);
+            in = new_instance(model);
+            assert_int_equal(ops->measure(model, &measured), 0);
+            d = infer_ok(model, in, "{\"describe\": true}");
+            described = (uint64_t)json_integer_value(json_object_get(d, "measured_host_bytes"));
+            weights = (uint64_t)json_integer_value(json_object_get(d, "weight_bytes"));
+            json_decref(d);
+            ops->instance_free(model, in);
+            ops->unload(model);
+            print_message("%s ctx %s: estimate %llu, measured %llu bytes (%.2fx)\n",
+                          files[f][0], ctxs[k], (unsigned long long)est,
+                          (unsigned long long)measured, (double)est / (double)measured);
+            assert_int_equal(described, measured);
+            /* more than the weights: the instance's buffers were counted */
+            assert_true(measured > weights);
+            assert_true(est >= measured);
+            assert_true(est <= measured + measured / 2 + (512u << 10));
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -519,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_bad_files_and_options),
         cmocka_unit_test(test_estimate_from_metadata),
+        cmocka_unit_test(test_estimate_covers_measured),
     };
 
     llama_log_set(quiet, NULL);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <leptonica/allheaders.h>
@@ -118,7 +119,6 @@ static void test_check_bad(void **state)
         {{"psm", "2"}, LARDER_BACKEND_EOPTION},
         {{"psm", "14"}, LARDER_BACKEND_EOPTION},
         {{"psm", "six"}, LARDER_BACKEND_EOPTION},
-        {{"psm", "1"}, LARDER_BACKEND_EMODEL}, /* needs osd.traineddata, not installed */
         {{"path", "/nonexistent"}, LARDER_BACKEND_EMODEL},
         {{"path", "/etc/hostname"}, LARDER_BACKEND_EMODEL},
         {{"max_pixels", "0"}, LARDER_BACKEND_EOPTION},
@@ -132,6 +132,39 @@ static void test_check_bad(void **state)
             fail_msg("%s = %s: got %d, expected %d", cases[i].opt.key, cases[i].opt.value,
                      rc, cases[i].code);
     }
+}
+
+/* psm 1 (orientation and script detection) needs osd.traineddata beside the language:
+ * checked in a tessdata directory made here, with eng and first without osd, whatever the
+ * machine has installed. */
+static void test_check_needs_osd(void **state)
+{
+    char dir[] = "/tmp/larder-tessdata-XXXXXX", eng[4096], link_eng[4200], link_osd[4200];
+    const char *prefix = getenv("TESSDATA_PREFIX");
+    const struct larder_backend_ops *f_ops = ((struct fixture *)*state)->ops;
+    char err[512] = "";
+
+    snprintf(eng, sizeof eng, "%s/eng.traineddata",
+             prefix && *prefix ? prefix : "/usr/share/tesseract-ocr/5/tessdata");
+    assert_non_null(mkdtemp(dir));
+    snprintf(link_eng, sizeof link_eng, "%s/eng.traineddata", dir);
+    snprintf(link_osd, sizeof link_osd, "%s/osd.traineddata", dir);
+    assert_int_equal(symlink(eng, link_eng), 0);
+    {
+        const struct larder_option o[] = {{"path", dir}, {"language", "eng"}, {"psm", "1"}};
+        const struct larder_option plain[] = {{"path", dir}, {"language", "eng"},
+                                              {"psm", "3"}};
+
+        assert_int_equal(harness_check(f_ops, plain, 3), 0);
+        assert_int_equal(f_ops->check(o, 3, err, sizeof err), LARDER_BACKEND_EMODEL);
+        assert_non_null(strstr(err, "osd.traineddata"));
+        /* with the file there, the same options pass */
+        assert_int_equal(symlink(eng, link_osd), 0);
+        assert_int_equal(harness_check(f_ops, o, 3), 0);
+    }
+    unlink(link_osd);
+    unlink(link_eng);
+    rmdir(dir);
 }
 
 static void test_estimate(void **state)
@@ -384,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_abi),
         cmocka_unit_test(test_check_good),
         cmocka_unit_test(test_check_bad),
+        cmocka_unit_test(test_check_needs_osd),
         cmocka_unit_test(test_estimate),
         cmocka_unit_test(test_load_failures),
         cmocka_unit_test(test_load_and_recognize),
