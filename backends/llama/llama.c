@@ -418,20 +418,24 @@ static uint32_t padded_ctx(const struct config *c)
 }
 
 /* One instance's compute and output buffers, as llama.cpp sizes them for its worst-case
- * batch of b = batch_size tokens over n = padded_ctx cells (flash attention, which it
- * turns on for the CPU): the F16 attention mask (b x n x 2), the activations of a layer
- * (b x (6 n_embd + 2 n_ff) x 4), for a generator the logits of the batch
- * (b x n_vocab x 4), the output buffer ((n_vocab + n_embd) x 4), and a floor. llama.cpp's
- * allocator reuses memory between these, so the sum is a bound from above. */
-static uint64_t compute_margin(const struct config *c, const struct larder_gguf_info *gi)
+ * batch of b = batch_size tokens over n = padded_ctx cells: the F16 attention mask
+ * (b x n x 2), the activations of a layer (b x (6 n_embd + 2 n_ff) x 4), for a generator
+ * the logits of the batch (b x n_vocab x 4), the output buffer ((n_vocab + n_embd) x 4),
+ * and a floor. With flash attention (which llama.cpp turns on for the CPU) that is all;
+ * a device without it also materializes the F32 attention scores (b x n x n_head x 4),
+ * which the GPU's margin counts since its support is not known before the load.
+ * llama.cpp's allocator reuses memory between these, so the sum is a bound from above. */
+static uint64_t compute_margin(const struct config *c, const struct larder_gguf_info *gi,
+                               bool scores)
 {
     uint64_t b = batch_size(c), n = padded_ctx(c);
     uint64_t mask = b * n * 2;
     uint64_t act = b * ((uint64_t)gi->n_embd * 6 + (uint64_t)gi->n_ff * 2) * 4;
     uint64_t logits = config_kind(c) == KIND_GENERATE ? b * gi->n_vocab * 4 : 0;
     uint64_t out = (gi->n_vocab + gi->n_embd) * 4;
+    uint64_t kq = scores ? b * n * gi->n_head * 4 : 0;
 
-    return COMPUTE_FLOOR + mask + act + logits + out;
+    return COMPUTE_FLOOR + mask + act + logits + out + kq;
 }
 
 /* ---- GPU layer fitting -------------------------------------------------------------------- */
@@ -476,7 +480,7 @@ static void plan_gpu(const struct config *c, const struct larder_gguf_info *gi,
         return;
     ggml_backend_dev_memory(p->dev, &free_b, &total_b);
     p->budget = c->gpu_budget ? c->gpu_budget : free_b;
-    used = compute_margin(c, gi);
+    used = compute_margin(c, gi, true);
     for (int i = (int)gi->n_layer - 1; i >= -1; i--) {
         uint64_t cost = i >= 0 ? gi->layer_bytes[i] + kv : gi->output_bytes;
         bool wanted = c->gpu_layers < 0 ? used + cost <= p->budget : p->layers < c->gpu_layers;
@@ -516,7 +520,7 @@ static int llm_estimate(const struct larder_option *opts, size_t n, uint64_t *re
         uint64_t kv = larder_gguf_kv_layer_bytes(&gi, padded_ctx(&cfg)) * gi.n_layer;
 
         plan_gpu(&cfg, &gi, &plan);
-        *ret_bytes = gi.weight_bytes + kv + compute_margin(&cfg, &gi);
+        *ret_bytes = gi.weight_bytes + kv + compute_margin(&cfg, &gi, false);
         *ret_bytes = *ret_bytes > plan.bytes ? *ret_bytes - plan.bytes : 0;
         larder_gguf_info_clear(&gi);
     }
@@ -557,7 +561,7 @@ static int llm_load(const struct larder_option *opts, size_t n, void **ret_model
     m->kind = config_kind(&m->cfg);
     plan_gpu(&m->cfg, &gi, &plan);
     m->kv_bytes = larder_gguf_kv_layer_bytes(&gi, padded_ctx(&m->cfg)) * gi.n_layer;
-    m->gpu_margin = compute_margin(&m->cfg, &gi);
+    m->gpu_margin = compute_margin(&m->cfg, &gi, true);
     larder_gguf_info_clear(&gi);
 
     mp = llama_model_default_params();
