@@ -693,6 +693,12 @@ struct call {
 };
 
 #define IN_FAIL(c, ...) larder_pu_fail((c)->err, (c)->errlen, LARDER_BACKEND_EINPUT, __VA_ARGS__)
+/* An input longer than the context: ETOOBIG, for a host that knows it (minor >= 1). */
+#define CTX_FAIL(c, ...)                                                                   \
+    larder_pu_fail((c)->err, (c)->errlen,                                                  \
+                   g_host && g_host->abi_minor >= 1 ? LARDER_BACKEND_ETOOBIG               \
+                                                    : LARDER_BACKEND_EINPUT,               \
+                   __VA_ARGS__)
 
 static double now_ms(void)
 {
@@ -1115,7 +1121,7 @@ static int generate(struct call *c, json_t *body, struct larder_infer_result *re
         goto out;
     }
     if ((uint32_t)n_prompt >= n_ctx) {
-        rc = IN_FAIL(c, "prompt is %d tokens, context is %u", n_prompt, n_ctx);
+        rc = CTX_FAIL(c, "prompt is %d tokens, context is %u", n_prompt, n_ctx);
         goto out;
     }
     out = malloc((size_t)g.max_tokens * sizeof *out);
@@ -1277,7 +1283,7 @@ static int check_fits(struct call *c, int n, const char *what, size_t index)
     if (n == 0)
         return IN_FAIL(c, "%s %zu is empty", what, index);
     if ((uint32_t)n > n_ctx)
-        return IN_FAIL(c, "%s %zu is %d tokens, context is %u", what, index, n, n_ctx);
+        return CTX_FAIL(c, "%s %zu is %d tokens, context is %u", what, index, n, n_ctx);
     return 0;
 }
 

@@ -314,6 +314,12 @@ LARDER_API int larder_preload_all(larder *m);
 /* Number of preloads started by larder_preload/_all that have not finished. */
 LARDER_API unsigned larder_preload_pending(larder *m);
 
+/* Sets the keep-alive of `name` from now on (the ttl of larder_component_opts: ms, 0 to
+ * unload as soon as the last lease returns, LARDER_TTL_NEVER, or LARDER_TTL_DEFAULT). An
+ * idle loaded component whose new ttl has already run out is unloaded by the reaper at
+ * once. Errors: -EINVAL, LARDER_ENOTFOUND. */
+LARDER_API int larder_set_ttl(larder *m, const char *name, int64_t ttl_ms);
+
 /* Drains and unloads: refuses new leases (LARDER_EDRAINING), waits up to timeout_ms for
  * the leases out, then unloads. On timeout the component keeps serving and
  * LARDER_ETIMEDOUT is returned. 0 when unloaded or not loaded. */

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "log.h"
 #include "probe.h"
+#include "stream.h"
 
 #define ERRLEN 1024
 
@@ -747,10 +748,13 @@ static int start_http(struct larder__daemon *d, char *err, size_t errlen)
 
 /* ---- shutdown ---------------------------------------------------------------------------- */
 
-static void wait_inflight(struct larder__daemon *d, int64_t timeout_ms)
+/* Waits for the streamed calls' jobs to end, and unless streams_only for every request in
+ * flight too, at most timeout_ms. */
+static void wait_jobs(struct larder__daemon *d, int64_t timeout_ms, bool streams_only)
 {
     double until = larder__now() + (double)timeout_ms / 1000.0;
-    while (atomic_load(&d->inflight) && larder__now() < until) {
+    while (((!streams_only && atomic_load(&d->inflight)) || atomic_load(&d->stream_jobs)) &&
+           larder__now() < until) {
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -784,19 +788,29 @@ static unsigned stop_all(struct larder__daemon *d)
     atomic_store(&d->stopping, true);
     if (d->http) {
         larder__http_quiesce(d->http);
-        wait_inflight(d, d->conf->drain_timeout_ms);
+        wait_jobs(d, d->conf->drain_timeout_ms, false);
+    }
+    /* Streams still running after the drain: their generations stop, and each client
+     * gets an error saying so before its stream ends. */
+    unsigned streams = larder__streams_stop();
+    if (streams) {
+        larder__log(LARDER__LOG_WARN, "stopping: streams still running were ended",
+                    json_pack("{s:i,s:s}", "streams", (int)streams, "reply",
+                              "503 shutting_down"));
+        /* Each stops at its next piece; their leases come back before the manager closes. */
+        wait_jobs(d, SETTLE_MS, true);
     }
     if (d->events)
         larder__events_close(d->events);
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
     unsigned loads_left = close_manager(d);
-    wait_inflight(d, SETTLE_MS);
+    wait_jobs(d, streams ? WRITE_MS : SETTLE_MS, false);
     unsigned answered = larder__http_answer_all(d->http);
     if (answered) {
         larder__log(LARDER__LOG_WARN, "stopping: requests still running were answered",
                     json_pack("{s:i,s:s}", "requests", (int)answered, "reply",
                               "503 shutting_down"));
-        wait_inflight(d, WRITE_MS);
+        wait_jobs(d, WRITE_MS, false);
     }
     unsigned stuck = larder__pool_stop(d->infer_pool, JOIN_MS);
     stuck += larder__pool_stop(d->admin_pool, JOIN_MS);

@@ -38,6 +38,9 @@ struct larder__daemon {
     struct larder__http *http;
     atomic_bool stopping;
     atomic_uint inflight;           /* requests suspended on a lease or a job */
+    atomic_uint stream_jobs;        /* streamed calls whose job has not ended: the request
+                                     * may have completed before the job gives its lease
+                                     * back */
     atomic_ullong reloads;
     double started;                 /* monotonic seconds */
     char *listen_override;          /* --listen, kept across reloads */

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "stream.h"
 
 const double larder__http_buckets[12] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30,
@@ -128,19 +129,63 @@ void larder__reply_json(struct larder__request *r, unsigned status, json_t *body
     larder__reply_bytes(r, status, "application/json", s, len + 1);
 }
 
+/* OpenAI's error type for a status. */
+static const char *openai_type(unsigned status)
+{
+    return status == 401 ? "authentication_error"
+         : status == 403 ? "permission_error"
+         : status == 404 ? "invalid_request_error"
+         : status == 429 ? "rate_limit_error"
+         : status >= 500 ? "server_error"
+                         : "invalid_request_error";
+}
+
+json_t *larder__error_json(enum larder__error_style style, unsigned status, const char *code,
+                           const char *param, const char *msg)
+{
+    json_t *o, *check = json_string(msg);
+    if (!check) /* not UTF-8 */
+        msg = "(unprintable)";
+    json_decref(check);
+    switch (style) {
+    case LARDER__ERRORS_OPENAI:
+        o = json_pack("{s:{s:s,s:s,s:s,s:s?}}", "error", "message", msg, "type",
+                      openai_type(status), "code", code, "param", param);
+        if (o && !param)
+            json_object_set_new(json_object_get(o, "error"), "param", json_null());
+        return o;
+    case LARDER__ERRORS_OLLAMA:
+        return json_pack("{s:s}", "error", msg);
+    default:
+        return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    }
+}
+
+static void reply_error_v(struct larder__request *r, unsigned status, const char *code,
+                          const char *param, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    request_set_code(r, code);
+    larder__reply_json(r, status, larder__error_json(r->error_style, status, code, param, msg));
+}
+
 void larder__reply_error(struct larder__request *r, unsigned status, const char *code,
                          const char *fmt, ...)
 {
-    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    reply_error_v(r, status, code, NULL, fmt, ap);
     va_end(ap);
-    request_set_code(r, code);
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
-    if (!o) /* a message that is not UTF-8 */
-        o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", "(unprintable)");
-    larder__reply_json(r, status, o);
+}
+
+void larder__reply_error_param(struct larder__request *r, unsigned status, const char *code,
+                               const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error_v(r, status, code, param, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- text replies ----------------------------------------------------------------------- */
@@ -700,13 +745,25 @@ static const struct error_map error_maps[] = {
     {-ENOMEM, 503, "no_memory", "5"},
 };
 
+static const struct error_map *error_map(int err)
+{
+    for (size_t i = 0; i < sizeof error_maps / sizeof error_maps[0]; i++)
+        if (error_maps[i].err == err)
+            return &error_maps[i];
+    return NULL;
+}
+
+void larder__error_status(int err, unsigned *ret_status, const char **ret_code)
+{
+    const struct error_map *m = error_map(err);
+    *ret_status = m ? m->status : 500;
+    *ret_code = m ? m->code : "internal";
+}
+
 void larder__reply_larder_error_retry(struct larder__request *r, int err, const char *what,
                                       int64_t retry_ms)
 {
-    const struct error_map *m = NULL;
-    for (size_t i = 0; i < sizeof error_maps / sizeof error_maps[0]; i++)
-        if (error_maps[i].err == err)
-            m = &error_maps[i];
+    const struct error_map *m = error_map(err);
     const char *msg = what && *what ? what : err <= -30001 && err >= -30006 ? "backend error"
                                                                             : larder_strerror(err);
     larder__reply_error(r, m ? m->status : 500, m ? m->code : "internal", "%s", msg);
@@ -1635,6 +1692,7 @@ int larder__http_start(struct larder__daemon *d, const char *host, unsigned port
     struct larder__http *h = http_new(d);
     if (!h)
         return -ENOMEM;
+    larder__streams_open();
     h->conn_cap = connection_room();
     struct conn_limits lim;
     conn_limits(h, &lim);
@@ -1689,6 +1747,7 @@ struct larder__http *larder__http_stop(struct larder__http *h)
     stop_sweeper(h);
     /* MHD aborts the process when it stops with a connection still suspended. */
     larder__http_answer_all(h);
+    larder__streams_close();
     MHD_stop_daemon(h->mhd);
     if (h->quiesced_fd >= 0)
         close(h->quiesced_fd);

@@ -27,6 +27,14 @@
 struct larder__http;
 struct larder__conn;
 
+/* The shape of a request's error replies: larder's {"error":{"code","message"}}, OpenAI's
+ * {"error":{"message","type","code","param"}} or Ollama's {"error":"message"}. */
+enum larder__error_style {
+    LARDER__ERRORS_LARDER = 0,
+    LARDER__ERRORS_OPENAI,
+    LARDER__ERRORS_OLLAMA,
+};
+
 struct larder__request {
     struct larder__daemon *d;
     struct larder__http *http;
@@ -58,6 +66,7 @@ struct larder__request {
     size_t resp_bytes;
     const char *error_code;     /* for the log line */
     char *model;                /* the model named in the path, for the log line */
+    enum larder__error_style error_style; /* the shape of its error replies */
     /* While suspended (the end of http.c): owned by another thread, or taken back by the
      * shutdown, which then answers it itself. */
     bool owned;                 /* handed to an owner: its replies are set under a lock */
@@ -128,6 +137,13 @@ void larder__http_request_memory(struct larder__http *h, struct larder__request_
 void larder__reply_json(struct larder__request *r, unsigned status, json_t *body);
 void larder__reply_error(struct larder__request *r, unsigned status, const char *code,
                          const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The same naming the request field at fault (OpenAI's "param"; NULL: none). */
+void larder__reply_error_param(struct larder__request *r, unsigned status, const char *code,
+                               const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The error object of r's style (see enum larder__error_style), for a reply or a stream. */
+json_t *larder__error_json(enum larder__error_style style, unsigned status, const char *code,
+                           const char *param, const char *msg);
 /* Takes ownership of data (malloc'd). */
 void larder__reply_bytes(struct larder__request *r, unsigned status, const char *content_type,
                          void *data, size_t len);
@@ -185,6 +201,8 @@ void larder__http_metrics_text(struct larder__http *h, struct larder__text *t);
 /* Adds a header to the reply set last. */
 void larder__reply_header(struct larder__request *r, const char *name, const char *value);
 
+/* The status and code a library or backend error answers. */
+void larder__error_status(int err, unsigned *ret_status, const char **ret_code);
 /* Maps a library or backend error to a reply (status, code, Retry-After). */
 void larder__reply_larder_error(struct larder__request *r, int err, const char *what);
 /* The same with Retry-After saying retry_ms rounded up to whole seconds (at least 1);

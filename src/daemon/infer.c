@@ -15,8 +15,10 @@
 #include <unistd.h>
 #include <strings.h>
 
+#include "api.h"
 #include "log.h"
 #include "routes.h"
+#include "stream.h"
 
 struct infer_job {
     struct larder__request *r;
@@ -28,6 +30,18 @@ struct infer_job {
     size_t n_params;
     char *content_type;           /* as the request gave it, parameters included */
     int64_t timeout_ms;           /* for the lease */
+    /* An API call (api.h); NULL: larder's own infer, answered whole. */
+    const struct larder__api *api;
+    void *api_ud;
+    char *body;                   /* the backend's request the API made; NULL: r's body */
+    size_t body_len;
+    bool stream;                  /* the client takes pieces */
+    bool no_infer;                /* only the lease */
+    /* while the backend runs */
+    struct larder__infer_ctl *ctl;
+    struct larder__stream *s;     /* once the stream's headers went out; r is given back */
+    struct larder__daemon *d;     /* set once r was given back: counted in d->stream_jobs */
+    struct larder__timing timing;
 };
 
 static void job_free(struct infer_job *j)
@@ -39,6 +53,9 @@ static void job_free(struct infer_job *j)
     free(j->params);
     free(j->content_type);
     free(j->name);
+    free(j->body);
+    if (j->api && j->api->ud_free)
+        j->api->ud_free(j->api_ud);
     free(j);
 }
 
@@ -76,23 +93,60 @@ static bool json_body(const char *ct)
 
 /* ---- the reply ---------------------------------------------------------------------------- */
 
-static void add_timing(json_t *o, struct infer_job *j, double infer_ms)
+static void set_timing(struct infer_job *j)
 {
     struct larder__request *r = j->r;
     double load_ms = larder_lease_load_ms(j->lease);
     double queue_ms = (j->t_lease - r->t_body) * 1000.0 - load_ms;
-    json_object_set_new(o, "model", json_string(j->name));
-    json_object_set_new(o, "served_by", json_string(larder_lease_served_by(j->lease)));
-    json_object_set_new(o, "cold_start", json_boolean(larder_lease_cold_start(j->lease)));
-    json_object_set_new(o, "queue_ms", json_real(queue_ms > 0 ? queue_ms : 0));
-    json_object_set_new(o, "load_ms", json_real(load_ms));
+    j->timing = (struct larder__timing){
+        .model = j->name,
+        .served_by = larder_lease_served_by(j->lease),
+        .cold_start = larder_lease_cold_start(j->lease),
+        .queue_ms = queue_ms > 0 ? queue_ms : 0,
+        .load_ms = load_ms,
+    };
+}
+
+static void add_timing(json_t *o, struct infer_job *j, double infer_ms)
+{
+    const struct larder__timing *t = &j->timing;
+    json_object_set_new(o, "model", json_string(t->model));
+    json_object_set_new(o, "served_by", json_string(t->served_by));
+    json_object_set_new(o, "cold_start", json_boolean(t->cold_start));
+    json_object_set_new(o, "queue_ms", json_real(t->queue_ms));
+    json_object_set_new(o, "load_ms", json_real(t->load_ms));
     json_object_set_new(o, "infer_ms", json_real(infer_ms));
+}
+
+/* X-Larder-* headers: who served, and how long the load, the wait and the inference took
+ * (a stream's headers go out before its inference ends: no X-Larder-Infer-Ms there). */
+static void timing_headers(struct MHD_Response *resp, struct larder__request *r,
+                           const struct larder__timing *t)
+{
+    char ms[3][32];
+    const char *names[3] = {"X-Larder-Load-Ms", "X-Larder-Queue-Ms", "X-Larder-Infer-Ms"};
+    snprintf(ms[0], sizeof ms[0], "%.3f", t->load_ms);
+    snprintf(ms[1], sizeof ms[1], "%.3f", t->queue_ms);
+    snprintf(ms[2], sizeof ms[2], "%.3f", t->infer_ms);
+    const char *served = t->served_by ? t->served_by : "";
+    const char *cold = t->cold_start ? "true" : "false";
+    if (resp) {
+        MHD_add_response_header(resp, "X-Larder-Served-By", served);
+        MHD_add_response_header(resp, "X-Larder-Cold-Start", cold);
+        for (int i = 0; i < 2; i++)
+            MHD_add_response_header(resp, names[i], ms[i]);
+        return;
+    }
+    larder__reply_header(r, "X-Larder-Served-By", served);
+    larder__reply_header(r, "X-Larder-Cold-Start", cold);
+    for (int i = 0; i < 3; i++)
+        larder__reply_header(r, names[i], ms[i]);
 }
 
 static void reply_json_result(struct infer_job *j, const char *text, double infer_ms)
 {
     json_error_t jerr;
-    json_t *out = json_loads(text, JSON_DECODE_ANY, &jerr);
+    json_t *out = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!out) {
         larder__reply_error(j->r, 500, "backend_output", "the backend returned invalid JSON: %s",
                             jerr.text);
@@ -154,7 +208,19 @@ static void reply_cancelled(struct infer_job *j, const struct larder__infer_ctl 
 static void reply_backend_error(struct infer_job *j, int e, const char *err,
                                 const struct larder__infer_ctl *ctl, double infer_ms)
 {
-    if (e == LARDER_BACKEND_ECANCELED) {
+    if (j->api && e == LARDER_BACKEND_EINPUT) {
+        larder__reply_error(j->r, 400, "bad_input", "%s",
+                            *err ? err : "the backend refused the input");
+    } else if (j->api && e == LARDER_BACKEND_ETOOBIG && !ctl->reserve_refused) {
+        /* An input longer than the model's context: OpenAI's code for it (on /infer it
+         * stays 413 input_too_large, as for every input past a backend's limit). */
+        larder__reply_error(j->r, 400, "context_length_exceeded", "%s",
+                            *err ? err : "the input is longer than the model's context");
+    } else if (e == LARDER_BACKEND_ECANCELED && atomic_load(&j->r->d->stopping) &&
+               ctl->why == LARDER__CANCEL_GONE) {
+        /* A streaming call refused its stream: the server stops. */
+        larder__reply_error(j->r, 503, "shutting_down", "the server is stopping");
+    } else if (e == LARDER_BACKEND_ECANCELED) {
         reply_cancelled(j, ctl, infer_ms);
     } else if (e == LARDER_BACKEND_ETOOBIG && ctl->reserve_refused) {
         larder__reply_error(j->r, 503, "request_memory",
@@ -174,16 +240,127 @@ static bool reserve_request_memory(void *ud, uint64_t bytes)
     return larder__request_memory_take(ud, bytes);
 }
 
+/* Request memory a backend reports once the stream has started: r is not the job's any
+ * more, and a streamed generation has nothing to decode. */
+static bool refuse_request_memory(void *ud, uint64_t bytes)
+{
+    return false;
+}
+
+static bool job_alive(void *ud)
+{
+    struct infer_job *j = ud;
+    return !larder__infer_cancelled(j->ctl);
+}
+
+/* The stream's headers go out and r is given back: from here on the job writes only to
+ * the stream. -1 when no stream can be made (r is then still the job's). */
+static int start_stream(struct infer_job *j)
+{
+    struct MHD_Response *resp;
+    j->s = larder__stream_new(j->r->conn, j->api->stream_type, &resp);
+    if (!j->s)
+        return -1;
+    timing_headers(resp, NULL, &j->timing);
+    larder__reply_response(j->r, 200, resp);
+    j->ctl->reserve = refuse_request_memory;
+    /* The job counts as in flight until it has given its lease back (run_infer): the
+     * client may have read the whole stream before that, and a stopping server must not
+     * close the manager under the release. */
+    j->d = j->r->d;
+    atomic_fetch_add(&j->d->stream_jobs, 1);
+    larder__request_resume(j->r);
+    j->r = NULL;
+    return 0;
+}
+
+static int push_text(struct infer_job *j, struct larder__text *t)
+{
+    int rc = t->failed ? -1 : 0;
+    if (rc == 0 && t->len)
+        rc = larder__stream_push(j->s, t->buf, t->len, job_alive, j);
+    larder__text_free(t);
+    return rc;
+}
+
+/* The host's emit for a streaming call: one piece, framed by the API. */
+static int job_emit(void *ud, const char *json, size_t len)
+{
+    struct infer_job *j = ud;
+    json_error_t jerr;
+    json_t *piece = json_loadb(json, len, JSON_ALLOW_NUL, &jerr);
+    if (!piece)
+        return 0; /* not JSON: nothing a client could read, and no reason to stop */
+    struct larder__text t = {0};
+    j->api->piece(j->api_ud, piece, &t);
+    json_decref(piece);
+    if (!j->s && start_stream(j) < 0) {
+        larder__text_free(&t);
+        return -1;
+    }
+    return push_text(j, &t);
+}
+
+/* The end of a stream: the API's last bytes from the result, or its error. */
+static void end_stream(struct infer_job *j, int e, const char *err,
+                       const struct larder_infer_result *res, bool pieces)
+{
+    struct larder__text t = {0};
+    json_error_t jerr;
+    json_t *result = e == 0 && res->json ? json_loads(res->json, JSON_ALLOW_NUL, &jerr) : NULL;
+    if (result) {
+        j->api->end(j->api_ud, result, &j->timing, pieces, &t);
+    } else if (larder__stream_stopping(j->s)) {
+        j->api->fail(j->api_ud, 503, "shutting_down",
+                     "the server is stopping: the generation was ended", &t);
+    } else {
+        unsigned status;
+        const char *code;
+        if (e == 0)
+            e = LARDER_BACKEND_EINTERNAL;
+        larder__error_status(e, &status, &code);
+        j->api->fail(j->api_ud, status, code,
+                     *err ? err : e == LARDER_BACKEND_EINTERNAL
+                                      ? "the backend returned no JSON result"
+                                      : larder_strerror(e),
+                     &t);
+    }
+    json_decref(result);
+    bool ok = !t.failed;
+    larder__stream_end(j->s, ok ? t.buf : NULL, ok ? t.len : 0);
+    larder__text_free(&t);
+    j->s = NULL;
+}
+
+static void reply_api_result(struct infer_job *j, const char *text)
+{
+    json_error_t jerr;
+    json_t *result = text ? json_loads(text, JSON_ALLOW_NUL, &jerr) : NULL;
+    if (!result || !json_is_object(result)) {
+        json_decref(result);
+        larder__reply_error(j->r, 500, "backend_output", "the backend returned no JSON object");
+        return;
+    }
+    j->api->reply(j->r, j->api_ud, result, &j->timing);
+    timing_headers(NULL, j->r, &j->timing);
+}
+
 static void run_backend(struct infer_job *j)
 {
     struct larder__request *r = j->r;
     struct larder_infer_request req = {
-        .body = r->body ? r->body : "",
-        .body_len = r->body_len,
+        .body = j->body ? j->body : r->body ? r->body : "",
+        .body_len = j->body ? j->body_len : r->body_len,
         .content_type = j->content_type,
         .params = j->params,
         .n_params = j->n_params,
     };
+    set_timing(j);
+    if (j->no_infer) {
+        j->api->reply(r, j->api_ud, NULL, &j->timing);
+        timing_headers(NULL, r, &j->timing);
+        return;
+    }
     bool answered = false;
     int client_fd = larder__request_socket_dup(r, &answered);
     if (answered)
@@ -193,25 +370,39 @@ static void run_backend(struct infer_job *j)
         .client_fd = client_fd,
         .reserve = reserve_request_memory,
         .reserve_ud = r,
+        .emit = j->stream ? job_emit : NULL,
+        .emit_ud = j,
     };
+    j->ctl = &ctl;
     struct larder_infer_result res = {0};
     char err[1024] = "";
     double t0 = larder__now();
     int e = larder__lease_infer(j->lease, &req, &ctl, &res, err, sizeof err);
     double infer_ms = (larder__now() - t0) * 1000.0;
+    j->timing.infer_ms = infer_ms;
     if (client_fd >= 0)
         close(client_fd);
-    if (e < 0) {
-        reply_backend_error(j, e, err, &ctl, infer_ms);
-        return;
+    bool pieces = j->s != NULL;
+    /* A streaming call whose backend sent its result whole still answers as a stream. */
+    if (!j->s && j->stream && e == 0 && start_stream(j) < 0) {
+        larder__lease_result_free(j->lease, &res);
+        e = LARDER_BACKEND_ENOMEM;
     }
-    if (res.json)
+    if (j->s)
+        end_stream(j, e, err, &res, pieces);
+    else if (e < 0)
+        reply_backend_error(j, e, err, &ctl, infer_ms);
+    else if (j->api)
+        reply_api_result(j, res.json);
+    else if (res.json)
         reply_json_result(j, res.json, infer_ms);
     else if (res.bytes)
         reply_bytes_result(j, &res, infer_ms);
     else
         larder__reply_error(r, 500, "backend_output", "the backend returned nothing");
-    larder__lease_result_free(j->lease, &res);
+    if (e == 0)
+        larder__lease_result_free(j->lease, &res);
+    j->ctl = NULL;
 }
 
 /* The message of the model's last failed load, copied into buf ("" when none), and the
@@ -268,15 +459,22 @@ static void reply_acquire_error(struct infer_job *j)
 static void run_infer(void *arg)
 {
     struct infer_job *j = arg;
-    struct larder__request *r = j->r;
+    struct larder__daemon *d = j->r->d;
     if (j->err < 0) {
         reply_acquire_error(j);
     } else {
         run_backend(j);
+        if (j->api && j->api->before_release)
+            j->api->before_release(d, j->api_ud, j->name);
         larder_release(j->lease);
     }
+    struct larder__request *r = j->r; /* NULL once a stream gave it back */
+    struct larder__daemon *counted = j->d;
     job_free(j);
-    larder__request_resume(r);
+    if (r)
+        larder__request_resume(r);
+    if (counted)
+        atomic_fetch_sub(&counted->stream_jobs, 1);
 }
 
 static void on_lease(void *ud, int err, larder_lease *lease)
@@ -347,7 +545,7 @@ static struct infer_job *job_new(struct larder__request *r, const char *name, in
         return NULL;
     j->r = r;
     j->timeout_ms = timeout;
-    j->content_type = strdup(r->content_type);
+    j->content_type = strdup(r->content_type ? r->content_type : "application/json");
     j->name = strdup(name);
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, j);
     bool ok = j->name && j->content_type;
@@ -377,6 +575,9 @@ void larder__route_infer(struct larder__request *r, const char *name)
         larder__reply_error(r, 400, "empty_body", "the request has no body");
         return;
     }
+    bool stream = false;
+    if (!larder__request_arg_parse(r, "stream", LARDER__ARG_BOOL, 0, &stream))
+        return;
     /* The backend gets the Content-Type whole ("audio/L16; rate=8000"): its parameters
      * say how to read the body, and it refuses what it cannot take. */
     struct infer_job *j = job_new(r, name, timeout);
@@ -384,10 +585,84 @@ void larder__route_infer(struct larder__request *r, const char *name)
         larder__reply_error(r, 500, "internal", "out of memory");
         return;
     }
+    if (stream) {
+        j->api = &larder__native_stream;
+        j->stream = true;
+    }
     larder__request_suspend(r);
     if (!json_body(r->content_type))
         acquire(j);
     else if (larder__pool_submit(r->d->infer_pool, check_json_then_acquire, j) < 0) {
+        j->err = LARDER_ECLOSED; /* only while shutting down, with no pool left */
+        run_infer(j);
+    }
+}
+
+/* ---- the APIs clients already speak (api.h) ------------------------------------------- */
+
+/* On the inference pool: the API reads the client's body, then the model is asked for. */
+static void prepare_then_acquire(void *arg)
+{
+    struct infer_job *j = arg;
+    struct larder__request *r = j->r;
+    struct larder__call call = {0};
+    bool ok = j->api->prepare(r, &call, &j->api_ud);
+    int64_t timeout = -1;
+    /* Here a model declared `backend = external` with `api = openai` would be proxied to
+     * its server, streaming as it comes, instead of asking a plugin: not built yet. */
+    if (ok && call.model) {
+        free(r->model);
+        r->model = strdup(call.model);
+        timeout = model_timeout(r, call.model);
+    }
+    /* The backend's request is held for the call as the client's body is: both count
+     * against request_memory until the reply has gone out. */
+    if (timeout >= 0 && call.body_len && !larder__request_memory_take(r, call.body_len)) {
+        larder__reply_error(r, 503, "request_memory",
+                            "this request and the backend's copy of it (%zu bytes) do not fit "
+                            "the server's request memory now: try again shortly",
+                            call.body_len);
+        larder__reply_header(r, "Retry-After", "1");
+        timeout = -1;
+    }
+    if (!ok || timeout < 0) {
+        free(call.model);
+        free(call.body);
+        job_free(j);
+        larder__request_resume(r);
+        return;
+    }
+    free(j->name);
+    j->name = call.model;
+    j->body = call.body;
+    j->body_len = call.body_len;
+    j->stream = call.stream;
+    j->no_infer = call.no_infer;
+    j->timeout_ms = timeout;
+    acquire(j);
+}
+
+void larder__infer_api(struct larder__request *r, const struct larder__api *api)
+{
+    if (!larder__require_token(r, false))
+        return;
+    if (r->body_len == 0) {
+        larder__reply_error(r, 400, "empty_body", "the request has no body");
+        return;
+    }
+    struct infer_job *j = job_new(r, "", 0);
+    if (!j) {
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    free(j->content_type);
+    j->content_type = strdup("application/json");
+    j->api = api;
+    larder__request_suspend(r);
+    if (!j->content_type) {
+        j->err = -ENOMEM;
+        run_infer(j);
+    } else if (larder__pool_submit(r->d->infer_pool, prepare_then_acquire, j) < 0) {
         j->err = LARDER_ECLOSED; /* only while shutting down, with no pool left */
         run_infer(j);
     }

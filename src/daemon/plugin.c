@@ -114,6 +114,11 @@ static int host_cancelled(void *host_ctx)
     return ctl->why != LARDER__CANCEL_NONE;
 }
 
+int larder__infer_cancelled(struct larder__infer_ctl *ctl)
+{
+    return host_cancelled(ctl);
+}
+
 /* Request memory a backend is about to decode into, charged to the request through the
  * ctl's reserve (the daemon's request_memory); refused when it does not fit. */
 static int host_reserve(void *host_ctx, uint64_t bytes)
@@ -129,6 +134,21 @@ static int host_reserve(void *host_ctx, uint64_t bytes)
     return 0;
 }
 
+/* One piece of a streamed reply, handed to the caller's emit; refused once the request
+ * is cancelled, and a refusal from the receiver cancels it. */
+static int host_emit(void *host_ctx, const char *json, size_t len)
+{
+    struct larder__infer_ctl *ctl = host_ctx;
+    if (!ctl || !ctl->emit || !json)
+        return -1;
+    if (host_cancelled(ctl))
+        return -1;
+    int r = ctl->emit(ctl->emit_ud, json, len);
+    if (r < 0 && ctl->why == LARDER__CANCEL_NONE)
+        ctl->why = LARDER__CANCEL_GONE;
+    return r < 0 ? -1 : 0;
+}
+
 static const struct larder_host host = {
     .abi_major = LARDER_BACKEND_ABI_MAJOR,
     .abi_minor = LARDER_BACKEND_ABI_MINOR,
@@ -136,6 +156,7 @@ static const struct larder_host host = {
     .rss_bytes = host_rss,
     .cancelled = host_cancelled,
     .reserve_request_bytes = host_reserve,
+    .emit = host_emit,
 };
 
 /* ---- registry ------------------------------------------------------------------------- */
@@ -637,6 +658,7 @@ int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *
     void *inst = l->ops->instance_new ? larder_lease_instance(lease) : NULL;
     struct larder_infer_request rq = *req;
     rq.host_ctx = ctl;
+    rq.stream = ctl && ctl->emit;
     if (ctl)
         ctl_start(ctl);
     memset(res, 0, sizeof *res);

@@ -109,10 +109,15 @@ struct larder__infer_ctl {
     bool (*reserve)(void *reserve_ud, uint64_t bytes);
     void *reserve_ud;
     bool reserve_refused;        /* a reservation was refused */
+    /* A streamed reply (ABI minor 2): each piece the backend emits goes to
+     * emit(emit_ud, json, len); negative means the receiver has gone and the backend is
+     * told to stop. NULL: the request does not stream (its stream flag stays 0). */
+    int (*emit)(void *emit_ud, const char *json, size_t len);
+    void *emit_ud;
 };
 
 /* Runs the plugin's infer on the model and instance of a lease. ctl (may be NULL: no
- * deadline, no client to watch) is handed to the backend as the request's host_ctx; the
+ * deadline, no client to watch, no stream) is handed to the backend as the request's host_ctx; the
  * host's cancel check says stop once ctl's deadline passes or its client_fd hangs up,
  * polling the socket at most every 50 ms. On success the caller frees res with
  * larder__lease_result_free. Errors: the plugin's negative code, message in err;
@@ -122,6 +127,10 @@ struct larder__infer_ctl {
 int larder__lease_infer(larder_lease *lease, const struct larder_infer_request *req,
                         struct larder__infer_ctl *ctl, struct larder_infer_result *res,
                         char *err, size_t errlen);
+
+/* The host's cancel check on ctl (non-zero: stop), as a backend sees it. The infer thread,
+ * during the call. */
+int larder__infer_cancelled(struct larder__infer_ctl *ctl);
 
 /* Requests cancelled since the process started: by their deadline, by their client going
  * away. Any thread. */

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "advice.h"
+#include "api.h"
 #include "log.h"
 
 enum { GET = 1, POST = 2 };
@@ -237,8 +239,11 @@ static void route_models(struct larder__request *r, const char *name)
     if (!s)
         return;
     struct larder__text t = {0};
-    larder__text_reserve(&t, 64 + s->n * 720);
-    LIT(&t, "{\"models\":[");
+    larder__text_reserve(&t, 64 + s->n * 800);
+    /* OpenAI's list (object, data[].id) beside larder's registry (models[]). */
+    LIT(&t, "{");
+    larder__openai_models_text(&t, r->d, s, larder__wall_started(r->d));
+    LIT(&t, "\"models\":[");
     for (size_t i = 0; i < s->n; i++) {
         if (i)
             LIT(&t, ",");
@@ -733,6 +738,24 @@ static const struct route routes[] = {
     {"v1/advice", GET, route_advice},
     {"ui", GET, larder__route_ui},
     {"ui/*", GET, larder__route_ui},
+    /* OpenAI's API (api.c) */
+    {"v1/chat/completions", POST, larder__route_openai_chat},
+    {"v1/completions", POST, larder__route_openai_completions},
+    {"v1/embeddings", POST, larder__route_openai_embeddings},
+    {"v1/rerank", POST, larder__route_openai_rerank},
+    {"rerank", POST, larder__route_openai_rerank},
+    /* Ollama's */
+    {"api/chat", POST, larder__route_ollama_chat},
+    {"api/generate", POST, larder__route_ollama_generate},
+    {"api/embed", POST, larder__route_ollama_embed},
+    {"api/embeddings", POST, larder__route_ollama_embeddings},
+    {"api/tags", GET, larder__route_ollama_tags},
+    {"api/ps", GET, larder__route_ollama_ps},
+    {"api/version", GET, larder__route_ollama_version},
+    /* llama.cpp's router */
+    {"models", GET, larder__route_router_models},
+    {"models/load", POST, larder__route_router_load},
+    {"models/unload", POST, larder__route_router_unload},
 };
 
 /* Matches path (no leading '/', no query) against pattern; the "*" part is copied to
@@ -804,4 +827,11 @@ void larder__route(struct larder__request *r)
         return;
     }
     larder__reply_error(r, 404, "not_found", "no route %s", r->url);
+}
+
+double larder__wall_started(struct larder__daemon *d)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - (larder__now() - d->started);
 }

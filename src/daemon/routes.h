@@ -38,4 +38,7 @@ void larder__reply_too_big(struct larder__request *r, const char *name, bool alo
  * are open when no infer token file is configured). Otherwise sets a 401 reply. */
 bool larder__require_token(struct larder__request *r, bool admin);
 
+/* When the daemon started, in seconds of the wall clock (OpenAI's "created"). */
+double larder__wall_started(struct larder__daemon *d);
+
 #endif

@@ -610,6 +610,27 @@ static struct comp *find_defined(struct larder *m, const char *name)
     return c && c->defined ? c : NULL;
 }
 
+int larder_set_ttl(larder *m, const char *name, int64_t ttl_ms)
+{
+    if (!m || !name || (ttl_ms < -1 && ttl_ms != LARDER_TTL_DEFAULT))
+        return -EINVAL;
+    pthread_mutex_lock(&m->mu);
+    struct comp *c = find_defined(m, name);
+    if (!c) {
+        pthread_mutex_unlock(&m->mu);
+        return LARDER_ENOTFOUND;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->ttl_ms = ttl_ms == LARDER_TTL_DEFAULT ? m->opts.default_ttl_ms : ttl_ms;
+    c->ps.ttl_ms = c->ttl_ms;
+    int64_t expiry = larder__comp_idle(c) ? larder__expiry(c) : 0;
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&m->mu);
+    if (expiry)
+        larder__reaper_kick(m, expiry);
+    return 0;
+}
+
 /* Drains `name` and unloads it. Returns with c->mu held and c still draining on
  * success (the caller decides what c becomes), or an error with draining undone. */
 static int drain_unload(struct larder *m, const char *name, int64_t timeout_ms,

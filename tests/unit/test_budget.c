@@ -1,6 +1,6 @@
 /* Budget and eviction: idle components make room, leased and pinned ones never do,
  * priorities hold under both policies, surplus instances go before whole models, ttl,
- * trim, a lowered budget, and a model whose measured size does not fit. */
+ * set_ttl, trim, a lowered budget, and a model whose measured size does not fit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +9,7 @@
 
 #include "fake.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -380,6 +381,79 @@ static void test_ttl_never_and_short(void **state)
     evlog_free(log);
 }
 
+/* larder_set_ttl: a new keep-alive from now on. 0 on an idle model unloads it at once, on
+ * a leased one when the last lease returns; -1 keeps it; LARDER_TTL_DEFAULT goes back to
+ * the manager's default; bad values and unknown names are refused and change nothing. */
+static void test_set_ttl(void **state)
+{
+    struct evlog *log = evlog_new();
+    struct larder_opts o;
+    larder_opts_init(&o);
+    o.default_ttl_ms = 50;
+    larder *m = open_manager(BUDGET, log, &o);
+    struct fake *z = define_comp(m, &(struct comp){"z", 10 * U, .has_ttl = true,
+                                                   .ttl_ms = LARDER_TTL_NEVER});
+    struct fake *d = def_comp(m, "dflt", 10 * U);
+    struct larder_component_info i;
+
+    assert_err(larder_set_ttl(m, "nosuch", 0), LARDER_ENOTFOUND);
+    assert_err(larder_set_ttl(m, "z", -2), -EINVAL);
+    assert_err(larder_set_ttl(m, "z", INT64_MIN + 1), -EINVAL);
+    assert_err(larder_set_ttl(m, NULL, 0), -EINVAL);
+    assert_err(larder_set_ttl(NULL, "z", 0), -EINVAL);
+    assert_true(comp_info(m, "z", &i));
+    assert_int_equal(i.ttl_ms, LARDER_TTL_NEVER);
+
+    /* 0 on an idle loaded model: the reaper unloads it now. */
+    use(m, "z");
+    assert_int_equal(state_of(m, "z"), LARDER_STATE_READY);
+    assert_ok(larder_set_ttl(m, "z", LARDER_TTL_IDLE));
+    assert_true(comp_info(m, "z", &i));
+    assert_int_equal(i.ttl_ms, 0);
+    assert_true(wait_state(m, "z", LARDER_STATE_UNLOADED, patience_ms()));
+    assert_int_equal(evlog_count_reason(log, LARDER_EVENT_EVICT, "z", LARDER_REASON_TTL), 1);
+
+    /* 0 while a lease is out: nothing unloads until it comes back. */
+    larder_lease *l = NULL;
+    assert_ok(larder_set_ttl(m, "z", LARDER_TTL_NEVER));
+    assert_ok(fake_acquire(m, "z", patience_ms(), &l));
+    assert_ok(larder_set_ttl(m, "z", 0));
+    assert_int_equal(state_of(m, "z"), LARDER_STATE_READY);
+    assert_int_equal(atomic_load(&z->unloads), 1);
+    fake_release(l);
+    assert_true(evlog_wait(log, LARDER_EVENT_UNLOAD, "z", 2, patience_ms()));
+    assert_true(wait_state(m, "z", LARDER_STATE_UNLOADED, patience_ms()));
+
+    /* -1: kept, while a model on the default ttl used after it goes. */
+    assert_ok(larder_set_ttl(m, "z", LARDER_TTL_NEVER));
+    use(m, "z");
+    use(m, "dflt");
+    assert_true(wait_state(m, "dflt", LARDER_STATE_UNLOADED, patience_ms()));
+    assert_true(comp_info(m, "z", &i));
+    assert_int_equal(i.state, LARDER_STATE_READY);
+    assert_int_equal(i.ttl_ms, LARDER_TTL_NEVER);
+    assert_int_equal(i.expires_in_ms, -1);
+
+    /* A duration, then the manager's default again: idle longer than 50 ms, it goes. */
+    assert_ok(larder_set_ttl(m, "z", 600000));
+    assert_true(comp_info(m, "z", &i));
+    assert_int_equal(i.ttl_ms, 600000);
+    assert_true(i.expires_in_ms > 0 && i.expires_in_ms <= 600000);
+    assert_ok(larder_set_ttl(m, "z", LARDER_TTL_DEFAULT));
+    assert_true(comp_info(m, "z", &i));
+    assert_int_equal(i.ttl_ms, 50);
+    assert_true(wait_state(m, "z", LARDER_STATE_UNLOADED, patience_ms()));
+    assert_int_equal(evlog_count_reason(log, LARDER_EVENT_EVICT, "z", LARDER_REASON_TTL), 3);
+    assert_int_equal(atomic_load(&z->unloads), 3);
+
+    larder_close(m);
+    fake_assert_clean(z);
+    fake_assert_clean(d);
+    fake_free(z);
+    fake_free(d);
+    evlog_free(log);
+}
+
 static void test_trim(void **state)
 {
     struct evlog *log = evlog_new();
@@ -514,6 +588,7 @@ int main(void)
         cmocka_unit_test(test_surplus_instances_first),
         cmocka_unit_test(test_ttl_idle),
         cmocka_unit_test(test_ttl_never_and_short),
+        cmocka_unit_test(test_set_ttl),
         cmocka_unit_test(test_trim),
         cmocka_unit_test(test_set_budget),
         cmocka_unit_test(test_oversize_after_load),
