@@ -1,5 +1,8 @@
 /* larderd: start-up, signals, reload and shutdown (see daemon.h). */
 #include "daemon.h"
+#include "children.h"
+#include "external.h"
+#include "proxy.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -77,14 +80,21 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
                         size_t errlen)
 {
     struct larder__backend *be;
-    int r = check_model(d, c, m, err, errlen);
-    if (r < 0 || (r = larder__backend_get(d->backends, m->backend, &be, err, errlen)) < 0)
-        return r;
     struct larder_component_opts o;
     larder_component_opts_init(&o);
-    o.cls = larder__backend_class(be);
-    o.ud = larder__model_ud_new(be, c, m);
-    o.ud_free = larder__model_ud_free;
+    int r = 0;
+    if (m->isolation == LARDER__ISOLATION_EXTERNAL) {
+        o.cls = larder__ext_class();
+        o.ud = larder__ext_ud_new(d, c, m);
+        o.ud_free = larder__ext_ud_free;
+    } else {
+        r = check_model(d, c, m, err, errlen);
+        if (r < 0 || (r = larder__backend_get(d->backends, m->backend, &be, err, errlen)) < 0)
+            return r;
+        o.cls = larder__backend_class(be);
+        o.ud = larder__model_ud_new(be, c, m);
+        o.ud_free = larder__model_ud_free;
+    }
     o.path = regular_file(m->path) ? m->path : NULL;
     o.ttl_ms = m->ttl_ms;
     o.max_instances = m->instances;
@@ -98,7 +108,7 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
     o.queue_max = m->queue;
     if (!o.ud)
         r = -ENOMEM;
-    else
+    else if (m->isolation != LARDER__ISOLATION_EXTERNAL)
         larder__model_ud_set_estimate(o.ud, probed);
     larder *mgr = r == 0 ? larder__mgr_get(d) : NULL;
     if (r == 0)
@@ -106,7 +116,8 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
     if (mgr)
         larder__mgr_put(d);
     if (r < 0) {
-        larder__model_ud_free(o.ud);
+        if (o.ud)
+            o.ud_free(o.ud);
         snprintf(err, errlen, "%s:%u: [model.%s]: %s", c->file, m->line, m->name,
                  larder_strerror(r));
     }
@@ -678,6 +689,13 @@ static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
     /* Forked before any thread starts; it validates while the daemon sets up. */
     if (r < 0 || (r = larder__probe_start(d->prog, c, true, &p, err, errlen)) < 0)
         return r;
+    unsigned reaped = 0;
+    if ((r = larder__children_open(c->state_dir, &d->children, &reaped, err, errlen)) < 0)
+        return r;
+    if (reaped)
+        larder__log(LARDER__LOG_WARN, "ended the model processes of a larderd that died",
+                    json_pack("{s:i,s:s?}", "processes", (int)reaped, "state_dir",
+                              c->state_dir));
     if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
         (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
         (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0)
@@ -770,6 +788,7 @@ static unsigned stop_all(struct larder__daemon *d)
     }
     if (d->events)
         larder__events_close(d->events);
+    unsigned streams_left = larder__proxy_close_all(WRITE_MS);
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
     unsigned loads_left = close_manager(d);
     wait_inflight(d, SETTLE_MS);
@@ -785,6 +804,12 @@ static unsigned stop_all(struct larder__daemon *d)
     stuck += loads_left;
     d->infer_pool = d->admin_pool = NULL;
     d->http = larder__http_stop(d->http);
+    /* Children whose unload did not run (a lease still out) are ended here; with threads
+     * left inside a call the supervisor stays, and the children die with the process. */
+    if (stuck || streams_left)
+        larder__ext_stop_all();
+    else
+        d->children = (larder__children_close(d->children, 2000), NULL);
     if (stuck) {
         larder__log(LARDER__LOG_WARN, "stopping: threads still inside a backend call",
                     json_pack("{s:i,s:i,s:s}", "threads", (int)stuck, "loads",

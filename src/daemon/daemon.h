@@ -36,6 +36,7 @@ struct larder__daemon {
     struct larder__pool *infer_pool; /* inference */
     struct larder__pool *admin_pool; /* unload, reload, cleanup: may wait for drains */
     struct larder__http *http;
+    struct larder__children *children; /* worker and external model processes */
     atomic_bool stopping;
     atomic_uint inflight;           /* requests suspended on a lease or a job */
     atomic_ullong reloads;

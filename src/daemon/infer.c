@@ -15,7 +15,9 @@
 #include <unistd.h>
 #include <strings.h>
 
+#include "external.h"
 #include "log.h"
+#include "proxy.h"
 #include "routes.h"
 
 struct infer_job {
@@ -28,6 +30,9 @@ struct infer_job {
     size_t n_params;
     char *content_type;           /* as the request gave it, parameters included */
     int64_t timeout_ms;           /* for the lease */
+    /* an external model's request, sent to its infer_path when the lease holds it */
+    struct larder__proxy_request *proxy;
+    int64_t proxy_timeout_ms;
 };
 
 static void job_free(struct infer_job *j)
@@ -37,6 +42,7 @@ static void job_free(struct infer_job *j)
         free((char *)j->params[i].value);
     }
     free(j->params);
+    larder__proxy_request_free(j->proxy);
     free(j->content_type);
     free(j->name);
     free(j);
@@ -248,21 +254,36 @@ int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name)
     return ms;
 }
 
-static void reply_acquire_error(struct infer_job *j)
+void larder__reply_acquire_error(struct larder__request *r, const char *name, int err)
 {
     char msg[1024], why[700] = "";
     int64_t cooldown = -1;
-    if (j->err == LARDER_ETOOBIG) {
-        larder__reply_too_big(j->r, j->name, false);
+    if (err == LARDER_ETOOBIG) {
+        larder__reply_too_big(r, name, false);
         return;
     }
-    if (j->err == LARDER_ELOAD || j->err == LARDER_ECOOLDOWN)
-        last_error(j->r->d, j->name, why, sizeof why, &cooldown);
-    snprintf(msg, sizeof msg, "model '%s': %s%s%s", j->name, larder_strerror(j->err),
+    if (err == LARDER_ELOAD || err == LARDER_ECOOLDOWN)
+        last_error(r->d, name, why, sizeof why, &cooldown);
+    snprintf(msg, sizeof msg, "model '%s': %s%s%s", name, larder_strerror(err),
              *why ? ": " : "", why);
     /* Retry-After: the cooldown's real remainder, not a guess. */
-    larder__reply_larder_error_retry(j->r, j->err, msg,
-                                     j->err == LARDER_ECOOLDOWN && cooldown > 0 ? cooldown : -1);
+    larder__reply_larder_error_retry(r, err, msg,
+                                     err == LARDER_ECOOLDOWN && cooldown > 0 ? cooldown : -1);
+}
+
+/* A request for an external model that a fallback running in-process serves: the checks
+ * the route skipped for the external model. */
+static bool backend_can_take(struct infer_job *j)
+{
+    if (!j->content_type || !*j->content_type)
+        larder__reply_error(j->r, 415, "unsupported_media_type",
+                            "the request needs a Content-Type for the fallback '%s'",
+                            larder_lease_served_by(j->lease));
+    else if (j->r->body_len == 0)
+        larder__reply_error(j->r, 400, "empty_body", "the request has no body");
+    else
+        return true;
+    return false;
 }
 
 static void run_infer(void *arg)
@@ -270,9 +291,16 @@ static void run_infer(void *arg)
     struct infer_job *j = arg;
     struct larder__request *r = j->r;
     if (j->err < 0) {
-        reply_acquire_error(j);
+        larder__reply_acquire_error(r, j->name, j->err);
+    } else if (j->proxy && larder__ext_of_lease(j->lease)) {
+        /* The proxy answers, resumes and releases. */
+        larder__proxy_run(r, j->lease, j->proxy, j->proxy_timeout_ms);
+        j->proxy = NULL;
+        job_free(j);
+        return;
     } else {
-        run_backend(j);
+        if (!j->proxy || backend_can_take(j))
+            run_backend(j);
         larder_release(j->lease);
     }
     job_free(j);
@@ -347,7 +375,7 @@ static struct infer_job *job_new(struct larder__request *r, const char *name, in
         return NULL;
     j->r = r;
     j->timeout_ms = timeout;
-    j->content_type = strdup(r->content_type);
+    j->content_type = strdup(r->content_type ? r->content_type : "");
     j->name = strdup(name);
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, j);
     bool ok = j->name && j->content_type;
@@ -360,12 +388,45 @@ static struct infer_job *job_new(struct larder__request *r, const char *name, in
     return j;
 }
 
+/* An external model's infer: its body goes to the child's infer_path as it is (the child
+ * judges it), with the query. True when the model is external (r is then handled). */
+static bool external_infer(struct larder__request *r, const char *name, int64_t timeout)
+{
+    struct larder__daemon *d = r->d;
+    char *target = NULL;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    bool external = m && m->isolation == LARDER__ISOLATION_EXTERNAL;
+    const char *q = r->target ? strchr(r->target, '?') : NULL;
+    if (external && asprintf(&target, "%s%s", m->ext.infer_path, q ? q : "") < 0)
+        target = NULL;
+    int64_t head_timeout = m && m->infer_timeout_ms ? m->infer_timeout_ms : timeout;
+    bool drop_auth = d->infer != NULL;
+    pthread_rwlock_unlock(&d->conf_lock);
+    if (!external)
+        return false;
+    struct infer_job *j = target ? job_new(r, name, timeout) : NULL;
+    if (j && !(j->proxy = larder__proxy_request_new(r, "POST", target, drop_auth))) {
+        job_free(j);
+        j = NULL;
+    }
+    free(target);
+    if (!j) {
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return true;
+    }
+    j->proxy_timeout_ms = head_timeout;
+    larder__request_suspend(r);
+    acquire(j);
+    return true;
+}
+
 void larder__route_infer(struct larder__request *r, const char *name)
 {
     if (!larder__require_token(r, false))
         return;
     int64_t timeout = model_timeout(r, name);
-    if (timeout < 0)
+    if (timeout < 0 || external_infer(r, name, timeout))
         return;
     if (!r->content_type || !*r->content_type) {
         larder__reply_error(r, 415, "unsupported_media_type",
