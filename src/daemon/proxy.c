@@ -345,6 +345,7 @@ struct stream {
     int refs;                  /* the pump, the MHD response */
     struct MHD_Connection *conn;
     int fd;
+    int client_fd;             /* a duplicate of the client's socket, polled for a hang-up */
     char *buf;                 /* STREAM_BUF bytes: decoded body bytes for the client */
     size_t len;
     bool suspended, ended, failed, gone;
@@ -381,6 +382,8 @@ static void stream_unref(struct stream *s)
     pthread_mutex_unlock(&streams_lock);
     if (s->fd >= 0)
         close(s->fd);
+    if (s->client_fd >= 0)
+        close(s->client_fd);
     larder_release(s->lease);
     pthread_mutex_lock(&streams_lock);
     n_streams--;
@@ -559,11 +562,23 @@ static void pump(struct stream *s)
             break;
         size_t room = STREAM_BUF - s->len;
         pthread_mutex_unlock(&s->lock);
-        /* A blocking read: stream_free's shutdown() ends it when the client goes. */
-        ssize_t n = recv(s->fd, in, room < IN_BUF ? room : IN_BUF, 0);
-        int e = errno;
+        /* Waits for the child's bytes, or the client's hang-up: a connection parked in
+         * stream_read does not see its client go, so the pump watches for it. */
+        struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN},
+                              {.fd = s->client_fd, .events = POLLRDHUP}};
+        int pr = poll(p, s->client_fd >= 0 ? 2 : 1, -1);
+        bool hung_up = pr > 0 && s->client_fd >= 0 &&
+                       (p[1].revents & (POLLRDHUP | POLLHUP | POLLERR));
+        ssize_t n = -1;
+        int e = EINTR;
+        if (pr > 0 && !hung_up && p[0].revents) {
+            n = recv(s->fd, in, room < IN_BUF ? room : IN_BUF, MSG_DONTWAIT);
+            e = n < 0 && errno == EAGAIN ? EINTR : errno;
+        }
         pthread_mutex_lock(&s->lock);
-        if (n > 0)
+        if (hung_up)
+            s->failed = true;
+        else if (n > 0)
             take_body(s, in, (size_t)n);
         else if (n == 0 && s->framing == BODY_CLOSE)
             s->ended = true;
@@ -747,6 +762,8 @@ static void *exchange_main(void *arg)
     s->refs = 2;
     s->conn = r->conn;
     s->fd = fd;
+    bool answered = false;
+    s->client_fd = larder__request_socket_dup(r, &answered);
     s->lease = x->lease;
     s->framing = no_body ? BODY_NONE : h.chunked ? BODY_CHUNKED
                  : h.has_length ? BODY_LENGTH : BODY_CLOSE;
@@ -760,6 +777,9 @@ static void *exchange_main(void *arg)
     if (!resp) {
         s->refs = 1;
         s->fd = -1;
+        if (s->client_fd >= 0)
+            close(s->client_fd);
+        s->client_fd = -1;
         s->lease = NULL;
         pthread_mutex_lock(&streams_lock);
         n_streams++;
