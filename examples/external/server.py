@@ -75,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/health":
             self.reply(200 if State.booster else 503, {"ok": State.booster is not None})
         elif url.path == "/pid":
-            self.reply(200, {"pid": os.getpid()})
+            self.reply(200, {"pid": os.getpid(), "port": self.server.server_address[1]})
         elif url.path == "/stream":
             key = q.get("id", ["default"])[0]
             n = int(q.get("n", ["3"])[0])
