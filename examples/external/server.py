@@ -15,6 +15,7 @@ Only Debian's python3-xgboost and python3-numpy are used.
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,18 +53,32 @@ def predict(rows):
 
 
 class Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1: connections stay open between requests (larderd keeps a few per model).
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        super().setup()
+        # Replies go out at once: without it a reply written in two parts waits for the
+        # client's delayed ACK on a kept-alive connection.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    access_log = False
+
     def log_message(self, fmt, *args):
-        sys.stderr.write("request: " + (fmt % args) + "\n")
+        sys.stderr.write((fmt % args) + "\n")
+
+    def log_request(self, code="-", size="-"):
+        if self.access_log:
+            super().log_request(code, size)
 
     def reply(self, status, obj):
         body = (json.dumps(obj) + "\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # The head and the body in one write.
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def chunk(self, data):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -120,7 +135,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--access-log", action="store_true",
+                    help="a line on stderr (larderd's log) for every request")
     a = ap.parse_args()
+    Handler.access_log = a.access_log
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True
     State.booster = train(a.seed)

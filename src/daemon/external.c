@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <time.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -23,6 +24,7 @@
 #define TAIL_LINE_MAX 400
 #define LOG_LINE_MAX 2048
 #define CAUSE_MAX 1024
+#define KEEP_MAX 16            /* idle kept-alive connections to one child */
 
 extern char **environ;
 
@@ -55,6 +57,9 @@ struct larder__ext_run {
     int status;
     char tail[TAIL_LINES][TAIL_LINE_MAX];
     unsigned n_tail;           /* lines written in all; the last TAIL_LINES are kept */
+    int keep[KEEP_MAX];        /* idle connections to the child, the newest last */
+    unsigned n_keep;
+    bool keep_closed;          /* stopping: connections given back are closed */
     struct larder__ext_run *next;
 };
 
@@ -105,6 +110,55 @@ void larder__ext_target(const struct larder__ext_run *x, const char **ret_host,
 int larder__ext_pid(const struct larder__ext_run *x)
 {
     return x && x->child ? (int)larder__child_pid(x->child) : 0;
+}
+
+/* ---- kept-alive connections ----------------------------------------------------------- */
+
+/* A connection the child may have closed since (its idle timeout, a restart of its
+ * listener) reads as readable: end of file, or bytes nobody asked for. */
+static bool conn_idle_ok(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 0;
+}
+
+int larder__ext_conn_take(struct larder__ext_run *x)
+{
+    for (;;) {
+        pthread_mutex_lock(&x->lock);
+        int fd = x->n_keep && !x->keep_closed ? x->keep[--x->n_keep] : -1;
+        pthread_mutex_unlock(&x->lock);
+        if (fd < 0 || conn_idle_ok(fd))
+            return fd;
+        close(fd);
+    }
+}
+
+void larder__ext_conn_give(struct larder__ext_run *x, int fd)
+{
+    if (fd < 0)
+        return;
+    pthread_mutex_lock(&x->lock);
+    bool kept = !x->keep_closed && !x->exited && x->n_keep < KEEP_MAX;
+    if (kept)
+        x->keep[x->n_keep++] = fd;
+    pthread_mutex_unlock(&x->lock);
+    if (!kept)
+        close(fd);
+}
+
+/* Closes every idle connection; none is kept from now on. */
+static void conns_close(struct larder__ext_run *x)
+{
+    pthread_mutex_lock(&x->lock);
+    x->keep_closed = true;
+    unsigned n = x->n_keep;
+    int fds[KEEP_MAX];
+    memcpy(fds, x->keep, n * sizeof *fds);
+    x->n_keep = 0;
+    pthread_mutex_unlock(&x->lock);
+    for (unsigned i = 0; i < n; i++)
+        close(fds[i]);
 }
 
 /* ---- the child's output ---------------------------------------------------------------- */
@@ -342,6 +396,7 @@ static void run_free(struct larder__ext_run *x)
     if (!x)
         return;
     runs_remove(x);
+    conns_close(x);
     if (x->child) {
         pthread_mutex_lock(&x->lock);
         x->stopping = true;

@@ -51,6 +51,14 @@ void larder__ext_target(const struct larder__ext_run *x, const char **ret_host,
  * status 1", with its last output lines) into buf. */
 bool larder__ext_dead(struct larder__ext_run *x, char *buf, size_t len);
 
+/* Kept-alive connections to the child (at most 16 idle, closed when the model stops):
+ * take returns an idle one that the child has not closed meanwhile, or -1 when there is
+ * none; give hands back one whose last exchange ended cleanly (a complete response that
+ * allowed keep-alive), or closes it when the pool is full or the model is stopping.
+ * The caller holds a lease on the model meanwhile. */
+int larder__ext_conn_take(struct larder__ext_run *x);
+void larder__ext_conn_give(struct larder__ext_run *x, int fd);
+
 /* The child's pid (0 when none). */
 int larder__ext_pid(const struct larder__ext_run *x);
 

@@ -313,6 +313,14 @@ static void on_lease(void *ud, int err, larder_lease *lease)
     j->err = err;
     j->lease = lease;
     j->t_lease = larder__now();
+    if (err >= 0 && j->proxy && larder__ext_of_lease(lease)) {
+        /* An external model's request goes to the proxy's threads at once (it does not
+         * block here): no stop on the inference pool on the way. */
+        larder__proxy_run(j->r, lease, j->proxy, j->proxy_timeout_ms);
+        j->proxy = NULL;
+        job_free(j);
+        return;
+    }
     if (larder__pool_submit(j->r->d->infer_pool, run_infer, j) < 0) {
         /* Only while shutting down with no pool left: answer from here. */
         j->err = err < 0 ? err : LARDER_ECLOSED;

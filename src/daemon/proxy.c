@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,6 +123,40 @@ static int send_all(int fd, const char *p, size_t n, double deadline)
     return 0;
 }
 
+/* Sends what is left of head and body on fd (*sent bytes of the two went already), in as
+ * few segments as the socket takes. wait false: only what goes without waiting (then 0
+ * whether or not everything went). 0, or a negative errno (-ETIMEDOUT past deadline). */
+static int send_rest(int fd, const char *head, size_t head_len, const char *body,
+                     size_t body_len, size_t *sent, bool wait, double deadline)
+{
+    while (*sent < head_len + body_len) {
+        struct iovec iov[2];
+        int n = 0;
+        if (*sent < head_len)
+            iov[n++] = (struct iovec){(void *)(head + *sent), head_len - *sent};
+        if (body_len) {
+            size_t from = *sent > head_len ? *sent - head_len : 0;
+            iov[n++] = (struct iovec){(void *)(body + from), body_len - from};
+        }
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            *sent += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        if (!wait)
+            return 0;
+        int r = wait_fd(fd, POLLOUT, deadline);
+        if (r <= 0)
+            return r == 0 ? -ETIMEDOUT : r;
+    }
+    return 0;
+}
+
 /* A parsed response head. */
 struct head {
     int status;
@@ -131,6 +166,7 @@ struct head {
     bool chunked;
     bool has_length;
     uint64_t length;
+    bool keep_alive;     /* the connection may carry another exchange after this one */
 };
 
 static void head_free(struct head *h)
@@ -169,6 +205,8 @@ static bool parse_head(const char *buf, size_t len, struct head *h)
         status < 100 || status > 999)
         return false;
     h->status = status;
+    /* HTTP/1.1 keeps the connection unless told otherwise; 1.0 only when told to. */
+    bool says_close = false, says_keep = false;
     while ((line = strtok_r(NULL, "\r\n", &save))) {
         char *colon = strchr(line, ':');
         if (!colon || colon == line)
@@ -184,6 +222,10 @@ static bool parse_head(const char *buf, size_t len, struct head *h)
         size_t kn = (size_t)(colon - line);
         if (kn == 17 && strncasecmp(line, "Transfer-Encoding", kn) == 0)
             h->chunked = token_in(v, "chunked");
+        else if (kn == 10 && strncasecmp(line, "Connection", kn) == 0) {
+            says_close = says_close || token_in(v, "close");
+            says_keep = says_keep || token_in(v, "keep-alive");
+        }
         else if (kn == 14 && strncasecmp(line, "Content-Length", kn) == 0) {
             char *end;
             errno = 0;
@@ -194,6 +236,7 @@ static bool parse_head(const char *buf, size_t len, struct head *h)
             h->length = n;
         }
     }
+    h->keep_alive = !says_close && (major > 1 || (major == 1 && minor >= 1) || says_keep);
     return true;
 }
 
@@ -203,6 +246,7 @@ static int read_head(int fd, char *buf, size_t cap, size_t *ret_len, size_t *ret
                      double deadline)
 {
     size_t len = 0;
+    *ret_len = 0;
     for (;;) {
         ssize_t n = recv(fd, buf + len, cap - len, 0);
         if (n > 0) {
@@ -219,6 +263,7 @@ static int read_head(int fd, char *buf, size_t cap, size_t *ret_len, size_t *ret
                 return -E2BIG;
             continue;
         }
+        *ret_len = len;
         if (n == 0)
             return -ECONNRESET;
         if (errno == EINTR)
@@ -349,6 +394,9 @@ struct stream {
     char *buf;                 /* STREAM_BUF bytes: decoded body bytes for the client */
     size_t len;
     bool suspended, ended, failed, gone;
+    bool reusable;             /* fd may carry another exchange once the body has ended */
+    bool shut;                 /* fd was shut down (to wake the pump): never reused */
+    struct larder__ext_run *run;
     larder_lease *lease;
     char *model;
     /* the child's framing */
@@ -428,8 +476,10 @@ static void stream_free(void *cls)
     struct stream *s = cls;
     pthread_mutex_lock(&s->lock);
     s->gone = true;
-    if (s->fd >= 0)
-        shutdown(s->fd, SHUT_RDWR); /* wakes the pump out of its recv */
+    if (s->fd >= 0 && !s->ended) {
+        shutdown(s->fd, SHUT_RDWR); /* wakes the pump out of its poll */
+        s->shut = true;
+    }
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     stream_unref(s);
@@ -445,11 +495,13 @@ static bool wake_locked(struct stream *s)
 }
 
 /* Decodes n raw bytes of a chunked body into out (room for n bytes); returns the payload
- * bytes written, or -1 on a framing error. */
-static ssize_t dechunk(struct stream *s, const char *in, size_t n, char *out)
+ * bytes written, or -1 on a framing error. *ret_used: the raw bytes that were the body's
+ * (fewer than n when the body ended before them). */
+static ssize_t dechunk(struct stream *s, const char *in, size_t n, char *out,
+                       size_t *ret_used)
 {
-    size_t w = 0;
-    for (size_t i = 0; i < n && s->ch != CH_DONE;) {
+    size_t w = 0, i = 0;
+    while (i < n && s->ch != CH_DONE) {
         char c = in[i];
         switch (s->ch) {
         case CH_SIZE: {
@@ -522,6 +574,7 @@ static ssize_t dechunk(struct stream *s, const char *in, size_t n, char *out)
             break;
         }
     }
+    *ret_used = i;
     return (ssize_t)w;
 }
 
@@ -530,17 +583,22 @@ static ssize_t dechunk(struct stream *s, const char *in, size_t n, char *out)
 static void take_body(struct stream *s, const char *in, size_t n)
 {
     if (s->framing == BODY_CHUNKED) {
-        ssize_t w = dechunk(s, in, n, s->buf + s->len);
+        size_t used = n;
+        ssize_t w = dechunk(s, in, n, s->buf + s->len, &used);
         if (w < 0)
             s->failed = true;
         else
             s->len += (size_t)w;
         if (s->ch == CH_DONE)
             s->ended = true;
+        if (used < n)
+            s->reusable = false; /* bytes past the body's end: not an exchange to trust */
         return;
     }
-    if (s->framing == BODY_LENGTH && n > s->remaining)
+    if (s->framing == BODY_LENGTH && n > s->remaining) {
         n = (size_t)s->remaining; /* bytes past the length are not the body's */
+        s->reusable = false;
+    }
     memcpy(s->buf + s->len, in, n);
     s->len += n;
     if (s->framing == BODY_LENGTH && !(s->remaining -= n))
@@ -594,12 +652,23 @@ static void pump(struct stream *s)
     if (s->failed && !s->gone)
         larder__log(LARDER__LOG_WARN, "proxied body cut short",
                     json_pack("{s:s}", "model", s->model));
+    /* A complete exchange on a kept-alive connection: the connection goes back to the
+     * model's pool (the lease is still held: the model is still running). */
+    int keep = -1;
+    if (s->ended && !s->failed && s->reusable && !s->shut && s->fd >= 0) {
+        keep = s->fd;
+        s->fd = -1;
+    }
     bool resume = wake_locked(s) && !s->gone;
     pthread_mutex_unlock(&s->lock);
+    if (keep >= 0)
+        larder__ext_conn_give(s->run, keep);
     if (resume)
         MHD_resume_connection(s->conn);
     free(in);
 }
+
+static void threads_stop(double until);
 
 unsigned larder__proxy_close_all(int64_t timeout_ms)
 {
@@ -609,8 +678,10 @@ unsigned larder__proxy_close_all(int64_t timeout_ms)
         pthread_mutex_lock(&s->lock);
         if (!s->ended)
             s->failed = true;
-        if (s->fd >= 0)
+        if (s->fd >= 0 && !s->ended) {
             shutdown(s->fd, SHUT_RDWR);
+            s->shut = true;
+        }
         pthread_cond_broadcast(&s->cond);
         pthread_mutex_unlock(&s->lock);
     }
@@ -626,6 +697,7 @@ unsigned larder__proxy_close_all(int64_t timeout_ms)
     }
     unsigned left = n_streams;
     pthread_mutex_unlock(&streams_lock);
+    threads_stop(until);
     return left;
 }
 
@@ -637,10 +709,18 @@ struct exchange {
     struct larder__proxy_request *pr;
     int64_t timeout_ms;
     char *model;
+    struct larder__ext_run *run;
+    struct larder__text head;  /* the request head for the child; empty until built */
+    int fd;                    /* a kept-alive connection taken early, or -1 */
+    size_t sent;               /* bytes of head and body already sent on fd */
+    struct exchange *next;     /* in the threads' queue */
 };
 
 static void exchange_free(struct exchange *x)
 {
+    if (x->fd >= 0)
+        close(x->fd);
+    larder__text_free(&x->head);
     larder__proxy_request_free(x->pr);
     free(x->model);
     free(x);
@@ -657,7 +737,7 @@ static bool build_head(struct larder__text *t, const struct exchange *x, const c
         larder__text_add(t, pr->head.buf, pr->head.len);
     if (pr->body_len || (strcmp(pr->method, "GET") != 0 && strcmp(pr->method, "HEAD") != 0))
         larder__text_put(t, "Content-Length: %zu\r\n", pr->body_len);
-    larder__text_put(t, "X-Larder-Model: %s\r\nConnection: close\r\n\r\n", x->model);
+    larder__text_put(t, "X-Larder-Model: %s\r\n\r\n", x->model);
     return !t->failed;
 }
 
@@ -699,38 +779,46 @@ static void reply_upstream_error(struct exchange *x, int e, const char *msg)
         larder__reply_error(x->r, 502, "upstream_error", "model '%s': %s", x->model, msg);
 }
 
-static void *exchange_main(void *arg)
+static void exchange_run(struct exchange *x)
 {
-    struct exchange *x = arg;
     struct larder__request *r = x->r;
     const char *host, *prefix;
     unsigned port;
     char err[512] = "";
-    struct larder__text t = {0};
     struct head h = {0};
     size_t len = 0, head_len = 0;
     double deadline = larder__now() + (double)x->timeout_ms / 1000.0;
-    struct larder__ext_run *run = larder__ext_of_lease(x->lease);
+    struct larder__ext_run *run = x->run;
     char *buf = malloc(HEAD_MAX);
-    int fd = -1, e = 0;
-    if (!run || !buf) {
-        larder__reply_error(r, 500, "internal", !buf ? "out of memory"
-                                                     : "the lease holds no external model");
+    int fd = x->fd, e = 0;
+    x->fd = -1;
+    if (!run || !buf || !x->head.len) {
+        larder__reply_error(r, 500, "internal", run ? "out of memory"
+                                                    : "the lease holds no external model");
         goto fail;
     }
     larder__ext_target(run, &host, &port, &prefix);
-    if (!build_head(&t, x, host, port, prefix)) {
-        larder__reply_error(r, 500, "internal", "out of memory");
-        goto fail;
+    /* A kept-alive connection (taken, and written to, by larder__proxy_run); one the child
+     * closed under us before answering a byte is replaced by a new one, once (the request
+     * is in memory, so it can go again). */
+    bool reused = fd >= 0;
+    for (;;) {
+        if (fd < 0 && (fd = larder__upstream_connect(host, port, deadline, err, sizeof err)) < 0) {
+            reply_upstream_error(x, fd, err);
+            goto fail;
+        }
+        e = send_rest(fd, x->head.buf, x->head.len, x->pr->body, x->pr->body_len, &x->sent,
+                      true, deadline);
+        if (e == 0)
+            e = read_head(fd, buf, HEAD_MAX, &len, &head_len, deadline);
+        bool stale = e == -ECONNRESET || e == -EPIPE;
+        if (!reused || !stale || len)
+            break;
+        close(fd);
+        fd = -1;
+        x->sent = 0;
+        reused = false;
     }
-    if ((fd = larder__upstream_connect(host, port, deadline, err, sizeof err)) < 0) {
-        reply_upstream_error(x, fd, err);
-        goto fail;
-    }
-    if ((e = send_all(fd, t.buf, t.len, deadline)) == 0 && x->pr->body_len)
-        e = send_all(fd, x->pr->body, x->pr->body_len, deadline);
-    if (e == 0)
-        e = read_head(fd, buf, HEAD_MAX, &len, &head_len, deadline);
     if (e == 0 && !parse_head(buf, head_len, &h))
         e = -EPROTO;
     if (e < 0) {
@@ -743,10 +831,6 @@ static void *exchange_main(void *arg)
         reply_upstream_error(x, e, err);
         goto fail;
     }
-    larder__text_free(&t);
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0)
-        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK); /* the pump blocks in recv */
     struct stream *s = calloc(1, sizeof *s);
     bool no_body = strcmp(x->pr->method, "HEAD") == 0 || h.status < 200 || h.status == 204 ||
                    h.status == 304;
@@ -765,10 +849,13 @@ static void *exchange_main(void *arg)
     bool answered = false;
     s->client_fd = larder__request_socket_dup(r, &answered);
     s->lease = x->lease;
+    s->run = run;
     s->framing = no_body ? BODY_NONE : h.chunked ? BODY_CHUNKED
                  : h.has_length ? BODY_LENGTH : BODY_CLOSE;
     s->remaining = s->framing == BODY_LENGTH ? h.length : 0;
     s->ended = s->framing == BODY_NONE || (s->framing == BODY_LENGTH && !h.length);
+    s->reusable = h.keep_alive && s->framing != BODY_CLOSE &&
+                  (len == head_len || !s->ended);
     if (!s->ended && len > head_len) /* body bytes that came with the head */
         take_body(s, buf + head_len, len - head_len < STREAM_BUF ? len - head_len : STREAM_BUF);
     uint64_t size = s->framing == BODY_LENGTH ? h.length : no_body ? 0 : MHD_SIZE_UNKNOWN;
@@ -804,17 +891,119 @@ static void *exchange_main(void *arg)
     larder__request_resume(r);
     pump(s);
     stream_unref(s);
-    return NULL;
+    return;
 fail:
     if (fd >= 0)
         close(fd);
     head_free(&h);
-    larder__text_free(&t);
     free(buf);
     larder_release(x->lease);
     exchange_free(x);
     larder__request_resume(r);
+}
+
+/* ---- the proxy's threads ------------------------------------------------------------------
+ *
+ * An exchange holds its thread until the child's body has ended (a stream of events may
+ * last minutes), so the threads are elastic: an exchange goes to an idle thread when there
+ * is one, else a new thread starts, up to THREADS_MAX; a thread idle for IDLE_MS ends.
+ * Warm traffic thus runs on threads that already exist. */
+
+#define THREADS_MAX 512
+#define IDLE_MS 30000
+
+static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t threads_cond = PTHREAD_COND_INITIALIZER;  /* work, or the end */
+static pthread_cond_t threads_gone = PTHREAD_COND_INITIALIZER;  /* a thread ended */
+static struct exchange *queue_head, *queue_tail;
+static unsigned n_threads, n_idle, n_queued;
+static bool threads_stopping;
+
+static void *thread_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&threads_lock);
+    for (;;) {
+        while (!queue_head && !threads_stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += IDLE_MS / 1000;
+            n_idle++;
+            int w = pthread_cond_timedwait(&threads_cond, &threads_lock, &ts);
+            n_idle--;
+            if (w == ETIMEDOUT && !queue_head)
+                goto out;
+        }
+        struct exchange *x = queue_head;
+        if (!x)
+            break; /* stopping */
+        if (!(queue_head = x->next))
+            queue_tail = NULL;
+        n_queued--;
+        pthread_mutex_unlock(&threads_lock);
+        exchange_run(x);
+        pthread_mutex_lock(&threads_lock);
+    }
+out:
+    n_threads--;
+    pthread_cond_broadcast(&threads_gone);
+    pthread_mutex_unlock(&threads_lock);
     return NULL;
+}
+
+/* Queues x for a thread: 0, or an errno (EAGAIN at the bound, ESHUTDOWN at the end). */
+static int submit(struct exchange *x)
+{
+    int e = 0;
+    pthread_mutex_lock(&threads_lock);
+    if (threads_stopping) {
+        e = ESHUTDOWN;
+    } else if (n_idle <= n_queued) {
+        pthread_attr_t attr;
+        pthread_t tid;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 << 10);
+        e = n_threads >= THREADS_MAX ? EAGAIN : pthread_create(&tid, &attr, thread_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (e == 0) {
+            pthread_setname_np(tid, "larder-proxy");
+            n_threads++;
+        }
+    }
+    if (e == 0) {
+        x->next = NULL;
+        if (queue_tail)
+            queue_tail->next = x;
+        else
+            queue_head = x;
+        queue_tail = x;
+        n_queued++;
+        pthread_cond_signal(&threads_cond);
+    }
+    pthread_mutex_unlock(&threads_lock);
+    return e;
+}
+
+/* Ends the idle threads (the others end when their exchange does) and waits for them,
+ * up to until (monotonic seconds); the queue is empty by then (the HTTP server takes no
+ * more requests). */
+static void threads_stop(double until)
+{
+    pthread_mutex_lock(&threads_lock);
+    threads_stopping = true;
+    pthread_cond_broadcast(&threads_cond);
+    while (n_threads && larder__now() < until) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&threads_gone, &threads_lock, &ts);
+    }
+    pthread_mutex_unlock(&threads_lock);
 }
 
 void larder__proxy_run(struct larder__request *r, larder_lease *lease,
@@ -831,18 +1020,33 @@ void larder__proxy_run(struct larder__request *r, larder_lease *lease,
     x->lease = lease;
     x->pr = pr;
     x->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
-    pthread_attr_t attr;
-    pthread_t tid;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 << 10);
-    int e = pthread_create(&tid, &attr, exchange_main, x);
-    pthread_attr_destroy(&attr);
+    x->fd = -1;
+    /* On a kept-alive connection the request goes out from here, without waiting: the
+     * child works on it while a proxy thread takes the exchange over. */
+    if ((x->run = larder__ext_of_lease(lease))) {
+        const char *host, *prefix;
+        unsigned port;
+        larder__ext_target(x->run, &host, &port, &prefix);
+        if (!build_head(&x->head, x, host, port, prefix))
+            larder__text_free(&x->head); /* the thread answers 500 */
+        else if ((x->fd = larder__ext_conn_take(x->run)) >= 0 &&
+                 send_rest(x->fd, x->head.buf, x->head.len, pr->body, pr->body_len, &x->sent,
+                           false, 0) < 0) {
+            close(x->fd); /* the thread reconnects */
+            x->fd = -1;
+            x->sent = 0;
+        }
+    }
+    int e = submit(x);
     if (e == 0)
         return;
-    free(x->model);
-    free(x);
-    larder__reply_error(r, 503, "busy", "cannot start the proxy: %s", strerror(e));
+    x->pr = NULL; /* freed below */
+    x->lease = NULL;
+    exchange_free(x);
+    if (e == ESHUTDOWN)
+        larder__reply_error(r, 503, "shutting_down", "larderd is stopping");
+    else
+        larder__reply_error(r, 503, "busy", "cannot start the proxy: %s", strerror(e));
     larder__reply_header(r, "Retry-After", "1");
 fail:
     larder__proxy_request_free(pr);
