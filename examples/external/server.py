@@ -10,6 +10,8 @@ every start serves the same model), then serves:
                             see the first event arrive before the others exist)
   POST /release?id=ID       lets the stream ID go on
   GET  /pid                 {"pid": ...} of this process
+  POST /grow?mib=N          holds N MiB more (written, so resident): a model whose memory
+                            grows while it runs, as caches and batch buffers do
 Only Debian's python3-xgboost and python3-numpy are used.
 """
 import argparse
@@ -40,6 +42,7 @@ class State:
     booster = None
     lock = threading.Lock()
     gates = {}
+    held = []
 
     @classmethod
     def gate(cls, key):
@@ -124,6 +127,15 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(400, {"error": "bad input: %s" % e})
                 return
             self.reply(200, {"predictions": out, "pid": os.getpid()})
+        elif url.path == "/grow":
+            mib = int(q.get("mib", ["0"])[0])
+            block = bytearray(mib << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            with State.lock:
+                State.held.append(block)
+                total = sum(len(b) for b in State.held)
+            self.reply(200, {"held_bytes": total})
         elif url.path == "/release":
             State.gate(q.get("id", ["default"])[0]).set()
             self.reply(200, {"released": True})

@@ -314,6 +314,19 @@ LARDER_API int larder_preload_all(larder *m);
 /* Number of preloads started by larder_preload/_all that have not finished. */
 LARDER_API unsigned larder_preload_pending(larder *m);
 
+/* A new measurement of a loaded component's size, from its owner (a component whose
+ * memory lives outside the process, say, sampled while it runs): its measured size
+ * becomes `bytes` (method CLASS; what the next load reserves). The reservation never
+ * shrinks while loaded; when bytes exceed it, it grows: idle components are evicted by
+ * policy to make room, without waiting. When even that leaves no room, the reservation
+ * grows all the same (the memory is in use) and the manager is over its budget: no load
+ * is admitted until it is back under, idle components go by policy (this one too, once
+ * it is idle) and leased ones when their last lease returns, as after a lowered budget;
+ * a LARDER_EVENT_PRESSURE event says so, and LARDER_ENOSPC is returned. Errors: -EINVAL
+ * (NULL, bytes 0), LARDER_ENOTFOUND, -EAGAIN (not loaded now: loading, unloading, or
+ * not at all). Any thread; it may run an eviction's unload on the caller's thread. */
+LARDER_API int larder_update_measured(larder *m, const char *name, uint64_t bytes);
+
 /* Drains and unloads: refuses new leases (LARDER_EDRAINING), waits up to timeout_ms for
  * the leases out, then unloads. On timeout the component keeps serving and
  * LARDER_ETIMEDOUT is returned. 0 when unloaded or not loaded. */

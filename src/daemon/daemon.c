@@ -868,14 +868,36 @@ static void check_pending(struct larder__daemon *d)
         atomic_store(&d->retry_armed, true);
 }
 
+static void sample_job(void *arg)
+{
+    struct larder__daemon *d = arg;
+    larder__ext_sample(d);
+    atomic_store(&d->sample_queued, false);
+}
+
+/* Once a second while external models run: their process trees' memory, measured. */
+static void sample_external(struct larder__daemon *d, double *next)
+{
+    double now = larder__now();
+    if (now < *next)
+        return;
+    *next = now + 1.0;
+    if (larder__ext_running(d) && !atomic_exchange(&d->sample_queued, true) &&
+        larder__pool_submit(d->admin_pool, sample_job, d) < 0)
+        atomic_store(&d->sample_queued, false);
+}
+
 static void run_loop(struct larder__daemon *d, const sigset_t *set)
 {
-    double next_ping = larder__now() + 15;
+    double next_ping = larder__now() + 15, next_sample = 0;
     for (;;) {
-        /* Every 15 s a ping to the event streams; every 250 ms a look at pending models. */
+        /* Every 15 s a ping to the event streams; every 250 ms a look at pending models;
+         * every second, while external models run, a sample of their memory. */
         struct timespec ts = {15, 0};
         if (atomic_load(&d->retry_armed))
             ts = (struct timespec){0, 250 * 1000 * 1000};
+        else if (larder__ext_running(d))
+            ts = (struct timespec){1, 0};
         int sig = sigtimedwait(set, NULL, &ts);
         if (sig == SIGHUP) {
             char err[ERRLEN];
@@ -888,6 +910,7 @@ static void run_loop(struct larder__daemon *d, const sigset_t *set)
             return;
         } else if (sig < 0 && errno == EAGAIN) {
             check_pending(d);
+            sample_external(d, &next_sample);
             if (larder__now() >= next_ping) {
                 larder__events_ping(d->events);
                 next_ping = larder__now() + 15;

@@ -57,6 +57,7 @@ struct larder__ext_run {
     int status;
     char tail[TAIL_LINES][TAIL_LINE_MAX];
     unsigned n_tail;           /* lines written in all; the last TAIL_LINES are kept */
+    uint64_t start_ticks;      /* the child's start time, to tell it from a reused pid */
     int keep[KEEP_MAX];        /* idle connections to the child, the newest last */
     unsigned n_keep;
     bool keep_closed;          /* stopping: connections given back are closed */
@@ -564,6 +565,7 @@ static int cls_load(void *arg, void **ret_model, char *err, size_t errlen)
         run_free(x);
         return -ECHILD;
     }
+    x->start_ticks = larder__proc_start_time((pid_t)larder__ext_pid(x));
     runs_add(x);
     larder__log(LARDER__LOG_INFO, "model server ready",
                 json_pack("{s:s,s:i,s:i}", "model", ud->name, "pid", larder__ext_pid(x), "port",
@@ -655,6 +657,63 @@ void *larder__ext_ud_new(struct larder__daemon *d, const struct larder__config *
         return NULL;
     }
     return ud;
+}
+
+/* ---- sampling ---------------------------------------------------------------------------- */
+
+bool larder__ext_running(const struct larder__daemon *d)
+{
+    bool any = false;
+    pthread_mutex_lock(&runs_lock);
+    for (struct larder__ext_run *x = runs; x && !any; x = x->next)
+        any = x->ud->d == d;
+    pthread_mutex_unlock(&runs_lock);
+    return any;
+}
+
+struct sample {
+    char *name;
+    pid_t pid;
+    uint64_t start_ticks;
+};
+
+void larder__ext_sample(struct larder__daemon *d)
+{
+    size_t n = 0, cap = 0;
+    struct sample *v = NULL;
+    pthread_mutex_lock(&runs_lock);
+    for (struct larder__ext_run *x = runs; x; x = x->next) {
+        if (x->ud->d != d || !x->child)
+            continue;
+        if (n == cap) {
+            struct sample *more = realloc(v, (cap = cap ? cap * 2 : 8) * sizeof *more);
+            if (!more)
+                break;
+            v = more;
+        }
+        v[n] = (struct sample){strdup(x->ud->name), larder__child_pid(x->child),
+                               x->start_ticks};
+        n += v[n].name != NULL;
+    }
+    pthread_mutex_unlock(&runs_lock);
+    /* /proc is read with no lock held; a pid whose start time changed is another process. */
+    larder *m = n ? larder__mgr_get(d) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        struct larder__child_mem mem;
+        if (m && larder__proc_tree_memory(v[i].pid, &mem) == 0 && mem.rss &&
+            larder__proc_start_time(v[i].pid) == v[i].start_ticks) {
+            int r = larder_update_measured(m, v[i].name, mem.rss);
+            if (r == LARDER_ENOSPC)
+                larder__log(LARDER__LOG_WARN, "model server grew past the budget",
+                            json_pack("{s:s,s:i,s:I,s:s}", "model", v[i].name, "pid",
+                                      (int)v[i].pid, "rss_bytes", (json_int_t)mem.rss,
+                                      "action", "evicted once idle; no load until under"));
+        }
+        free(v[i].name);
+    }
+    if (m)
+        larder__mgr_put(d);
+    free(v);
 }
 
 void larder__ext_stop_all(void)

@@ -62,6 +62,15 @@ void larder__ext_conn_give(struct larder__ext_run *x, int fd);
 /* The child's pid (0 when none). */
 int larder__ext_pid(const struct larder__ext_run *x);
 
+/* Whether d has an external model running now. */
+bool larder__ext_running(const struct larder__daemon *d);
+
+/* Samples the process-tree RSS of each of d's running children into its component's
+ * measured size (larder_update_measured: the reservation grows with it; past the budget
+ * a warning is logged and the manager sheds). Any thread but a child's own (it may
+ * run an eviction's unload); larderd runs it on its admin pool once a second. */
+void larder__ext_sample(struct larder__daemon *d);
+
 /* Ends every running child (larderd's shutdown, after the manager has closed: a safety
  * net for children whose unload did not run). */
 void larder__ext_stop_all(void);

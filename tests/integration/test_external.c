@@ -271,6 +271,52 @@ static void test_sigkilled_larderd_leaves_no_child(void **state)
     assert_false(alive(pid2));
 }
 
+static int grow(struct daemon *d, int mib)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/v1/models/py/proxy/grow?mib=%d", mib);
+    return http(d, "POST", path, "text/plain", "", 0, false, NULL);
+}
+
+/* The child's memory is sampled while it runs: its measured size and its reservation
+ * follow what it grows to. */
+static void test_measured_size_follows_the_child(void **state)
+{
+    struct daemon d = {0};
+    assert_int_equal(start(&d, "5m", NULL), 0);
+    assert_true(child_pid(&d) > 0);
+    long long before = json_field(&d, "/v1/models/py", "memory.measured_bytes");
+    assert_true(before > (1 << 20));
+    assert_int_equal(grow(&d, 96), 200);
+    long long want = before + (80LL << 20);
+    WAIT_UNTIL(json_field(&d, "/v1/models/py", "memory.measured_bytes") >= want);
+    assert_true(json_field(&d, "/v1/models/py", "memory.measured_bytes") >= want);
+    assert_true(json_field(&d, "/v1/models/py", "memory.reserved_bytes") >= want);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* A child that grows past the budget: a warning, and the model goes once idle (its
+ * child stopped); its last size is what its next load would reserve, so the next request
+ * is refused as too big rather than started over the budget. */
+static void test_growth_past_the_budget(void **state)
+{
+    struct daemon d = {0};
+    assert_int_equal(start(&d, "5m", "[memory]\nbudget = 400MiB\nwatch_pressure = no\n\n"),
+                     0);
+    long pid = child_pid(&d);
+    assert_true(pid > 0);
+    assert_int_equal(grow(&d, 450), 200);
+    assert_true(daemon_wait_log(&d, "model server grew past the budget", 1) >= 1);
+    WAIT_UNTIL(!alive(pid));
+    assert_false(alive(pid));
+    assert_true(state_is(&d, "py", "unloaded"));
+    struct larder__http_response resp = {0};
+    assert_int_equal(infer(&d, "py", &resp), 503);
+    assert_string_equal(error_code(&resp), "too_big");
+    larder__http_response_clear(&resp);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 static void test_early_exit_names_its_stderr(void **state)
 {
     struct daemon d = {0};
@@ -359,6 +405,8 @@ int main(void)
         cmocka_unit_test_teardown(test_ttl_stops_the_child, daemon_teardown),
         cmocka_unit_test_teardown(test_crash_then_restart, daemon_teardown),
         cmocka_unit_test_teardown(test_sigkilled_larderd_leaves_no_child, daemon_teardown),
+        cmocka_unit_test_teardown(test_measured_size_follows_the_child, daemon_teardown),
+        cmocka_unit_test_teardown(test_growth_past_the_budget, daemon_teardown),
         cmocka_unit_test_teardown(test_early_exit_names_its_stderr, daemon_teardown),
         cmocka_unit_test_teardown(test_health_never_answers, daemon_teardown),
         cmocka_unit_test(test_bad_values),
