@@ -274,6 +274,14 @@ static bool same_process(pid_t pid, uint64_t start)
     return proc_stat(pid, &st, NULL, NULL, &t) == 0 && st != 'Z' && t == start;
 }
 
+/* True when pid is the zombie of the process started at `start`. */
+static bool leader_corpse(pid_t pid, uint64_t start)
+{
+    char st;
+    uint64_t t;
+    return proc_stat(pid, &st, NULL, NULL, &t) == 0 && st == 'Z' && t == start;
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -319,9 +327,10 @@ static unsigned reap_stale(struct larder__children *s)
                 waitfor[nwait] = pid;
                 waitstart[nwait++] = r.start;
             }
-        } else if (kill(pid, 0) < 0 && errno == ESRCH) {
-            /* the leader is gone: its pid cannot have been handed to a new process
-             * group while the old group lives, so whatever answers -pgid is left of it */
+        } else if ((kill(pid, 0) < 0 && errno == ESRCH) || leader_corpse(pid, r.start)) {
+            /* the leader is gone (or only its zombie is left, where nothing reaps
+             * orphans): its pid cannot have been handed to a new process group while
+             * the old group lives, so whatever answers -pgid is left of it */
             if (kill(-pgid, SIGKILL) == 0)
                 ended++;
         }

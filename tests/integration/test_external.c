@@ -271,6 +271,64 @@ static void test_sigkilled_larderd_leaves_no_child(void **state)
     assert_false(alive(pid2));
 }
 
+/* Gone: no such process, or only its zombie left. */
+static bool gone(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return !alive(pid);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'Z';
+}
+
+/* The records in state_dir, proved: the command ignores SIGTERM and leaves a grandchild
+ * (which ignores it too) in its process group. PR_SET_PDEATHSIG is the child's alone, so
+ * when larderd is SIGKILLed the server dies but the grandchild lives on; the next larderd
+ * on the same state_dir ends the recorded group at its start. */
+static void test_next_start_ends_the_leftover_group(void **state)
+{
+    char pidfile[192], more[1024];
+    snprintf(pidfile, sizeof pidfile, "%s/grandchild.pid", state_dir);
+    unlink(pidfile);
+    snprintf(more, sizeof more,
+             "[model.stubborn]\n"
+             "command = /bin/sh -c 'trap \"\" TERM; sleep 600 & echo $! > %s; "
+             "exec " PYTHON " " SERVER " --port ${PORT}'\n"
+             "infer_path = /predict\nstop_timeout = 1s\n\n", pidfile);
+    struct daemon d = {0};
+    assert_int_equal(start(&d, "5m", more), 0);
+    struct larder__http_response resp = {0};
+    assert_int_equal(infer(&d, "stubborn", &resp), 200);
+    const char *p = strstr(resp.body, "\"pid\":");
+    long server = p ? strtol(p + 6, NULL, 10) : -1;
+    larder__http_response_clear(&resp);
+    assert_true(server > 0);
+    FILE *f = fopen(pidfile, "r");
+    assert_non_null(f);
+    long grandchild = -1;
+    assert_int_equal(fscanf(f, "%ld", &grandchild), 1);
+    fclose(f);
+    assert_true(grandchild > 0 && getpgid((pid_t)grandchild) == getpgid((pid_t)server));
+
+    assert_int_equal(kill(d.pid, SIGKILL), 0);
+    WAIT_UNTIL(gone(server));
+    assert_true(gone(server));
+    assert_false(gone(grandchild)); /* beyond PR_SET_PDEATHSIG's reach */
+    daemon_stop(&d);
+
+    struct daemon d2 = {0};
+    assert_int_equal(start(&d2, "5m", more), 0);
+    WAIT_UNTIL(gone(grandchild));
+    assert_true(gone(grandchild));
+    assert_int_equal(daemon_stop(&d2), 0);
+    unlink(pidfile);
+}
+
 static int grow(struct daemon *d, int mib)
 {
     char path[96];
@@ -405,6 +463,7 @@ int main(void)
         cmocka_unit_test_teardown(test_ttl_stops_the_child, daemon_teardown),
         cmocka_unit_test_teardown(test_crash_then_restart, daemon_teardown),
         cmocka_unit_test_teardown(test_sigkilled_larderd_leaves_no_child, daemon_teardown),
+        cmocka_unit_test_teardown(test_next_start_ends_the_leftover_group, daemon_teardown),
         cmocka_unit_test_teardown(test_measured_size_follows_the_child, daemon_teardown),
         cmocka_unit_test_teardown(test_growth_past_the_budget, daemon_teardown),
         cmocka_unit_test_teardown(test_early_exit_names_its_stderr, daemon_teardown),
