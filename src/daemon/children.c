@@ -527,10 +527,13 @@ static void reap(struct larder__children *s, struct larder__child *c)
     c->exited = true;
     c->status = status;
     c->in_cb = c->on_exit != NULL;
+    /* Without a callback, c may be freed as soon as the lock goes: read nothing of it. */
+    larder__child_exit_fn on_exit = c->on_exit;
+    void *ctx = c->on_exit_ctx;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->mu);
-    if (c->on_exit) {
-        c->on_exit(c->on_exit_ctx, c, status);
+    if (on_exit) {
+        on_exit(ctx, c, status);
         pthread_mutex_lock(&s->mu);
         c->in_cb = false;
         pthread_cond_broadcast(&s->cond);

@@ -57,6 +57,7 @@ struct larder__ext_run {
     int status;
     char tail[TAIL_LINES][TAIL_LINE_MAX];
     unsigned n_tail;           /* lines written in all; the last TAIL_LINES are kept */
+    pid_t pid;                 /* the child's, set before the reader starts; 0 when none */
     uint64_t start_ticks;      /* the child's start time, to tell it from a reused pid */
     int keep[KEEP_MAX];        /* idle connections to the child, the newest last */
     unsigned n_keep;
@@ -110,7 +111,7 @@ void larder__ext_target(const struct larder__ext_run *x, const char **ret_host,
 
 int larder__ext_pid(const struct larder__ext_run *x)
 {
-    return x && x->child ? (int)larder__child_pid(x->child) : 0;
+    return x ? (int)x->pid : 0;
 }
 
 /* ---- kept-alive connections ----------------------------------------------------------- */
@@ -508,6 +509,8 @@ static int spawn(struct larder__ext_run *x, char *err, size_t errlen)
             .on_exit_ctx = x,
         };
         r = larder__child_spawn(ud->d->children, &spec, &x->child, err, errlen);
+        if (r == 0)
+            x->pid = larder__child_pid(x->child);
         close(fds[1]);
         x->out_fd = fds[0];
     }
