@@ -1,7 +1,10 @@
 /* larderd reverse proxy to external models, and the small HTTP/1.1 client under it.
  *
- * A proxied request runs on a thread of its own: it connects to the child, sends the
- * request head and body, reads the response head (bounded by the request's timeout: past
+ * A proxied request takes one of the model's kept-alive connections to the child when
+ * there is one (external.h) and sends its head and body at once from the thread that
+ * got the lease; then one of the proxy's threads (elastic: idle ones are reused, a new
+ * one starts only when none is idle, up to 512; 30 s idle and it ends) connects when
+ * needed, sends the rest, reads the response head (bounded by the request's timeout: past
  * it 504 `upstream_timeout`; a refused or broken connection is 502 `upstream_error`, or
  * 502 `model_crashed` when the child has died), and answers the client with the child's
  * status and end-to-end headers. The body then flows as it comes: a bounded buffer
@@ -9,6 +12,9 @@
  * a chunked or close-delimited body re-sent chunked, so server-sent events reach the
  * client one by one. Hop-by-hop headers (Connection, Keep-Alive, Transfer-Encoding, TE,
  * Trailer, Upgrade, Proxy-*) are dropped both ways.
+ *
+ * A connection whose exchange ended cleanly (the whole body read, keep-alive allowed,
+ * nothing past the body) goes back to the model's pool; any other is closed.
  *
  * The lease is held for the whole exchange and released when the last byte has been
  * handed to the client, or when the client goes away (the connection to the child is
