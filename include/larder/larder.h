@@ -319,6 +319,18 @@ LARDER_API unsigned larder_preload_pending(larder *m);
  * idle loaded component whose new ttl has already run out is unloaded by the reaper at
  * once. Errors: -EINVAL, LARDER_ENOTFOUND. */
 LARDER_API int larder_set_ttl(larder *m, const char *name, int64_t ttl_ms);
+/* A new measurement of a loaded component's size, from its owner (a component whose
+ * memory lives outside the process, say, sampled while it runs): its measured size
+ * becomes `bytes` (method CLASS; what the next load reserves). The reservation never
+ * shrinks while loaded; when bytes exceed it, it grows: idle components are evicted by
+ * policy to make room, without waiting. When even that leaves no room, the reservation
+ * grows all the same (the memory is in use) and the manager is over its budget: no load
+ * is admitted until it is back under, idle components go by policy (this one too, once
+ * it is idle) and leased ones when their last lease returns, as after a lowered budget;
+ * a LARDER_EVENT_PRESSURE event says so, and LARDER_ENOSPC is returned. Errors: -EINVAL
+ * (NULL, bytes 0), LARDER_ENOTFOUND, -EAGAIN (not loaded now: loading, unloading, or
+ * not at all). Any thread; it may run an eviction's unload on the caller's thread. */
+LARDER_API int larder_update_measured(larder *m, const char *name, uint64_t bytes);
 
 /* Drains and unloads: refuses new leases (LARDER_EDRAINING), waits up to timeout_ms for
  * the leases out, then unloads. On timeout the component keeps serving and

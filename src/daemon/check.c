@@ -313,12 +313,57 @@ static int unknown_backend(struct larder__report *r, struct larder__backends *bs
                               model_section(m, sec, sizeof sec), "backend", "%s%s", msg, hint);
 }
 
+/* True when cmd (a path, or a name looked up in PATH) names an executable file; a relative
+ * path counts from dir. */
+static bool executable(const char *cmd, const char *dir)
+{
+    char buf[4096];
+    struct stat st;
+    if (strchr(cmd, '/')) {
+        snprintf(buf, sizeof buf, "%s%s%s", cmd[0] == '/' ? "" : dir, cmd[0] == '/' ? "" : "/",
+                 cmd);
+        return stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0;
+    }
+    const char *path = getenv("PATH");
+    for (const char *p = path ? path : "/usr/bin:/bin"; *p;) {
+        size_t n = strcspn(p, ":");
+        snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? p : ".", cmd);
+        if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
+            return true;
+        p += n + (p[n] == ':');
+    }
+    return false;
+}
+
+/* An external model: its working directory, and a command that can be run. */
+static int check_external(struct larder__report *r, const struct larder__config *c,
+                          const struct larder__model_conf *m)
+{
+    char sec[160];
+    struct stat st;
+    const char *dir = m->ext.workdir ? m->ext.workdir : c->dir;
+    model_section(m, sec, sizeof sec);
+    if (m->ext.workdir && (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)))
+        return larder__report_add(r, LARDER__SEV_ERROR, false, c->file, m->line, sec, "workdir",
+                                  "%s: not a directory", dir);
+    if (m->ext.argv && !strstr(m->ext.argv[0], "${") && !executable(m->ext.argv[0], dir))
+        return larder__report_add(r, LARDER__SEV_ERROR, false, c->file, m->ext.command_line,
+                                  sec, "command", "'%s' is not an executable file%s",
+                                  m->ext.argv[0], strchr(m->ext.argv[0], '/') ? ""
+                                                                             : " found in PATH");
+    return 0;
+}
+
 /* Checks one model and estimates it. */
 static int check_model(struct larder__report *r, struct larder__backends *bs,
                        const struct larder__config *c, size_t idx)
 {
     const struct larder__model_conf *m = &c->models[idx];
     char msg[MSGLEN], sec[160];
+    if (m->isolation == LARDER__ISOLATION_EXTERNAL) {
+        r->estimates[idx] = estimate_model(NULL, m);
+        return check_external(r, c, m);
+    }
     struct larder__backend *be = NULL;
     int errors = 0, e = 0;
     if (m->path && access(m->path, R_OK) != 0) {
@@ -459,7 +504,8 @@ static void print_models(const struct larder__config *c, const struct larder__re
     for (size_t i = 0; i < c->n_models; i++) {
         const struct larder__estimate *e = &r->estimates[i];
         larder__format_size(e->bytes, b, sizeof b);
-        fprintf(out, "model %-24s %-14s %12s  (%s)\n", c->models[i].name, c->models[i].backend,
+        fprintf(out, "model %-24s %-14s %12s  (%s)\n", c->models[i].name,
+                c->models[i].backend ? c->models[i].backend : "external",
                 e->source ? b : "?", e->source ? e->source : "unknown until loaded");
     }
 }

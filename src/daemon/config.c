@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "cmdline.h"
 #include "events.h"
 #include "larder/larder.h"
 
@@ -65,6 +66,7 @@ struct parser {
     size_t cap_models;
     size_t cap_opts;              /* of the current model's options */
     const char *hint;             /* set by a value parser: explains its error */
+    char ext_hint[320];           /* the text p->hint points at for external keys */
 };
 
 static void out_of_memory(struct parser *p)
@@ -624,11 +626,15 @@ static int memory_value(struct parser *p, int k, const char *v)
 
 enum model_key {
     MD_BACKEND, MD_PATH, MD_INSTANCES, MD_TTL, MD_PRELOAD, MD_PIN, MD_PRIORITY,
-    MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT, MD_N
+    MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT,
+    MD_ISOLATION, MD_COMMAND, MD_ENV, MD_WORKDIR, MD_HEALTH, MD_PROXY, MD_STOP_TIMEOUT,
+    MD_INFER_PATH, MD_N
 };
 static const char *const model_keys[MD_N + 1] = {
     "backend", "path", "instances", "ttl", "preload", "pin", "priority",
     "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", "infer_timeout",
+    "isolation", "command", "env", "workdir", "health", "proxy", "stop_timeout",
+    "infer_path",
 };
 _Static_assert(SK_N <= MAX_KEYS && MK_N <= MAX_KEYS && MD_N <= MAX_KEYS, "struct keyset");
 
@@ -639,8 +645,150 @@ static int dup_str(char **slot, const char *v)
     return *slot ? 0 : -ENOMEM;
 }
 
+/* ---- external models: isolation, command and the keys that go with it ---------------- */
+
+/* The parser's hint buffer for a message made here (one per parser: one key at a time). */
+static const char *ext_hint(struct parser *p, const char *msg)
+{
+    snprintf(p->ext_hint, sizeof p->ext_hint, "%s", msg);
+    p->hint = p->ext_hint;
+    return p->hint;
+}
+
+static int ext_words(struct parser *p, const char *v, char ***slot, size_t *n)
+{
+    char msg[256];
+    char **words = NULL;
+    size_t count = 0;
+    int r = larder__cmdline_check_macros(v, msg, sizeof msg);
+    if (r == 0)
+        r = larder__cmdline_split(v, &words, &count, msg, sizeof msg);
+    if (r == -EINVAL)
+        ext_hint(p, msg);
+    if (r < 0)
+        return r;
+    larder__cmdline_free(*slot);
+    *slot = words;
+    *n = count;
+    return 0;
+}
+
+/* KEY=VALUE words, KEY a shell-style name. */
+static int ext_env(struct parser *p, struct larder__model_conf *m, const char *v)
+{
+    int r = ext_words(p, v, &m->ext.env, &m->ext.n_env);
+    for (size_t i = 0; r == 0 && i < m->ext.n_env; i++) {
+        const char *w = m->ext.env[i];
+        size_t k = strspn(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_");
+        if (k == 0 || w[k] != '=' || (w[0] >= '0' && w[0] <= '9')) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "'%.64s' is not KEY=VALUE", w);
+            ext_hint(p, msg);
+            r = -EINVAL;
+        }
+    }
+    return r;
+}
+
+/* A path of the child's server: starts with '/', no blank or control character. */
+static int ext_url_path(struct parser *p, const char *v, char **slot)
+{
+    for (const unsigned char *c = (const unsigned char *)v; *c; c++)
+        if (*c <= ' ' || *c == 0x7f)
+            return ext_hint(p, "a path holds no blank or control character"), -EINVAL;
+    if (v[0] != '/')
+        return ext_hint(p, "a path starts with '/'"), -EINVAL;
+    return dup_str(slot, v);
+}
+
+/* http://HOST[:PORT][/PREFIX], macros allowed. */
+static int ext_proxy(struct parser *p, const char *v, char **slot)
+{
+    char msg[256];
+    if (strncmp(v, "https://", 8) == 0)
+        return ext_hint(p, "larderd speaks plain HTTP to its children: use http://"), -EINVAL;
+    if (strncmp(v, "http://", 7) != 0 || !v[7] || v[7] == '/' || v[7] == ':')
+        return ext_hint(p, "a base URL such as http://127.0.0.1:${PORT}"), -EINVAL;
+    for (const unsigned char *c = (const unsigned char *)v; *c; c++)
+        if (*c <= ' ' || *c == 0x7f || *c == '?' || *c == '#')
+            return ext_hint(p, "a base URL holds no blank, control character, query or "
+                               "fragment"), -EINVAL;
+    if (larder__cmdline_check_macros(v, msg, sizeof msg) < 0)
+        return ext_hint(p, msg), -EINVAL;
+    return dup_str(slot, v);
+}
+
+static int ext_value(struct parser *p, struct larder__model_conf *m, int k, const char *v)
+{
+    switch (k) {
+    case MD_ISOLATION:
+        if (strcmp(v, "in-process") == 0)
+            m->isolation = LARDER__ISOLATION_IN_PROCESS;
+        else if (strcmp(v, "external") == 0)
+            m->isolation = LARDER__ISOLATION_EXTERNAL;
+        else
+            return ext_hint(p, "in-process or external"), -EINVAL;
+        return 0;
+    case MD_COMMAND:
+        m->ext.command_line = p->line;
+        return ext_words(p, v, &m->ext.argv, &m->ext.argc);
+    case MD_ENV: return ext_env(p, m, v);
+    case MD_WORKDIR: return set_path(p, &m->ext.workdir, v);
+    case MD_HEALTH: return ext_url_path(p, v, &m->ext.health);
+    case MD_INFER_PATH: return ext_url_path(p, v, &m->ext.infer_path);
+    case MD_PROXY: return ext_proxy(p, v, &m->ext.proxy);
+    case MD_STOP_TIMEOUT: return positive_duration(v, &m->ext.stop_timeout_ms);
+    }
+    return -EINVAL;
+}
+
+/* Checks of an external model's section once it is complete, and its defaults. */
+static void close_external(struct parser *p, struct larder__model_conf *m,
+                           const struct keyset *ks)
+{
+    static const int only_external[] = {MD_ENV, MD_WORKDIR, MD_HEALTH, MD_PROXY,
+                                        MD_STOP_TIMEOUT, MD_INFER_PATH};
+    bool external = ks->line[MD_COMMAND] ||
+                    ((ks->ok & (1ul << MD_ISOLATION)) &&
+                     m->isolation == LARDER__ISOLATION_EXTERNAL);
+    if (!external) {
+        for (size_t i = 0; i < sizeof only_external / sizeof only_external[0]; i++)
+            if (ks->line[only_external[i]])
+                fail_at(p, ks->line[only_external[i]], p->section,
+                        model_keys[only_external[i]],
+                        "only an external model takes it (set command = ...)");
+        return;
+    }
+    if ((ks->ok & (1ul << MD_ISOLATION)) && m->isolation != LARDER__ISOLATION_EXTERNAL)
+        fail_at(p, ks->line[MD_ISOLATION], p->section, "isolation",
+                "a model with a command is external: write isolation = external or drop it");
+    m->isolation = LARDER__ISOLATION_EXTERNAL;
+    if (!ks->line[MD_COMMAND])
+        fail_at(p, ks->line[MD_ISOLATION], p->section, "command",
+                "missing (required with isolation = external)");
+    if (ks->line[MD_BACKEND])
+        fail_at(p, ks->line[MD_BACKEND], p->section, "backend",
+                "an external model has no backend: its command serves it");
+    if (ks->line[MD_INSTANCES])
+        fail_at(p, ks->line[MD_INSTANCES], p->section, "instances",
+                "an external model has no instances: its server takes concurrent requests");
+    for (size_t i = 0; i < m->n_opts; i++)
+        fail_at(p, m->opt_lines[i], p->section, m->opts[i].key,
+                "unknown key for an external model");
+    if (!m->ext.health && dup_str(&m->ext.health, "/health") < 0)
+        out_of_memory(p);
+    if (!m->ext.infer_path && dup_str(&m->ext.infer_path, "/infer") < 0)
+        out_of_memory(p);
+    if (!m->ext.proxy && dup_str(&m->ext.proxy, "http://127.0.0.1:${PORT}") < 0)
+        out_of_memory(p);
+    if (!m->ext.stop_timeout_ms)
+        m->ext.stop_timeout_ms = 10000;
+}
+
 static int model_value(struct parser *p, struct larder__model_conf *m, int k, const char *v)
 {
+    if (k >= MD_ISOLATION)
+        return ext_value(p, m, k, v);
     switch (k) {
     case MD_BACKEND:
         m->backend_line = p->line;
@@ -785,7 +933,8 @@ static void close_model(struct parser *p)
 {
     struct larder__model_conf *m = p->model;
     const struct keyset *ks = &p->model_ks;
-    if (!ks->line[MD_BACKEND])
+    close_external(p, m, ks);
+    if (!ks->line[MD_BACKEND] && m->isolation != LARDER__ISOLATION_EXTERNAL)
         fail_at(p, m->line, p->section, "backend", "missing (required)");
     if ((ks->ok & (1ul << MD_GPU_MEMORY)) && m->gpu_bytes && !ks->line[MD_GPU])
         fail_at(p, ks->line[MD_GPU_MEMORY], p->section, "gpu_memory",
@@ -1530,6 +1679,12 @@ static void model_conf_free(struct larder__model_conf *m)
     free(m->backend);
     free(m->path);
     free(m->fallback);
+    larder__cmdline_free(m->ext.argv);
+    larder__cmdline_free(m->ext.env);
+    free(m->ext.workdir);
+    free(m->ext.health);
+    free(m->ext.proxy);
+    free(m->ext.infer_path);
 }
 
 struct larder__config *larder__config_free(struct larder__config *c)
@@ -1575,6 +1730,25 @@ static bool str_eq(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+static bool words_eq(char *const *a, char *const *b)
+{
+    size_t i = 0;
+    for (; a && b && a[i] && b[i]; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return (!a || !a[i]) && (!b || !b[i]);
+}
+
+static bool external_conf_equal(const struct larder__model_conf *a,
+                                const struct larder__model_conf *b)
+{
+    const struct larder__external_conf *x = &a->ext, *y = &b->ext;
+    return a->isolation == b->isolation && words_eq(x->argv, y->argv) &&
+           words_eq(x->env, y->env) && str_eq(x->workdir, y->workdir) &&
+           str_eq(x->health, y->health) && str_eq(x->proxy, y->proxy) &&
+           str_eq(x->infer_path, y->infer_path) && x->stop_timeout_ms == y->stop_timeout_ms;
+}
+
 bool larder__model_conf_equal(const struct larder__model_conf *a,
                               const struct larder__model_conf *b)
 {
@@ -1583,7 +1757,8 @@ bool larder__model_conf_equal(const struct larder__model_conf *a,
         a->instances != b->instances || a->ttl_ms != b->ttl_ms || a->preload != b->preload ||
         a->pin != b->pin || a->priority != b->priority || a->memory_bytes != b->memory_bytes ||
         a->queue != b->queue || a->timeout_ms != b->timeout_ms || a->gpu != b->gpu ||
-        a->gpu_bytes != b->gpu_bytes || a->n_opts != b->n_opts)
+        a->gpu_bytes != b->gpu_bytes || a->n_opts != b->n_opts ||
+        !external_conf_equal(a, b))
         return false;
     for (size_t i = 0; i < a->n_opts; i++)
         if (!str_eq(a->opts[i].key, b->opts[i].key) ||

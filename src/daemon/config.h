@@ -28,6 +28,27 @@
 #define LARDER__DEFAULT_PORT 8377
 #define LARDER__NODE_NAME_MAX 64
 
+/* Where a model runs ([model.NAME] isolation; DESIGN.md section 5). */
+enum larder__isolation {
+    LARDER__ISOLATION_IN_PROCESS = 0, /* the backend plugin inside larderd */
+    LARDER__ISOLATION_EXTERNAL,       /* a command serving HTTP, reverse-proxied */
+};
+
+/* An external model: a command larderd starts on first use and proxies to. */
+struct larder__external_conf {
+    char **argv;                  /* the command split into words, NULL-terminated; the
+                                   * ${PORT} and ${MODEL} macros are still in them */
+    size_t argc;
+    char **env;                   /* KEY=VALUE words added to the environment; may be NULL */
+    size_t n_env;
+    char *workdir;                /* resolved; NULL = the config file's directory */
+    char *health;                 /* path polled until it answers 200; default /health */
+    char *proxy;                  /* base URL, macros in it; default http://127.0.0.1:${PORT} */
+    char *infer_path;             /* where POST .../infer goes; default /infer */
+    int64_t stop_timeout_ms;      /* SIGTERM to SIGKILL; default 10 s */
+    unsigned command_line;        /* line of the command key */
+};
+
 struct larder__model_conf {
     char *name;
     char *backend;
@@ -51,6 +72,8 @@ struct larder__model_conf {
     unsigned path_line;           /* line of the path key (0 = none) */
     unsigned fallback_line;       /* line of the fallback key (0 = none) */
     int64_t infer_timeout_ms;     /* one inference's deadline; 0 = none */
+    enum larder__isolation isolation;
+    struct larder__external_conf ext; /* isolation = external only */
 };
 
 struct larder__config {

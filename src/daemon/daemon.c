@@ -1,5 +1,8 @@
 /* larderd: start-up, signals, reload and shutdown (see daemon.h). */
 #include "daemon.h"
+#include "children.h"
+#include "external.h"
+#include "proxy.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -78,14 +81,21 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
                         size_t errlen)
 {
     struct larder__backend *be;
-    int r = check_model(d, c, m, err, errlen);
-    if (r < 0 || (r = larder__backend_get(d->backends, m->backend, &be, err, errlen)) < 0)
-        return r;
     struct larder_component_opts o;
     larder_component_opts_init(&o);
-    o.cls = larder__backend_class(be);
-    o.ud = larder__model_ud_new(be, c, m);
-    o.ud_free = larder__model_ud_free;
+    int r = 0;
+    if (m->isolation == LARDER__ISOLATION_EXTERNAL) {
+        o.cls = larder__ext_class();
+        o.ud = larder__ext_ud_new(d, c, m);
+        o.ud_free = larder__ext_ud_free;
+    } else {
+        r = check_model(d, c, m, err, errlen);
+        if (r < 0 || (r = larder__backend_get(d->backends, m->backend, &be, err, errlen)) < 0)
+            return r;
+        o.cls = larder__backend_class(be);
+        o.ud = larder__model_ud_new(be, c, m);
+        o.ud_free = larder__model_ud_free;
+    }
     o.path = regular_file(m->path) ? m->path : NULL;
     o.ttl_ms = m->ttl_ms;
     o.max_instances = m->instances;
@@ -99,7 +109,7 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
     o.queue_max = m->queue;
     if (!o.ud)
         r = -ENOMEM;
-    else
+    else if (m->isolation != LARDER__ISOLATION_EXTERNAL)
         larder__model_ud_set_estimate(o.ud, probed);
     larder *mgr = r == 0 ? larder__mgr_get(d) : NULL;
     if (r == 0)
@@ -107,7 +117,8 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
     if (mgr)
         larder__mgr_put(d);
     if (r < 0) {
-        larder__model_ud_free(o.ud);
+        if (o.ud)
+            o.ud_free(o.ud);
         snprintf(err, errlen, "%s:%u: [model.%s]: %s", c->file, m->line, m->name,
                  larder_strerror(r));
     }
@@ -680,6 +691,13 @@ static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
     /* Forked before any thread starts; it validates while the daemon sets up. */
     if (r < 0 || (r = larder__probe_start(d->prog, c, true, &p, err, errlen)) < 0)
         return r;
+    unsigned reaped = 0;
+    if ((r = larder__children_open(c->state_dir, &d->children, &reaped, err, errlen)) < 0)
+        return r;
+    if (reaped)
+        larder__log(LARDER__LOG_WARN, "ended the model processes of a larderd that died",
+                    json_pack("{s:i,s:s?}", "processes", (int)reaped, "state_dir",
+                              c->state_dir));
     if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
         (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
         (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0)
@@ -802,6 +820,7 @@ static unsigned stop_all(struct larder__daemon *d)
     }
     if (d->events)
         larder__events_close(d->events);
+    unsigned streams_left = larder__proxy_close_all(WRITE_MS);
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
     unsigned loads_left = close_manager(d);
     wait_jobs(d, streams ? WRITE_MS : SETTLE_MS, false);
@@ -817,6 +836,12 @@ static unsigned stop_all(struct larder__daemon *d)
     stuck += loads_left;
     d->infer_pool = d->admin_pool = NULL;
     d->http = larder__http_stop(d->http);
+    /* Children whose unload did not run (a lease still out) are ended here; with threads
+     * left inside a call the supervisor stays, and the children die with the process. */
+    if (stuck || streams_left)
+        larder__ext_stop_all();
+    else
+        d->children = (larder__children_close(d->children, 2000), NULL);
     if (stuck) {
         larder__log(LARDER__LOG_WARN, "stopping: threads still inside a backend call",
                     json_pack("{s:i,s:i,s:s}", "threads", (int)stuck, "loads",
@@ -875,14 +900,36 @@ static void check_pending(struct larder__daemon *d)
         atomic_store(&d->retry_armed, true);
 }
 
+static void sample_job(void *arg)
+{
+    struct larder__daemon *d = arg;
+    larder__ext_sample(d);
+    atomic_store(&d->sample_queued, false);
+}
+
+/* Once a second while external models run: their process trees' memory, measured. */
+static void sample_external(struct larder__daemon *d, double *next)
+{
+    double now = larder__now();
+    if (now < *next)
+        return;
+    *next = now + 1.0;
+    if (larder__ext_running(d) && !atomic_exchange(&d->sample_queued, true) &&
+        larder__pool_submit(d->admin_pool, sample_job, d) < 0)
+        atomic_store(&d->sample_queued, false);
+}
+
 static void run_loop(struct larder__daemon *d, const sigset_t *set)
 {
-    double next_ping = larder__now() + 15;
+    double next_ping = larder__now() + 15, next_sample = 0;
     for (;;) {
-        /* Every 15 s a ping to the event streams; every 250 ms a look at pending models. */
+        /* Every 15 s a ping to the event streams; every 250 ms a look at pending models;
+         * every second, while external models run, a sample of their memory. */
         struct timespec ts = {15, 0};
         if (atomic_load(&d->retry_armed))
             ts = (struct timespec){0, 250 * 1000 * 1000};
+        else if (larder__ext_running(d))
+            ts = (struct timespec){1, 0};
         int sig = sigtimedwait(set, NULL, &ts);
         if (sig == SIGHUP) {
             char err[ERRLEN];
@@ -895,6 +942,7 @@ static void run_loop(struct larder__daemon *d, const sigset_t *set)
             return;
         } else if (sig < 0 && errno == EAGAIN) {
             check_pending(d);
+            sample_external(d, &next_sample);
             if (larder__now() >= next_ping) {
                 larder__events_ping(d->events);
                 next_ping = larder__now() + 15;

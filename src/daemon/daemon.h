@@ -29,6 +29,7 @@ struct larder__daemon {
     pthread_mutex_t reload_lock;    /* one reload at a time; guards pending */
     json_t *pending;                /* models whose drop or change waits (see reload); NULL */
     atomic_bool retry_armed;        /* pending models are watched for the background retry */
+    atomic_bool sample_queued;      /* the external models' memory sample is on the admin pool */
     pthread_rwlock_t mgr_lock;      /* mgr: readers use it, shutdown closes it */
     larder *mgr;                    /* NULL once closed; see larder__mgr_get */
     struct larder__backends *backends;
@@ -36,6 +37,7 @@ struct larder__daemon {
     struct larder__pool *infer_pool; /* inference */
     struct larder__pool *admin_pool; /* unload, reload, cleanup: may wait for drains */
     struct larder__http *http;
+    struct larder__children *children; /* worker and external model processes */
     atomic_bool stopping;
     atomic_uint inflight;           /* requests suspended on a lease or a job */
     atomic_uint stream_jobs;        /* streamed calls whose job has not ended: the request

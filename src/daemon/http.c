@@ -1006,6 +1006,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     r->http = h;
     r->conn = conn;
     r->bad_path = target_bad(uri);
+    r->target = strdup(uri);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     r->cs = ci ? conn_ref(h, ci->socket_context) : NULL;
@@ -1805,6 +1806,7 @@ static void request_free(struct larder__request *r)
     free(r->body);
     memory_give_back(r);
     free(r->model);
+    free(r->target);
     free(r);
 }
 

@@ -42,6 +42,7 @@ struct larder__request {
     struct larder__conn *cs;    /* the connection's limits and deadlines; may be NULL */
     const char *method;
     const char *url;
+    char *target;               /* the request target as sent, query included, not decoded */
     const char *content_type;   /* NULL when the request has none */
     char *body;                 /* NUL-terminated copy of the body; NULL when empty */
     size_t body_len;

@@ -16,7 +16,9 @@
 #include <strings.h>
 
 #include "api.h"
+#include "external.h"
 #include "log.h"
+#include "proxy.h"
 #include "routes.h"
 #include "stream.h"
 
@@ -42,6 +44,9 @@ struct infer_job {
     struct larder__stream *s;     /* once the stream's headers went out; r is given back */
     struct larder__daemon *d;     /* set once r was given back: counted in d->stream_jobs */
     struct larder__timing timing;
+    /* an external model's request, sent to its infer_path when the lease holds it */
+    struct larder__proxy_request *proxy;
+    int64_t proxy_timeout_ms;
 };
 
 static void job_free(struct infer_job *j)
@@ -51,6 +56,7 @@ static void job_free(struct infer_job *j)
         free((char *)j->params[i].value);
     }
     free(j->params);
+    larder__proxy_request_free(j->proxy);
     free(j->content_type);
     free(j->name);
     free(j->body);
@@ -439,21 +445,36 @@ int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name)
     return ms;
 }
 
-static void reply_acquire_error(struct infer_job *j)
+void larder__reply_acquire_error(struct larder__request *r, const char *name, int err)
 {
     char msg[1024], why[700] = "";
     int64_t cooldown = -1;
-    if (j->err == LARDER_ETOOBIG) {
-        larder__reply_too_big(j->r, j->name, false);
+    if (err == LARDER_ETOOBIG) {
+        larder__reply_too_big(r, name, false);
         return;
     }
-    if (j->err == LARDER_ELOAD || j->err == LARDER_ECOOLDOWN)
-        last_error(j->r->d, j->name, why, sizeof why, &cooldown);
-    snprintf(msg, sizeof msg, "model '%s': %s%s%s", j->name, larder_strerror(j->err),
+    if (err == LARDER_ELOAD || err == LARDER_ECOOLDOWN)
+        last_error(r->d, name, why, sizeof why, &cooldown);
+    snprintf(msg, sizeof msg, "model '%s': %s%s%s", name, larder_strerror(err),
              *why ? ": " : "", why);
     /* Retry-After: the cooldown's real remainder, not a guess. */
-    larder__reply_larder_error_retry(j->r, j->err, msg,
-                                     j->err == LARDER_ECOOLDOWN && cooldown > 0 ? cooldown : -1);
+    larder__reply_larder_error_retry(r, err, msg,
+                                     err == LARDER_ECOOLDOWN && cooldown > 0 ? cooldown : -1);
+}
+
+/* A request for an external model that a fallback running in-process serves: the checks
+ * the route skipped for the external model. */
+static bool backend_can_take(struct infer_job *j)
+{
+    if (!j->content_type || !*j->content_type)
+        larder__reply_error(j->r, 415, "unsupported_media_type",
+                            "the request needs a Content-Type for the fallback '%s'",
+                            larder_lease_served_by(j->lease));
+    else if (j->r->body_len == 0)
+        larder__reply_error(j->r, 400, "empty_body", "the request has no body");
+    else
+        return true;
+    return false;
 }
 
 static void run_infer(void *arg)
@@ -461,11 +482,19 @@ static void run_infer(void *arg)
     struct infer_job *j = arg;
     struct larder__daemon *d = j->r->d;
     if (j->err < 0) {
-        reply_acquire_error(j);
+        larder__reply_acquire_error(j->r, j->name, j->err);
+    } else if (j->proxy && larder__ext_of_lease(j->lease)) {
+        /* The proxy answers, resumes and releases. */
+        larder__proxy_run(j->r, j->lease, j->proxy, j->proxy_timeout_ms);
+        j->proxy = NULL;
+        job_free(j);
+        return;
     } else {
-        run_backend(j);
-        if (j->api && j->api->before_release)
-            j->api->before_release(d, j->api_ud, j->name);
+        if (!j->proxy || backend_can_take(j)) {
+            run_backend(j);
+            if (j->api && j->api->before_release)
+                j->api->before_release(d, j->api_ud, j->name);
+        }
         larder_release(j->lease);
     }
     struct larder__request *r = j->r; /* NULL once a stream gave it back */
@@ -483,6 +512,14 @@ static void on_lease(void *ud, int err, larder_lease *lease)
     j->err = err;
     j->lease = lease;
     j->t_lease = larder__now();
+    if (err >= 0 && j->proxy && larder__ext_of_lease(lease)) {
+        /* An external model's request goes to the proxy's threads at once (it does not
+         * block here): no stop on the inference pool on the way. */
+        larder__proxy_run(j->r, lease, j->proxy, j->proxy_timeout_ms);
+        j->proxy = NULL;
+        job_free(j);
+        return;
+    }
     if (larder__pool_submit(j->r->d->infer_pool, run_infer, j) < 0) {
         /* Only while shutting down with no pool left: answer from here. */
         j->err = err < 0 ? err : LARDER_ECLOSED;
@@ -545,7 +582,7 @@ static struct infer_job *job_new(struct larder__request *r, const char *name, in
         return NULL;
     j->r = r;
     j->timeout_ms = timeout;
-    j->content_type = strdup(r->content_type ? r->content_type : "application/json");
+    j->content_type = strdup(r->content_type ? r->content_type : "");
     j->name = strdup(name);
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, j);
     bool ok = j->name && j->content_type;
@@ -558,12 +595,45 @@ static struct infer_job *job_new(struct larder__request *r, const char *name, in
     return j;
 }
 
+/* An external model's infer: its body goes to the child's infer_path as it is (the child
+ * judges it), with the query. True when the model is external (r is then handled). */
+static bool external_infer(struct larder__request *r, const char *name, int64_t timeout)
+{
+    struct larder__daemon *d = r->d;
+    char *target = NULL;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    bool external = m && m->isolation == LARDER__ISOLATION_EXTERNAL;
+    const char *q = r->target ? strchr(r->target, '?') : NULL;
+    if (external && asprintf(&target, "%s%s", m->ext.infer_path, q ? q : "") < 0)
+        target = NULL;
+    int64_t head_timeout = m && m->infer_timeout_ms ? m->infer_timeout_ms : timeout;
+    bool drop_auth = d->infer != NULL;
+    pthread_rwlock_unlock(&d->conf_lock);
+    if (!external)
+        return false;
+    struct infer_job *j = target ? job_new(r, name, timeout) : NULL;
+    if (j && !(j->proxy = larder__proxy_request_new(r, "POST", target, drop_auth))) {
+        job_free(j);
+        j = NULL;
+    }
+    free(target);
+    if (!j) {
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return true;
+    }
+    j->proxy_timeout_ms = head_timeout;
+    larder__request_suspend(r);
+    acquire(j);
+    return true;
+}
+
 void larder__route_infer(struct larder__request *r, const char *name)
 {
     if (!larder__require_token(r, false))
         return;
     int64_t timeout = model_timeout(r, name);
-    if (timeout < 0)
+    if (timeout < 0 || external_infer(r, name, timeout))
         return;
     if (!r->content_type || !*r->content_type) {
         larder__reply_error(r, 415, "unsupported_media_type",

@@ -1,5 +1,6 @@
 /* larderd routes (see routes.h and docs/http-api.md). */
 #include "routes.h"
+#include "proxy.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -779,6 +780,21 @@ static bool match(const char *pattern, const char *path, char *name, size_t name
     return !*pattern && !*path;
 }
 
+/* "v1/models/NAME/proxy" alone or followed by "/...": NAME into name. */
+static bool proxy_path(const char *path, char *name, size_t namelen)
+{
+    if (strncmp(path, "v1/models/", 10) != 0)
+        return false;
+    const char *p = path + 10;
+    size_t n = strcspn(p, "/");
+    if (n == 0 || n >= namelen || strncmp(p + n, "/proxy", 6) != 0 ||
+        (p[n + 6] && p[n + 6] != '/'))
+        return false;
+    memcpy(name, p, n);
+    name[n] = 0;
+    return true;
+}
+
 static unsigned method_bit(const char *m)
 {
     if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
@@ -805,6 +821,12 @@ void larder__route(struct larder__request *r)
     while (*path == '/')
         path++;
     size_t plen = strlen(path);
+    if (proxy_path(path, name, sizeof name)) { /* any method: the child's routes */
+        r->route = "v1/models/*/proxy/...";
+        r->model = strdup(name);
+        larder__route_proxy(r, name);
+        return;
+    }
     unsigned allowed = 0;
     unsigned m = method_bit(r->method);
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {

@@ -13,6 +13,10 @@
 /* POST /v1/models/{name}/infer (infer.c). */
 void larder__route_infer(struct larder__request *r, const char *name);
 
+/* Answers r for a failed acquire of model `name` (err: the library's code): its message,
+ * the cause of a failed load, Retry-After from the cooldown's remainder. */
+void larder__reply_acquire_error(struct larder__request *r, const char *name, int err);
+
 /* What is left of the cooldown of model `name` after a failed load, in ms; 0 when none.
  * Any thread, no manager lock held (infer.c). */
 int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name);

@@ -653,6 +653,51 @@ void larder__enforce_budget(struct larder *m)
     pthread_mutex_unlock(&m->mu);
 }
 
+/* ---- measurements after the load -------------------------------------------------------- */
+
+int larder_update_measured(larder *m, const char *name, uint64_t bytes)
+{
+    if (!m || !name || !bytes)
+        return -EINVAL;
+    struct comp *c = larder__lookup(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    pthread_mutex_lock(&m->mu);
+    pthread_mutex_lock(&c->mu);
+    if (!c->defined || c->state != LARDER_STATE_READY || c->draining) {
+        bool known = c->defined;
+        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&m->mu);
+        return known ? -EAGAIN : LARDER_ENOTFOUND;
+    }
+    /* m->mu keeps c loaded from here on: evictions and unloads take it first. */
+    c->measured = bytes;
+    c->method = LARDER_MEASURE_CLASS;
+    uint64_t grow = bytes > c->reserved ? bytes - c->reserved : 0;
+    pthread_mutex_unlock(&c->mu);
+    int r = grow ? admit(m, c, grow, 0) : 0;
+    if (r < 0 && r != LARDER_ECLOSED) {
+        charge(m, c, (int64_t)grow);
+        r = LARDER_ENOSPC;
+    }
+    c->ps.bytes = c->reserved;
+    uint64_t reserved = c->reserved, total = m->reserved, budget = m->budget;
+    pthread_mutex_unlock(&m->mu);
+    if (r != LARDER_ENOSPC)
+        return r;
+    char msg[256];
+    snprintf(msg, sizeof msg, "'%s' grew to %llu bytes: reservations %llu over the budget "
+             "%llu; idle components go, leased ones when their last lease returns", c->name,
+             (unsigned long long)reserved, (unsigned long long)total,
+             (unsigned long long)budget);
+    struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_PRESSURE,
+                              .name = c->name, .message = msg,
+                              .bytes = total > budget ? total - budget : 0};
+    larder__emit(m, &ev);
+    larder__enforce_budget(m);
+    return LARDER_ENOSPC;
+}
+
 /* ---- loading -------------------------------------------------------------------------- */
 
 static void load_failed(struct comp *c, int err, const char *msg, bool cooldown, double ms)

@@ -1,6 +1,7 @@
 /* Budget and eviction: idle components make room, leased and pinned ones never do,
  * priorities hold under both policies, surplus instances go before whole models, ttl,
- * set_ttl, trim, a lowered budget, and a model whose measured size does not fit. */
+ * set_ttl, trim, a lowered budget, a model whose measured size does not fit, and sizes
+ * measured again while loaded. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -575,6 +576,76 @@ static void test_oversize_after_load(void **state)
     evlog_free(log);
 }
 
+static uint64_t reserved_of(larder *m, const char *name)
+{
+    struct larder_component_info i;
+    assert_true(comp_info(m, name, &i));
+    return i.reserved_bytes;
+}
+
+/* A loaded component measured again (as an external model's process tree is): the
+ * reservation follows growth, never shrinks, makes room by evicting idle others, and
+ * past the budget it puts the manager over it until the component can go. */
+static void test_update_measured(void **state)
+{
+    struct evlog *log = evlog_new();
+    larder *m = open_budget(log, NULL, 100);
+    struct fake *a = def_comp(m, "a", 10 * U);
+    struct fake *b = def_comp(m, "b", 50 * U);
+    struct fake *c = def_comp(m, "c", 20 * U);
+    assert_err(larder_update_measured(m, "nobody", 10 * U), LARDER_ENOTFOUND);
+    assert_err(larder_update_measured(m, "a", 0), -EINVAL);
+    assert_err(larder_update_measured(NULL, "a", 10 * U), -EINVAL);
+    assert_err(larder_update_measured(m, "a", 10 * U), -EAGAIN); /* not loaded */
+    use(m, "a");
+    use(m, "b");
+
+    /* Growth that fits. */
+    assert_ok(larder_update_measured(m, "a", 30 * U));
+    struct larder_component_info i;
+    assert_true(comp_info(m, "a", &i));
+    assert_int_equal(i.measured_bytes, 30 * U);
+    assert_int_equal(i.measure_method, LARDER_MEASURE_CLASS);
+    assert_int_equal(i.reserved_bytes, 30 * U);
+    /* Shrinking changes the figure, not the reservation. */
+    assert_ok(larder_update_measured(m, "a", 5 * U));
+    assert_true(comp_info(m, "a", &i));
+    assert_int_equal(i.measured_bytes, 5 * U);
+    assert_int_equal(i.reserved_bytes, 30 * U);
+    assert_consistent(m);
+
+    /* Growth that needs room: idle b goes. */
+    assert_ok(larder_update_measured(m, "a", 70 * U));
+    assert_int_equal(state_of(m, "b"), LARDER_STATE_UNLOADED);
+    assert_int_equal(reserved_of(m, "a"), 70 * U);
+    assert_consistent(m);
+
+    /* Past the budget while leased: over it, no load admitted, and a goes as soon as
+     * its lease returns. */
+    larder_lease *l = NULL;
+    assert_ok(fake_acquire(m, "a", patience_ms(), &l));
+    assert_err(larder_update_measured(m, "a", 120 * U), LARDER_ENOSPC);
+    assert_true(evlog_count(log, LARDER_EVENT_PRESSURE, "a") >= 1);
+    assert_int_equal(state_of(m, "a"), LARDER_STATE_READY);
+    assert_int_equal(reserved_of(m, "a"), 120 * U);
+    larder_lease *lc = NULL;
+    assert_err(fake_acquire(m, "c", 0, &lc), LARDER_ETIMEDOUT);
+    fake_release(l);
+    assert_true(wait_state(m, "a", LARDER_STATE_UNLOADED, patience_ms()));
+    assert_consistent(m);
+    /* Its last figure is what its next load reserves: too big now. */
+    assert_err(fake_acquire(m, "a", patience_ms(), &l), LARDER_ETOOBIG);
+    use(m, "c");
+    assert_consistent(m);
+    larder_close(m);
+    struct fake *all[] = {a, b, c};
+    for (size_t k = 0; k < 3; k++) {
+        fake_assert_clean(all[k]);
+        fake_free(all[k]);
+    }
+    evlog_free(log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -592,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_trim),
         cmocka_unit_test(test_set_budget),
         cmocka_unit_test(test_oversize_after_load),
+        cmocka_unit_test(test_update_measured),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
