@@ -517,11 +517,14 @@ static void reap(struct larder__children *s, struct larder__child *c)
     c->pidfd = -1;
     c->exited = true;
     c->status = status;
-    c->in_cb = c->on_exit != NULL;
+    /* read before the lock goes: without a callback, c may be freed at once after */
+    larder__child_exit_fn cb = c->on_exit;
+    void *cb_ctx = c->on_exit_ctx;
+    c->in_cb = cb != NULL;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->mu);
-    if (c->on_exit) {
-        c->on_exit(c->on_exit_ctx, c, status);
+    if (cb) {
+        cb(cb_ctx, c, status);
         pthread_mutex_lock(&s->mu);
         c->in_cb = false;
         pthread_cond_broadcast(&s->cond);

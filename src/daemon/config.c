@@ -600,12 +600,33 @@ static int memory_value(struct parser *p, int k, const char *v)
 
 enum model_key {
     MD_BACKEND, MD_PATH, MD_INSTANCES, MD_TTL, MD_PRELOAD, MD_PIN, MD_PRIORITY,
-    MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT, MD_N
+    MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT,
+    MD_ISOLATION, MD_WORKER_TIMEOUT, MD_N
 };
 static const char *const model_keys[MD_N + 1] = {
     "backend", "path", "instances", "ttl", "preload", "pin", "priority",
     "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", "infer_timeout",
+    "isolation", "worker_timeout",
 };
+
+const char *larder__isolation_name(enum larder__isolation i)
+{
+    switch (i) {
+    case LARDER__ISOLATION_IN_PROCESS: return "in-process";
+    case LARDER__ISOLATION_WORKER: return "worker";
+    }
+    return "?";
+}
+
+static int parse_isolation(const char *v, enum larder__isolation *ret)
+{
+    for (int i = LARDER__ISOLATION_IN_PROCESS; i <= LARDER__ISOLATION_WORKER; i++)
+        if (strcmp(v, larder__isolation_name((enum larder__isolation)i)) == 0) {
+            *ret = (enum larder__isolation)i;
+            return 0;
+        }
+    return -EINVAL;
+}
 _Static_assert(SK_N <= MAX_KEYS && MK_N <= MAX_KEYS && MD_N <= MAX_KEYS, "struct keyset");
 
 static int dup_str(char **slot, const char *v)
@@ -647,6 +668,10 @@ static int model_value(struct parser *p, struct larder__model_conf *m, int k, co
     }
     case MD_GPU_MEMORY: return larder_parse_size(v, &m->gpu_bytes) < 0 ? -EINVAL : 0;
     case MD_INFER_TIMEOUT: return positive_duration(v, &m->infer_timeout_ms);
+    case MD_ISOLATION:
+        p->hint = "in-process or worker";
+        return parse_isolation(v, &m->isolation);
+    case MD_WORKER_TIMEOUT: return positive_duration(v, &m->worker_timeout_ms);
     }
     return -EINVAL;
 }

@@ -27,6 +27,15 @@
 
 #define LARDER__DEFAULT_PORT 8377
 
+/* Where a model runs (`isolation`). */
+enum larder__isolation {
+    LARDER__ISOLATION_IN_PROCESS = 0, /* the plugin inside larderd (the default) */
+    LARDER__ISOLATION_WORKER,         /* the plugin in a larder-worker child process */
+};
+
+/* "in-process", "worker". */
+const char *larder__isolation_name(enum larder__isolation i);
+
 struct larder__model_conf {
     char *name;
     char *backend;
@@ -50,6 +59,8 @@ struct larder__model_conf {
     unsigned path_line;           /* line of the path key (0 = none) */
     unsigned fallback_line;       /* line of the fallback key (0 = none) */
     int64_t infer_timeout_ms;     /* one inference's deadline; 0 = none */
+    enum larder__isolation isolation;
+    int64_t worker_timeout_ms;    /* worker: each call's deadline; 0 = the default (60 s) */
 };
 
 struct larder__config {

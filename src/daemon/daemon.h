@@ -12,6 +12,7 @@
 #include <stdbool.h>
 
 #include "auth.h"
+#include "children.h"
 #include "config.h"
 #include "events.h"
 #include "larder/larder.h"
@@ -32,6 +33,7 @@ struct larder__daemon {
     pthread_rwlock_t mgr_lock;      /* mgr: readers use it, shutdown closes it */
     larder *mgr;                    /* NULL once closed; see larder__mgr_get */
     struct larder__backends *backends;
+    struct larder__children *children; /* the supervisor of worker processes */
     struct larder__events *events;
     struct larder__pool *infer_pool; /* inference */
     struct larder__pool *admin_pool; /* unload, reload, cleanup: may wait for drains */

@@ -96,7 +96,8 @@ AT(larder_class, instance_new, 32);
 AT(larder_class, instance_free, 40);
 AT(larder_class, estimate, 48);
 AT(larder_class, measure, 56);
-SIZE(larder_class, 64);
+AT(larder_class, unload_report, 64); /* 0.1 */
+SIZE(larder_class, 72);
 
 AT(larder_event, struct_size, 0);
 AT(larder_event, type, 8);
