@@ -16,7 +16,6 @@
 #include <strings.h>
 
 #include "log.h"
-#include "remote.h"
 #include "routes.h"
 
 struct infer_job {
@@ -162,10 +161,6 @@ static void reply_backend_error(struct infer_job *j, int e, const char *err,
                             "model '%s': decoding the input needs more request memory than "
                             "is free now; %s", j->name, *err ? err : "try again");
         larder__reply_header(j->r, "Retry-After", "1");
-    } else if (e == LARDER__EWORKER_CRASHED) {
-        larder__reply_error(j->r, 502, "worker_crashed", "model '%s': %s", j->name, err);
-    } else if (e == LARDER__EWORKER_TIMEOUT) {
-        larder__reply_error(j->r, 504, "worker_timeout", "model '%s': %s", j->name, err);
     } else if (e == LARDER_BACKEND_ETOOBIG) {
         larder__reply_error(j->r, 413, "input_too_large", "%s",
                             *err ? err : "the input decodes past the model's limit");
