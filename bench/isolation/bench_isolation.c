@@ -32,7 +32,7 @@ static char *png;
 static size_t png_len;
 
 static const char config[] =
-    "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\nlog_level = warn\n"
+    "[server]\nlisten = 127.0.0.1:0\nadmin_tokens = admin.tokens\n"
     "[memory]\nbudget = 4GiB\nwatch_pressure = no\n"
     "[model.ocr-worker]\nbackend = tesseract\nlanguage = eng\nisolation = worker\n"
     "instances = " "8" "\nttl = -1\n"
@@ -126,6 +126,8 @@ static double cold(const char *model)
 {
     struct bench_daemon d;
     double t = start(&d) < 0 ? -1 : ocr(&d, model);
+    if (t < 0)
+        fprintf(stderr, "bench_isolation: a cold run of %s failed\n", model);
     bench_stop(&d);
     return t;
 }
