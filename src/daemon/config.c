@@ -397,12 +397,12 @@ static const char *const server_keys[SK_N + 1] = {
 enum memory_key {
     MK_BUDGET, MK_POLICY, MK_TTL, MK_LOADER_THREADS, MK_ADMISSION_TIMEOUT,
     MK_HIGH_WATERMARK, MK_LOW_WATERMARK, MK_PSI_TRIGGER, MK_WATCH_PRESSURE, MK_HISTORY,
-    MK_GPU_BUDGET, MK_N
+    MK_GPU_BUDGET, MK_COOLDOWN, MK_N
 };
 static const char *const memory_keys[MK_N + 1] = {
     "budget", "policy", "ttl", "loader_threads", "admission_timeout",
     "high_watermark", "low_watermark", "psi_trigger", "watch_pressure", "history",
-    "gpu_budget",
+    "gpu_budget", "cooldown",
 };
 
 static int key_index(const char *const *keys, int n, const char *key)
@@ -584,6 +584,7 @@ static int memory_value(struct parser *p, int k, const char *v)
     }
     case MK_WATCH_PRESSURE: return larder__parse_bool(v, &c->watch_pressure);
     case MK_GPU_BUDGET: return parse_gpu_budgets(v, c->gpu_budget);
+    case MK_COOLDOWN: return positive_duration(v, &c->cooldown_ms);
     case MK_HISTORY: {
         int64_t ms;
         int r = larder__parse_duration(v, &ms);

@@ -104,6 +104,7 @@ struct larder__config {
     char *psi_trigger;            /* "some 150000 1000000"; "" = none; NULL = default */
     int64_t history_s;            /* memory history kept, seconds; -1 = library default */
     uint64_t gpu_budget[LARDER_MAX_GPUS]; /* device-memory budgets; 0 = not enforced */
+    int64_t cooldown_ms;          /* the first cooldown after a failure; 0 = library default */
     /* [model.NAME], sorted by name */
     struct larder__model_conf *models;
     size_t n_models;              /* 0 is valid: the caller decides what an empty config means */

@@ -386,6 +386,7 @@ static void diff_memory(const struct larder__config *o, const struct larder__con
     changed(ap, rs, "memory.psi_trigger", !str_same(o->psi_trigger, n->psi_trigger), false);
     changed(ap, rs, "memory.watch_pressure", o->watch_pressure != n->watch_pressure, false);
     changed(ap, rs, "memory.history", o->history_s != n->history_s, false);
+    changed(ap, rs, "memory.cooldown", o->cooldown_ms != n->cooldown_ms, false);
 }
 
 /* {"applied": [...], "restart_required": [...]}: the [server] and [memory] keys a reload
@@ -687,6 +688,11 @@ static int open_manager(struct larder__daemon *d, const struct larder__config *c
         o.default_ttl_ms = c->default_ttl_ms;
     if (c->admission_timeout_ms)
         o.admission_timeout_ms = c->admission_timeout_ms;
+    if (c->cooldown_ms) {
+        o.cooldown_min_ms = c->cooldown_ms;
+        if (o.cooldown_max_ms < o.cooldown_min_ms)
+            o.cooldown_max_ms = o.cooldown_min_ms;
+    }
     o.state_dir = c->state_dir;
     if (c->high_watermark > 0)
         o.high_watermark = c->high_watermark;

@@ -190,6 +190,7 @@ static void test_crash_in_infer(void **state)
     (void)state;
     make_marks();
     snprintf(config, sizeof config,
+             "[memory]\ncooldown = 100ms\nwatch_pressure = no\n\n"
              "[model.crashy]\nbackend = workertest\nisolation = worker\ninstances = 2\n"
              "marks = %s\n\n"
              "[model.calm]\nbackend = workertest\nisolation = worker\nmarks = %s\n\n"
@@ -231,6 +232,37 @@ static void test_crash_in_infer(void **state)
     assert_true(second > 0);
     assert_true(second != first);
     assert_true(state_is(&d, "crashy", "ready"));
+    assert_int_equal(daemon_stop(&d), 0);
+    rm_marks();
+}
+
+/* During the cooldown after a crash, the fallback serves. */
+static void test_crash_fallback(void **state)
+{
+    (void)state;
+    make_marks();
+    snprintf(config, sizeof config,
+             "[memory]\ncooldown = 60s\nwatch_pressure = no\n\n"
+             "[model.fragile]\nbackend = workertest\nisolation = worker\nfallback = sturdy\n"
+             "marks = %s\n\n"
+             "[model.sturdy]\nbackend = workertest\nisolation = worker\nmarks = %s\n",
+             marks, marks);
+    struct daemon d;
+    assert_int_equal(start(&d, NULL, config), 0);
+    pid_t first = echo_pid(&d, "fragile");
+    assert_true(first > 0);
+    struct larder__http_response r = {0};
+    assert_int_equal(post_text(&d, "fragile", "crash", &r), 502);
+    assert_string_equal(error_code(&r), "worker_crashed");
+    larder__http_response_clear(&r);
+    WAIT_UNTIL(state_is(&d, "fragile", "failed"));
+    assert_true(state_is(&d, "fragile", "failed"));
+    assert_int_equal(post_text(&d, "fragile", "hello", &r), 200);
+    json_t *j = json_loads(r.body, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "served_by")), "sturdy");
+    assert_true(json_integer_value(json_object_get(j, "pid")) != first);
+    json_decref(j);
+    larder__http_response_clear(&r);
     assert_int_equal(daemon_stop(&d), 0);
     rm_marks();
 }
@@ -594,6 +626,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_crash_in_infer, daemon_teardown),
+        cmocka_unit_test_teardown(test_crash_fallback, daemon_teardown),
         cmocka_unit_test_teardown(test_sigkill_mid_request, daemon_teardown),
         cmocka_unit_test_teardown(test_hang_in_load, daemon_teardown),
         cmocka_unit_test_teardown(test_hang_in_infer, daemon_teardown),
