@@ -22,12 +22,16 @@
 #include "children.h"
 #include "remote.h"
 
-/* The text names the crash's signal: SIGSEGV, or SIGABRT where a sanitizer caught the
- * fault first and aborted. */
+/* The text names the crash's signal: SIGSEGV; under a sanitizer, which catches the fault
+ * first, ASan's abort (SIGABRT) or TSan's exit status 66. */
 static bool crash_signal(const char *text)
 {
     return text && (strstr(text, "killed by signal 11 (SIGSEGV)") ||
-                    strstr(text, "killed by signal 6 (SIGABRT)"));
+                    strstr(text, "killed by signal 6 (SIGABRT)")
+#ifdef __SANITIZE_THREAD__
+                    || strstr(text, "exited with status 66")
+#endif
+                   );
 }
 
 static void sleep_ms(int ms)
@@ -94,12 +98,16 @@ static struct larder__children *kids;
 static int dead_calls;
 static char dead_why[512];
 
+static pthread_mutex_t dead_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void on_dead(void *ctx, struct larder__remote *r, int code, const char *why)
 {
     (void)ctx;
     (void)r;
     (void)code;
+    pthread_mutex_lock(&dead_mu);
     snprintf(dead_why, sizeof dead_why, "%s", why);
+    pthread_mutex_unlock(&dead_mu);
     __atomic_add_fetch(&dead_calls, 1, __ATOMIC_SEQ_CST);
 }
 
@@ -309,7 +317,10 @@ static void test_crash(void **state)
     for (int i = 0; i < 6000 && !__atomic_load_n(&dead_calls, __ATOMIC_SEQ_CST); i++)
         sleep_ms(10);
     assert_int_equal(__atomic_load_n(&dead_calls, __ATOMIC_SEQ_CST), 1);
-    assert_true(crash_signal(dead_why));
+    pthread_mutex_lock(&dead_mu);
+    bool named = crash_signal(dead_why);
+    pthread_mutex_unlock(&dead_mu);
+    assert_true(named);
     ops->instance_free(r, a); /* on a dead worker: returns at once */
     int64_t returned = -1;
     larder__remote_stop(r, 5000, &returned);
