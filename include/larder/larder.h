@@ -180,6 +180,11 @@ struct larder_opts {
     int64_t close_timeout_ms; /* how long larder_close waits for class calls in flight
                                  (loads, instance_new) to return; default 10000,
                                  LARDER_WAIT_FOREVER = as long as they take */
+    /* Appended in 0.1 (after close_timeout_ms): the memory of the processes components
+     * run in outside this one (worker processes), sampled into the history each second
+     * (children_bytes); NULL = none. Called on the manager's sampler thread. */
+    uint64_t (*children_bytes)(void *ud);
+    void *children_ud;
 };
 
 /* Fills opts with defaults and sets struct_size. */
@@ -454,6 +459,7 @@ struct larder_history_entry {
     uint64_t reserved_bytes;
     uint64_t cgroup_bytes;    /* 0 when unknown */
     double psi_some_avg10;
+    uint64_t children_bytes;  /* samples: opts.children_bytes's figure (0 when none) */
 };
 
 struct larder_gpu_info {

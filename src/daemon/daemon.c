@@ -673,6 +673,13 @@ int larder__daemon_reload(struct larder__daemon *d, json_t **ret_summary, char *
 
 /* ---- start-up ---------------------------------------------------------------------------- */
 
+/* The worker processes' memory, for the manager's history samples. */
+static uint64_t children_bytes(void *ud)
+{
+    struct larder__daemon *d = ud;
+    return larder__children_memory(d->children);
+}
+
 static int open_manager(struct larder__daemon *d, const struct larder__config *c)
 {
     struct larder_opts o;
@@ -708,6 +715,8 @@ static int open_manager(struct larder__daemon *d, const struct larder__config *c
     o.close_timeout_ms = c->drain_timeout_ms < 10000 ? c->drain_timeout_ms : 10000;
     o.on_event = larder__events_on_event;
     o.event_ud = d->events;
+    o.children_bytes = children_bytes;
+    o.children_ud = d;
     int r = larder_open(&o, &d->mgr);
     if (r == 0)
         apply_gpu_budgets(d->mgr, NULL, c);

@@ -132,7 +132,9 @@ AT(larder_opts, watch_pressure, 136);
 AT(larder_opts, psi_trigger, 144);
 AT(larder_opts, history_seconds, 152);
 AT(larder_opts, close_timeout_ms, 160);
-SIZE(larder_opts, 168);
+AT(larder_opts, children_bytes, 168); /* 0.1 */
+AT(larder_opts, children_ud, 176);
+SIZE(larder_opts, 184);
 
 AT(larder_component_opts, struct_size, 0);
 AT(larder_component_opts, cls, 8);

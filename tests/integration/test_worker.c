@@ -135,6 +135,27 @@ static long long memory_field(struct daemon *d, const char *name, const char *fi
     return x;
 }
 
+/* The children_bytes of the newest history sample of GET /v1/memory, or -1. */
+static long long history_children(struct daemon *d)
+{
+    struct larder__http_response r = {0};
+    long long v = -1;
+    if (http(d, "GET", "/v1/memory?history=5", NULL, NULL, 0, false, &r) == 200) {
+        json_t *j = json_loads(r.body, 0, NULL);
+        json_t *h = json_object_get(j, "history");
+        for (size_t i = json_array_size(h); i-- > 0;) {
+            json_t *c = json_object_get(json_array_get(h, i), "children_bytes");
+            if (json_is_integer(c)) {
+                v = (long long)json_integer_value(c);
+                break;
+            }
+        }
+        json_decref(j);
+    }
+    larder__http_response_clear(&r);
+    return v;
+}
+
 /* POSTs "hello" and returns the pid of the worker that answered, or -1. */
 static pid_t echo_pid(struct daemon *d, const char *model)
 {
@@ -424,9 +445,14 @@ static void test_espeak(void **state)
 
     long long measured = memory_field(&d, "tts", "measured_bytes");
     assert_true(measured > (1 << 20));
+    /* the worker's memory is sampled into the history each second */
+    WAIT_UNTIL(history_children(&d) > (1 << 20));
+    assert_true(history_children(&d) > (1 << 20));
     assert_int_equal(http(&d, "POST", "/v1/models/tts/unload", NULL, NULL, 0, true, &r), 200);
     larder__http_response_clear(&r);
     WAIT_UNTIL(state_is(&d, "tts", "unloaded"));
+    WAIT_UNTIL(history_children(&d) == 0);
+    assert_int_equal(history_children(&d), 0);
     long long back = memory_field(&d, "tts", "last_returned_bytes");
     fprintf(stderr, "espeak worker: measured %lld bytes, %lld returned by its unload\n",
             measured, back);
