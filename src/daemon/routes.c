@@ -312,6 +312,7 @@ static json_t *history_json(const struct larder_memory *mem)
             json_object_set_new(o, "reserved_bytes", json_integer((json_int_t)e->reserved_bytes));
             json_object_set_new(o, "cgroup_bytes", json_integer((json_int_t)e->cgroup_bytes));
             json_object_set_new(o, "psi_some_avg10", json_real(e->psi_some_avg10));
+            json_object_set_new(o, "children_bytes", json_integer((json_int_t)e->children_bytes));
         } else {
             if (e->name[0])
                 json_object_set_new(o, "name", json_string(e->name));
