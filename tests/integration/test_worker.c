@@ -443,6 +443,9 @@ static void test_espeak(void **state)
     assert_int_equal(post(&d, "tts", "application/json", "{\"txt\":1}", 9, &r), 400);
     larder__http_response_clear(&r);
 
+    json_t *info = model_info(&d, "tts");
+    assert_string_equal(json_string_value(json_object_get(info, "isolation")), "worker");
+    json_decref(info);
     long long measured = memory_field(&d, "tts", "measured_bytes");
     assert_true(measured > (1 << 20));
     /* the worker's memory is sampled into the history each second */
@@ -644,7 +647,7 @@ static void test_no_orphans(void **state)
     assert_int_equal(waitpid(orphan, &status, 0), orphan);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     assert_int_equal(count_records(sd), 0);
-    assert_int_equal(daemon_log_count(&d, "ended the workers"), 1);
+    assert_int_equal(daemon_log_count(&d, "ended the model processes of a larderd that died"), 1);
     close(sv[0]);
     assert_true(serves(&d, "a"));
     assert_int_equal(daemon_stop(&d), 0);
