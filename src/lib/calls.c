@@ -57,7 +57,7 @@ static void hz_unlist(void *arg)
 static void hz_init(void)
 {
     hz_key_ok = pthread_key_create(&hz_key, hz_unlist) == 0;
-#ifdef MEMBARRIER_CMD_PRIVATE_EXPEDITED
+#ifdef __NR_membarrier
     if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
         atomic_store(&larder__asym, true);
 #endif
@@ -87,7 +87,7 @@ bool larder__hazard_list(struct larder__hazard *h)
 void larder__calls_fence(void)
 {
     pthread_once(&hz_once, hz_init);
-#ifdef MEMBARRIER_CMD_PRIVATE_EXPEDITED
+#ifdef __NR_membarrier
     if (atomic_load(&larder__asym) &&
         syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
         return;
