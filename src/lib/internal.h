@@ -170,8 +170,10 @@ struct larder {
     void *policy_state;
     /* Low 32 bits: references (the owner, leases counted at close, loaders close left
      * behind); bits 32-62: library calls in progress (LARDER__CALL each); bit 63: the
-     * manager is being freed (LARDER__FREEING). See calls.c. */
-    _Atomic uint64_t refs;
+     * manager is being freed (LARDER__FREEING). See calls.c. Written by every call: on a
+     * line of its own, away from the flags the warm paths read. */
+    _Alignas(64) _Atomic uint64_t refs;
+    char refs_line[64 - sizeof(uint64_t)];
     atomic_bool closing;
     atomic_bool events_off;
 

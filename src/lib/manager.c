@@ -203,9 +203,11 @@ int larder_open(const struct larder_opts *opts, larder **ret_manager)
     const struct larder__policy *p = larder__policy_find(o.policy);
     if (!p)
         return LARDER_EPOLICY;
-    struct larder *m = calloc(1, sizeof *m);
+    /* Aligned: m->refs has a cache line of its own. */
+    struct larder *m = aligned_alloc(64, (sizeof *m + 63) & ~(size_t)63);
     if (!m)
         return -ENOMEM;
+    memset(m, 0, sizeof *m);
     m->opts = o;
     m->opts.policy = p->name;
     m->policy = p;

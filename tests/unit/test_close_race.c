@@ -238,10 +238,118 @@ static void test_close_races_calls(void **state)
     printf("close_race: %d rounds of %d threads\n", rounds, WORKERS);
 }
 
+/* ---- calls blocked inside the library when close starts ------------------------------ */
+
+struct blocked {
+    larder *m;
+    const char *name;
+    bool unload;          /* larder_unload (waits for leases) instead of an acquire */
+    int rc;
+    atomic_bool done;
+};
+
+static void *block(void *arg)
+{
+    struct blocked *b = arg;
+    larder_lease *l = NULL;
+    if (b->unload) {
+        b->rc = larder_unload(b->m, b->name, LARDER_WAIT_FOREVER);
+    } else {
+        b->rc = fake_acquire(b->m, b->name, LARDER_WAIT_FOREVER, &l);
+        fake_release(l);
+    }
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+static bool draining(larder *m, const char *name)
+{
+    struct larder_component_info i;
+    return comp_info(m, name, &i) && i.draining;
+}
+
+/* Threads without a lease wait inside the library (acquires behind a load that does not
+ * return, an unload waiting for a lease that stays out) when close starts: each returns
+ * LARDER_ECLOSED, none hangs close, and the manager is freed once the lease and the
+ * loader close left behind are done with it. */
+static void test_close_wakes_blocked_calls(void **state)
+{
+    (void)state;
+    enum { ACQUIRERS = 4 };
+    int rounds = scaled(20, 4);
+    for (int round = 0; round < rounds; round++) {
+        struct larder_opts o;
+        larder_opts_init(&o);
+        o.loader_threads = 1;
+        o.watch_pressure = false;
+        o.history_seconds = 0;
+        o.close_timeout_ms = 0; /* the gated load is left to its thread */
+        larder *m = open_manager(BUDGET, NULL, &o);
+        struct fake *g = fake_new("gated", &(struct fake_spec){.estimate = 4096, .gated = true});
+        struct fake *held = fake_new("held", &(struct fake_spec){.estimate = 4096});
+        assert_ok(fake_define(m, g, false));
+        assert_ok(fake_define(m, held, false));
+        larder_lease *lease = NULL;
+        assert_ok(fake_acquire(m, "held", patience_ms(), &lease));
+
+        pthread_t tid[ACQUIRERS + 1];
+        struct blocked b[ACQUIRERS + 1];
+        for (int i = 0; i <= ACQUIRERS; i++) {
+            b[i] = (struct blocked){.m = m, .name = i < ACQUIRERS ? "gated" : "held",
+                                    .unload = i == ACQUIRERS};
+            assert_int_equal(pthread_create(&tid[i], NULL, block, &b[i]), 0);
+        }
+        assert_true(wait_waiters(m, "gated", ACQUIRERS, patience_ms()));
+        assert_true(fake_wait_gated(g, 1, patience_ms()));
+        double until = now_ms() + patience_ms();
+        while (!draining(m, "held") && now_ms() < until)
+            sched_yield();
+        assert_true(draining(m, "held"));
+
+        assert_int_equal(larder_close_report(m), 1); /* the gated load's thread */
+        struct timespec by;
+        clock_gettime(CLOCK_REALTIME, &by);
+        by.tv_sec += patience_ms() / 1000;
+        for (int i = 0; i <= ACQUIRERS; i++) {
+            if (pthread_timedjoin_np(tid[i], NULL, &by) != 0)
+                fail_msg("round %d: %s still blocked after close", round,
+                         b[i].unload ? "larder_unload" : "an acquire");
+            assert_err(b[i].rc, LARDER_ECLOSED);
+        }
+        /* Still held: the lease and the loader. Calls with the lease are answered. */
+        larder_lease *more = NULL;
+        assert_err(larder_acquire(m, "held", 0, &more), LARDER_ECLOSED);
+        assert_err(larder_define(m, "late", &(struct larder_component_opts){
+                                                .struct_size = sizeof(struct larder_component_opts),
+                                                .cls = &fake_class}),
+                   LARDER_ECLOSED);
+        fake_release(lease);
+        fake_gate(g, true);
+        until = now_ms() + patience_ms();
+        while ((atomic_load(&g->ud_frees) < 1 || atomic_load(&held->ud_frees) < 1) &&
+               now_ms() < until)
+            sched_yield();
+        assert_int_equal(atomic_load(&g->ud_frees), 1);
+        assert_int_equal(atomic_load(&held->ud_frees), 1);
+        assert_int_equal(atomic_load(&g->loads), atomic_load(&g->unloads));
+        assert_int_equal(atomic_load(&held->loads), atomic_load(&held->unloads));
+        assert_int_equal(atomic_load(&held->unloads), 1);
+        fake_assert_clean(g);
+        fake_assert_clean(held);
+        /* The loader thread is detached and may still be leaving the fake's gate. */
+        until = now_ms() + patience_ms();
+        while (atomic_load(&g->gate_waiting) > 0 && now_ms() < until)
+            sched_yield();
+        fake_free(g);
+        fake_free(held);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_close_races_calls),
+        cmocka_unit_test(test_close_wakes_blocked_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
