@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 __thread struct larder__hazard larder__hz __attribute__((tls_model("initial-exec")));
-atomic_bool larder__asym;
+static atomic_bool asym; /* membarrier() is there: slots need no fence */
 
 static pthread_mutex_t hz_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct larder__hazard *hz_head;
@@ -59,15 +59,17 @@ static void hz_init(void)
     hz_key_ok = pthread_key_create(&hz_key, hz_unlist) == 0;
 #ifdef __NR_membarrier
     if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
-        atomic_store(&larder__asym, true);
+        atomic_store(&asym, true);
 #endif
 }
 
 bool larder__hazard_list(struct larder__hazard *h)
 {
     pthread_once(&hz_once, hz_init);
-    if (h->failed || !hz_key_ok)
+    if (h->failed || !hz_key_ok || !atomic_load(&asym)) {
+        h->failed = true;
         return false;
+    }
     /* The key's value is what makes the destructor run: set it before listing. */
     if (pthread_setspecific(hz_key, h) != 0) {
         h->failed = true;
@@ -88,7 +90,7 @@ void larder__calls_fence(void)
 {
     pthread_once(&hz_once, hz_init);
 #ifdef __NR_membarrier
-    if (atomic_load(&larder__asym) &&
+    if (atomic_load(&asym) &&
         syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
         return;
 #endif

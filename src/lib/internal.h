@@ -241,53 +241,52 @@ struct larder__hazard {
     _Atomic(struct larder *) m;   /* the manager this thread is inside a leaf of */
     struct larder__hazard *next;
     struct larder__hazard *prev;
-    bool listed;
-    bool failed;                  /* could not be listed: this thread uses calls */
+    bool listed;                  /* on the list that close scans */
+    bool failed;                  /* cannot be listed (no membarrier): this thread uses calls */
 };
 extern __thread struct larder__hazard larder__hz __attribute__((tls_model("initial-exec")));
-extern atomic_bool larder__asym; /* membarrier() pairs with plain stores in the slots */
-
-#define LARDER__GUARD_CALL ((struct larder *)1) /* the guard fell back to a call */
 
 void larder__enter(struct larder *m);
 void larder__leave(struct larder *m);
 bool larder__hazard_list(struct larder__hazard *h);
 /* Once, when close starts: every slot stored before it is seen by later scans. */
 void larder__calls_fence(void);
-/* Waits until no call but the caller's own is in progress on m and no other thread's
- * slot holds m. */
+/* Waits until no call is in progress on m and no other thread's slot holds m. */
 void larder__calls_wait(struct larder *m);
 
-/* Starts a guarded leaf on m; returns what larder__unguard() restores. */
-static inline struct larder *larder__guard(struct larder *m)
+/* Starts a guarded leaf on m. Leaves do not nest: a leaf calls nothing that guards again
+ * before it has turned into a call. Returns what larder__unguard() takes: true when this
+ * thread has no slot (no membarrier() here) and entered as a call instead. */
+static inline bool larder__guard(struct larder *m)
 {
     struct larder__hazard *h = &larder__hz;
     if (__builtin_expect(!h->listed, 0) && !larder__hazard_list(h)) {
         larder__enter(m);
-        return LARDER__GUARD_CALL;
+        return true;
     }
-    struct larder *prev = atomic_load_explicit(&h->m, memory_order_relaxed);
     atomic_store_explicit(&h->m, m, memory_order_relaxed);
-    if (__builtin_expect(!atomic_load_explicit(&larder__asym, memory_order_relaxed), 0))
-        atomic_thread_fence(memory_order_seq_cst);
-    else
-        atomic_signal_fence(memory_order_seq_cst);
-    return prev;
+    /* The store stays before the loads that follow; close's membarrier() does the rest. */
+    atomic_signal_fence(memory_order_seq_cst);
+    return false;
 }
 
-static inline void larder__unguard(struct larder *m, struct larder *prev)
+static inline void larder__unguard(struct larder *m, bool call)
 {
-    if (__builtin_expect(prev == LARDER__GUARD_CALL, 0))
+    if (__builtin_expect(call, 0))
         larder__leave(m);
     else
-        atomic_store_explicit(&larder__hz.m, prev, memory_order_release);
+        atomic_store_explicit(&larder__hz.m, NULL, memory_order_release);
 }
 
-/* Turns a guarded leaf into a call (before callbacks, class calls or waits). */
-static inline void larder__upgrade(struct larder *m, struct larder *prev)
+/* Turns a guarded leaf into a call (before callbacks, class calls, waits or nested
+ * library calls). Returns what larder__unguard() then takes to end the call. */
+static inline bool larder__upgrade(struct larder *m, bool call)
 {
-    larder__enter(m);
-    larder__unguard(m, prev);
+    if (!call) {
+        larder__enter(m);
+        larder__unguard(m, false);
+    }
+    return true;
 }
 
 /* manager.c */

@@ -435,12 +435,12 @@ static int acquire_blocking(struct larder *m, struct comp *c, int64_t timeout_ms
 
 /* Every acquire the lock-free path cannot serve: pooled classes (one component lock, no
  * waiter set-up when an instance is free), then the waiting path. Out of line, so that
- * the lock-free path stays a small leaf. Called inside the guarded leaf `prev` came from;
- * ends it. */
+ * the lock-free path stays a small leaf. Called inside the guarded leaf (or call) that
+ * `call` says; ends it. */
 static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
                                                    int64_t timeout_ms, bool fallbacks,
                                                    larder_lease **ret_lease,
-                                                   struct larder *prev)
+                                                   bool call)
 {
     pthread_mutex_lock(&c->mu);
     if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
@@ -450,7 +450,7 @@ static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
         w.cold = false;
         if (try_grant(c, &w, false)) {
             pthread_mutex_unlock(&c->mu);
-            larder__unguard(m, prev);
+            larder__unguard(m, call);
             if (w.err < 0)
                 return w.err;
             *ret_lease = w.lease;
@@ -459,9 +459,9 @@ static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
     }
     pthread_mutex_unlock(&c->mu);
     /* It may wait, load, or run fallbacks: a call, which close waits for. */
-    larder__upgrade(m, prev);
+    call = larder__upgrade(m, call);
     int r = acquire_blocking(m, c, timeout_ms, fallbacks, ret_lease);
-    larder__leave(m);
+    larder__unguard(m, call);
     return r;
 }
 
@@ -472,24 +472,26 @@ acquire_named(larder *m, const char *name, int64_t timeout_ms, bool fallbacks,
 {
     if (!m || !name || !ret_lease)
         return -EINVAL;
-    struct larder *prev = larder__guard(m);
+    bool call = larder__guard(m);
     struct comp *c = larder__lookup(m, name);
     if (!c) {
-        larder__unguard(m, prev);
+        larder__unguard(m, call);
         return LARDER_ENOTFOUND;
     }
     if (atomic_load_explicit(&c->open, memory_order_relaxed)) {
         atomic_fetch_add(&c->lh, LARDER__LH_HIT | 1);
         if (atomic_load(&c->open)) {
-            larder__unguard(m, prev);
+            larder__unguard(m, call);
             *ret_lease = &c->warm;
             return 0;
         }
-        /* Closed meanwhile: this grant never happened. */
+        /* Closed meanwhile: this grant never happened. Given back as a call (the
+         * release guards a leaf of its own). */
         atomic_fetch_sub(&c->lh, LARDER__LH_HIT);
+        call = larder__upgrade(m, call);
         larder_release(&c->warm);
     }
-    return acquire_locked(m, c, timeout_ms, fallbacks, ret_lease, prev);
+    return acquire_locked(m, c, timeout_ms, fallbacks, ret_lease, call);
 }
 
 int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
@@ -739,13 +741,13 @@ static __attribute__((noinline)) void release_settle(struct larder *m, struct co
  * then the settling. A call (see calls.c), entered while the leaf was still guarded. */
 static __attribute__((noinline)) void release_after(struct larder *m, struct comp *c,
                                                     unsigned rel, struct waiter *done,
-                                                    struct larder *prev)
+                                                    bool call)
 {
-    larder__upgrade(m, prev);
+    call = larder__upgrade(m, call);
     larder__deliver(m, done);
     if (rel)
         release_settle(m, c, rel);
-    larder__leave(m);
+    larder__unguard(m, call);
 }
 
 /* The lease is given back inside a guarded leaf: once the count drops, nothing but the
@@ -757,7 +759,7 @@ larder_lease *larder_release(larder_lease *l)
         return NULL;
     struct comp *c = l->c;
     struct larder *m = l->m;
-    struct larder *prev = larder__guard(m);
+    bool call = larder__guard(m);
     struct waiter *done = NULL;
     unsigned rel;
     if (l->inst) {
@@ -776,8 +778,8 @@ larder_lease *larder_release(larder_lease *l)
                   (rel && (atomic_load(&m->admit_waiters) > 0 || atomic_load(&m->closing) ||
                            atomic_load(&m->over_budget)));
     if (settle || done)
-        release_after(m, c, settle ? rel : 0, done, prev);
+        release_after(m, c, settle ? rel : 0, done, call);
     else
-        larder__unguard(m, prev);
+        larder__unguard(m, call);
     return NULL;
 }
