@@ -168,7 +168,12 @@ struct larder {
     struct larder_opts opts;
     const struct larder__policy *policy;
     void *policy_state;
-    atomic_int refs;          /* owner + leases still out at close */
+    /* Low 32 bits: references (the owner, leases counted at close, loaders close left
+     * behind); bits 32-62: library calls in progress (LARDER__CALL each); bit 63: the
+     * manager is being freed (LARDER__FREEING). See calls.c. Written by every call: on a
+     * line of its own, away from the flags the warm paths read. */
+    _Alignas(64) _Atomic uint64_t refs;
+    char refs_line[64 - sizeof(uint64_t)];
     atomic_bool closing;
     atomic_bool events_off;
 
@@ -221,6 +226,69 @@ struct larder {
     pthread_t reaper;
 };
 
+/* calls.c: what keeps the manager alive while threads are inside the library.
+ *
+ * Every public entry point is either a call (larder__enter .. larder__leave: one
+ * LARDER__CALL in m->refs) or, on the warm acquire and release paths, a guarded leaf: the
+ * thread publishes m in its own hazard slot (one plain store, no atomic read-modify-write)
+ * for the few instructions that need no callback, and enters as a call before doing
+ * anything longer. Close waits until no call and no slot is left on m; the manager is
+ * freed by whoever drops the last reference once the same holds. */
+#define LARDER__CALL (UINT64_C(1) << 32)
+#define LARDER__FREEING (UINT64_C(1) << 63)
+
+struct larder__hazard {
+    _Atomic(struct larder *) m;   /* the manager this thread is inside a leaf of */
+    struct larder__hazard *next;
+    struct larder__hazard *prev;
+    bool listed;                  /* on the list that close scans */
+    bool failed;                  /* cannot be listed (no membarrier): this thread uses calls */
+};
+extern __thread struct larder__hazard larder__hz __attribute__((tls_model("initial-exec")));
+
+void larder__enter(struct larder *m);
+void larder__leave(struct larder *m);
+bool larder__hazard_list(struct larder__hazard *h);
+/* Once, when close starts: every slot stored before it is seen by later scans. */
+void larder__calls_fence(void);
+/* Waits until no call is in progress on m and no other thread's slot holds m. */
+void larder__calls_wait(struct larder *m);
+
+/* Starts a guarded leaf on m. Leaves do not nest: a leaf calls nothing that guards again
+ * before it has turned into a call. Returns what larder__unguard() takes: true when this
+ * thread has no slot (no membarrier() here) and entered as a call instead. */
+static inline bool larder__guard(struct larder *m)
+{
+    struct larder__hazard *h = &larder__hz;
+    if (__builtin_expect(!h->listed, 0) && !larder__hazard_list(h)) {
+        larder__enter(m);
+        return true;
+    }
+    atomic_store_explicit(&h->m, m, memory_order_relaxed);
+    /* The store stays before the loads that follow; close's membarrier() does the rest. */
+    atomic_signal_fence(memory_order_seq_cst);
+    return false;
+}
+
+static inline void larder__unguard(struct larder *m, bool call)
+{
+    if (__builtin_expect(call, 0))
+        larder__leave(m);
+    else
+        atomic_store_explicit(&larder__hz.m, NULL, memory_order_release);
+}
+
+/* Turns a guarded leaf into a call (before callbacks, class calls, waits or nested
+ * library calls). Returns what larder__unguard() then takes to end the call. */
+static inline bool larder__upgrade(struct larder *m, bool call)
+{
+    if (!call) {
+        larder__enter(m);
+        larder__unguard(m, false);
+    }
+    return true;
+}
+
 /* manager.c */
 int64_t larder__now_ms(void);
 /* Inline: the warm release reads it (CLOCK_MONOTONIC_COARSE, ms). */
@@ -262,6 +330,9 @@ void larder__emit(struct larder *m, const struct larder_event *ev);
 void larder__emit_simple(struct larder *m, enum larder_event_type t, const struct comp *c,
                          enum larder_evict_reason reason, uint64_t bytes);
 void larder__ref_drop(struct larder *m);
+/* calls.c: drops `n` (references or LARDER__CALL); the last one frees the manager. */
+void larder__put(struct larder *m, uint64_t n);
+void larder__free_manager(struct larder *m);
 /* Calls fn on every component ever defined; the registry may grow meanwhile. */
 void larder__each_comp(struct larder *m, void (*fn)(struct comp *c, void *arg), void *arg);
 

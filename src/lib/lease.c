@@ -435,10 +435,12 @@ static int acquire_blocking(struct larder *m, struct comp *c, int64_t timeout_ms
 
 /* Every acquire the lock-free path cannot serve: pooled classes (one component lock, no
  * waiter set-up when an instance is free), then the waiting path. Out of line, so that
- * the lock-free path stays a small leaf. */
+ * the lock-free path stays a small leaf. Called inside the guarded leaf (or call) that
+ * `call` says; ends it. */
 static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
                                                    int64_t timeout_ms, bool fallbacks,
-                                                   larder_lease **ret_lease)
+                                                   larder_lease **ret_lease,
+                                                   bool call)
 {
     pthread_mutex_lock(&c->mu);
     if (c->state == LARDER_STATE_READY && c->defined && !c->draining && !c->wq_head &&
@@ -448,6 +450,7 @@ static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
         w.cold = false;
         if (try_grant(c, &w, false)) {
             pthread_mutex_unlock(&c->mu);
+            larder__unguard(m, call);
             if (w.err < 0)
                 return w.err;
             *ret_lease = w.lease;
@@ -455,7 +458,11 @@ static __attribute__((noinline)) int acquire_locked(larder *m, struct comp *c,
         }
     }
     pthread_mutex_unlock(&c->mu);
-    return acquire_blocking(m, c, timeout_ms, fallbacks, ret_lease);
+    /* It may wait, load, or run fallbacks: a call, which close waits for. */
+    call = larder__upgrade(m, call);
+    int r = acquire_blocking(m, c, timeout_ms, fallbacks, ret_lease);
+    larder__unguard(m, call);
+    return r;
 }
 
 /* Inline in both entry points: the lock-free warm grant of a shared class. */
@@ -465,20 +472,26 @@ acquire_named(larder *m, const char *name, int64_t timeout_ms, bool fallbacks,
 {
     if (!m || !name || !ret_lease)
         return -EINVAL;
+    bool call = larder__guard(m);
     struct comp *c = larder__lookup(m, name);
-    if (!c)
+    if (!c) {
+        larder__unguard(m, call);
         return LARDER_ENOTFOUND;
+    }
     if (atomic_load_explicit(&c->open, memory_order_relaxed)) {
         atomic_fetch_add(&c->lh, LARDER__LH_HIT | 1);
         if (atomic_load(&c->open)) {
+            larder__unguard(m, call);
             *ret_lease = &c->warm;
             return 0;
         }
-        /* Closed meanwhile: this grant never happened. */
+        /* Closed meanwhile: this grant never happened. Given back as a call (the
+         * release guards a leaf of its own). */
         atomic_fetch_sub(&c->lh, LARDER__LH_HIT);
+        call = larder__upgrade(m, call);
         larder_release(&c->warm);
     }
-    return acquire_locked(m, c, timeout_ms, fallbacks, ret_lease);
+    return acquire_locked(m, c, timeout_ms, fallbacks, ret_lease, call);
 }
 
 int larder_acquire(larder *m, const char *name, int64_t timeout_ms, larder_lease **ret_lease)
@@ -500,11 +513,24 @@ int larder_acquire_async(larder *m, const char *name, int64_t timeout_ms, larder
     return larder_acquire_async_flags(m, name, timeout_ms, 0, cb, ud);
 }
 
+static int acquire_async(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
+                         larder_acquire_fn cb, void *ud);
+
 int larder_acquire_async_flags(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
                                larder_acquire_fn cb, void *ud)
 {
     if (!m || !name || !cb || (flags & ~LARDER_ACQUIRE_NO_FALLBACK))
         return -EINVAL;
+    larder__enter(m);
+    int r = acquire_async(m, name, timeout_ms, flags, cb, ud);
+    larder__leave(m);
+    return r;
+}
+
+static int acquire_async(larder *m, const char *name, int64_t timeout_ms, unsigned flags,
+                         larder_acquire_fn cb, void *ud)
+{
+    int r;
     struct comp *c = larder__lookup(m, name);
     if (!c)
         return LARDER_ENOTFOUND;
@@ -516,7 +542,7 @@ int larder_acquire_async_flags(larder *m, const char *name, int64_t timeout_ms, 
     w->no_fallback = flags & LARDER_ACQUIRE_NO_FALLBACK;
     w->cb = cb;
     w->ud = ud;
-    int r = larder__acquire_comp(m, w);
+    r = larder__acquire_comp(m, w);
     if (r == 1)
         return 0; /* queued: answered later, maybe already */
     if (r == LARDER_ENOTFOUND || r == -EINVAL) {
@@ -559,11 +585,9 @@ static int set_fits(struct larder *m, struct comp **cs, size_t n)
     return total > larder_get_budget(m) ? LARDER_ETOOBIG : 0;
 }
 
-int larder_acquire_set(larder *m, const char *const *names, size_t n, int64_t timeout_ms,
+static int acquire_set(larder *m, const char *const *names, size_t n, int64_t timeout_ms,
                        larder_lease **ret_leases)
 {
-    if (!m || !names || !n || !ret_leases || n > 4096)
-        return -EINVAL;
     struct comp **cs = malloc(n * sizeof *cs);
     larder_lease **ls = calloc(n, sizeof *ls);
     int r = cs && ls ? 0 : -ENOMEM;
@@ -597,6 +621,17 @@ int larder_acquire_set(larder *m, const char *const *names, size_t n, int64_t ti
     }
     free(cs);
     free(ls);
+    return r;
+}
+
+int larder_acquire_set(larder *m, const char *const *names, size_t n, int64_t timeout_ms,
+                       larder_lease **ret_leases)
+{
+    if (!m || !names || !n || !ret_leases || n > 4096)
+        return -EINVAL;
+    larder__enter(m);
+    int r = acquire_set(m, names, n, timeout_ms, ret_leases);
+    larder__leave(m);
     return r;
 }
 
@@ -653,10 +688,10 @@ enum { REL_IDLE = 1, REL_DROP = 2 };
 
 /* The release work that needs c->mu: a pooled instance goes back (to a waiter first),
  * drains are woken, leases counted at close drop their hold on the manager. Returns
- * REL_* bits. */
-static unsigned release_locked(struct larder *m, struct comp *c, struct inst *inst, bool dec)
+ * REL_* bits; async waiters the instance went to are left on *done for the caller. */
+static unsigned release_locked(struct larder *m, struct comp *c, struct inst *inst, bool dec,
+                               struct waiter **done)
 {
-    struct waiter *done = NULL;
     unsigned out = 0;
     pthread_mutex_lock(&c->mu);
     unsigned left = dec ? (unsigned)(uint32_t)(atomic_fetch_sub(&c->lh, 1) - 1)
@@ -667,7 +702,7 @@ static unsigned release_locked(struct larder *m, struct comp *c, struct inst *in
         c->free_inst = inst;
         c->ps.last_use = larder__now_s();
         if (c->wq_head)
-            larder__dispatch(c, false, &done);
+            larder__dispatch(c, false, done);
         left = larder__leases(c);
     }
     if (c->orphans > left) {
@@ -680,7 +715,6 @@ static unsigned release_locked(struct larder *m, struct comp *c, struct inst *in
         larder__cv_broadcast(c);
     out |= left == 0 ? REL_IDLE : 0;
     pthread_mutex_unlock(&c->mu);
-    larder__deliver(m, done);
     return out;
 }
 
@@ -703,27 +737,49 @@ static __attribute__((noinline)) void release_settle(struct larder *m, struct co
         larder__ref_drop(m);
 }
 
+/* What may follow a release once its callbacks and waits are allowed: async answers,
+ * then the settling. A call (see calls.c), entered while the leaf was still guarded. */
+static __attribute__((noinline)) void release_after(struct larder *m, struct comp *c,
+                                                    unsigned rel, struct waiter *done,
+                                                    bool call)
+{
+    call = larder__upgrade(m, call);
+    larder__deliver(m, done);
+    if (rel)
+        release_settle(m, c, rel);
+    larder__unguard(m, call);
+}
+
+/* The lease is given back inside a guarded leaf: once the count drops, nothing but the
+ * guard keeps the manager alive (close may count this lease out), until the work that
+ * follows has entered as a call. */
 larder_lease *larder_release(larder_lease *l)
 {
     if (!l)
         return NULL;
     struct comp *c = l->c;
     struct larder *m = l->m;
+    bool call = larder__guard(m);
+    struct waiter *done = NULL;
     unsigned rel;
     if (l->inst) {
-        rel = release_locked(m, c, l->inst, true);
+        rel = release_locked(m, c, l->inst, true, &done);
     } else {
         /* Shared model: no instance to hand back, so no lock unless someone waits. */
         rel = (uint32_t)atomic_fetch_sub(&c->lh, 1) == 1 ? REL_IDLE : 0;
         if (rel)
             went_idle(c, larder__now_ms_coarse());
         if (atomic_load(&m->closing) || (rel && atomic_load(&c->cv_waiters)))
-            rel = release_locked(m, c, NULL, false);
+            rel = release_locked(m, c, NULL, false, &done);
     }
     if (l != &c->warm)
         lease_put(c, l);
-    if ((rel & REL_DROP) || (rel && (atomic_load(&m->admit_waiters) > 0 ||
-                                     atomic_load(&m->closing) || atomic_load(&m->over_budget))))
-        release_settle(m, c, rel);
+    bool settle = (rel & REL_DROP) ||
+                  (rel && (atomic_load(&m->admit_waiters) > 0 || atomic_load(&m->closing) ||
+                           atomic_load(&m->over_budget)));
+    if (settle || done)
+        release_after(m, c, settle ? rel : 0, done, call);
+    else
+        larder__unguard(m, call);
     return NULL;
 }

@@ -662,10 +662,8 @@ void larder__enforce_budget(struct larder *m)
 
 /* ---- measurements after the load -------------------------------------------------------- */
 
-int larder_update_measured(larder *m, const char *name, uint64_t bytes)
+static int update_measured(larder *m, const char *name, uint64_t bytes)
 {
-    if (!m || !name || !bytes)
-        return -EINVAL;
     struct comp *c = larder__lookup(m, name);
     if (!c)
         return LARDER_ENOTFOUND;
@@ -703,6 +701,16 @@ int larder_update_measured(larder *m, const char *name, uint64_t bytes)
     larder__emit(m, &ev);
     larder__enforce_budget(m);
     return LARDER_ENOSPC;
+}
+
+int larder_update_measured(larder *m, const char *name, uint64_t bytes)
+{
+    if (!m || !name || !bytes)
+        return -EINVAL;
+    larder__enter(m); /* calls in progress: see calls.c */
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED : update_measured(m, name, bytes);
+    larder__leave(m);
+    return r;
 }
 
 /* ---- loading -------------------------------------------------------------------------- */

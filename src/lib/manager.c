@@ -175,7 +175,6 @@ static int check_opts(const struct larder_opts *o, struct larder_opts *out)
     return 0;
 }
 
-static void free_manager(struct larder *m);
 
 static int init_sync(struct larder *m)
 {
@@ -204,9 +203,11 @@ int larder_open(const struct larder_opts *opts, larder **ret_manager)
     const struct larder__policy *p = larder__policy_find(o.policy);
     if (!p)
         return LARDER_EPOLICY;
-    struct larder *m = calloc(1, sizeof *m);
+    /* Aligned: m->refs has a cache line of its own. */
+    struct larder *m = aligned_alloc(64, (sizeof *m + 63) & ~(size_t)63);
     if (!m)
         return -ENOMEM;
+    memset(m, 0, sizeof *m);
     m->opts = o;
     m->opts.policy = p->name;
     m->policy = p;
@@ -230,7 +231,7 @@ int larder_open(const struct larder_opts *opts, larder **ret_manager)
         r = larder__reaper_start(m);
     if (r < 0) {
         larder__loaders_stop(m, -1);
-        free_manager(m);
+        larder__free_manager(m);
         return r;
     }
     *ret_manager = m;
@@ -258,7 +259,7 @@ static void close_count(struct comp *c, void *arg)
 {
     pthread_mutex_lock(&c->mu);
     c->orphans = larder__leases(c);
-    atomic_fetch_add(&c->m->refs, (int)c->orphans);
+    atomic_fetch_add(&c->m->refs, (uint64_t)c->orphans);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -270,6 +271,8 @@ int larder_close_report(larder *m)
     atomic_store(&m->closing, true);
     pthread_cond_broadcast(&m->budget_cv);
     pthread_mutex_unlock(&m->mu);
+    /* Warm paths that were already inside are seen by the waits below. */
+    larder__calls_fence();
     larder__each_comp(m, close_waiters, NULL);
     larder__memory_stop(m);
     larder__reaper_stop(m);
@@ -282,6 +285,9 @@ int larder_close_report(larder *m)
     larder__each_comp(m, close_unload, NULL);
     larder__each_comp(m, close_count, NULL);
     atomic_store(&m->events_off, true);
+    /* Calls still inside (a release settling what it gave back, an acquire woken with
+     * LARDER_ECLOSED) return before close does; later ones are the lease holders'. */
+    larder__calls_wait(m);
     larder__ref_drop(m);
     return (int)left;
 }
@@ -318,7 +324,7 @@ static void comp_free(struct comp *c)
     free(c);
 }
 
-static void free_manager(struct larder *m)
+void larder__free_manager(struct larder *m)
 {
     struct table *t = atomic_load(&m->table);
     for (size_t i = 0; t && i < t->cap; i++) {
@@ -349,16 +355,11 @@ static void free_manager(struct larder *m)
 
 void larder__ref_drop(struct larder *m)
 {
-    if (atomic_fetch_sub(&m->refs, 1) == 1) {
-        free_manager(m);
-        malloc_trim(0);
-    }
+    larder__put(m, 1);
 }
 
-int larder_set_budget(larder *m, uint64_t bytes)
+static int set_budget(larder *m, uint64_t bytes)
 {
-    if (!m || !bytes)
-        return -EINVAL;
     pthread_mutex_lock(&m->mu);
     m->budget = bytes;
     pthread_cond_broadcast(&m->budget_cv);
@@ -367,10 +368,18 @@ int larder_set_budget(larder *m, uint64_t bytes)
     return 0;
 }
 
-int larder_set_gpu_budget(larder *m, unsigned gpu, uint64_t bytes)
+int larder_set_budget(larder *m, uint64_t bytes)
 {
-    if (!m || gpu >= LARDER_MAX_GPUS)
+    if (!m || !bytes)
         return -EINVAL;
+    larder__enter(m);
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED : set_budget(m, bytes);
+    larder__leave(m);
+    return r;
+}
+
+static int set_gpu_budget(larder *m, unsigned gpu, uint64_t bytes)
+{
     pthread_mutex_lock(&m->mu);
     m->gpu_budget[gpu] = bytes;
     pthread_cond_broadcast(&m->budget_cv);
@@ -381,13 +390,26 @@ int larder_set_gpu_budget(larder *m, unsigned gpu, uint64_t bytes)
     return 0;
 }
 
-uint64_t larder_get_budget(const larder *m)
+int larder_set_gpu_budget(larder *m, unsigned gpu, uint64_t bytes)
 {
-    if (!m)
+    if (!m || gpu >= LARDER_MAX_GPUS)
+        return -EINVAL;
+    larder__enter(m);
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED : set_gpu_budget(m, gpu, bytes);
+    larder__leave(m);
+    return r;
+}
+
+uint64_t larder_get_budget(const larder *cm)
+{
+    if (!cm)
         return 0;
-    pthread_mutex_lock((pthread_mutex_t *)&m->mu);
+    struct larder *m = (struct larder *)cm;
+    larder__enter(m);
+    pthread_mutex_lock(&m->mu);
     uint64_t b = m->budget;
-    pthread_mutex_unlock((pthread_mutex_t *)&m->mu);
+    pthread_mutex_unlock(&m->mu);
+    larder__leave(m);
     return b;
 }
 
@@ -509,15 +531,9 @@ static struct comp *comp_new(struct larder *m, const char *name)
     return c;
 }
 
-int larder_define(larder *m, const char *name, const struct larder_component_opts *opts)
+static int define(larder *m, const char *name, const struct larder_component_opts *opts)
 {
-    if (!m || !valid_name(name))
-        return -EINVAL;
-    int r = check_comp_opts(opts);
-    if (r < 0)
-        return r;
-    if (atomic_load(&m->closing))
-        return LARDER_ECLOSED;
+    int r = 0;
     pthread_mutex_lock(&m->mu);
     struct comp *c = larder__lookup(m, name);
     if (c) {
@@ -551,7 +567,21 @@ int larder_define(larder *m, const char *name, const struct larder_component_opt
     return 0;
 }
 
-/* Waits (c->mu held) until c has no leases and no load in flight, or the deadline. */
+int larder_define(larder *m, const char *name, const struct larder_component_opts *opts)
+{
+    if (!m || !valid_name(name))
+        return -EINVAL;
+    int r = check_comp_opts(opts);
+    if (r < 0)
+        return r;
+    larder__enter(m);
+    r = atomic_load(&m->closing) ? LARDER_ECLOSED : define(m, name, opts);
+    larder__leave(m);
+    return r;
+}
+
+/* Waits (c->mu held) until c has no leases and no load in flight, or the deadline; at
+ * close, gives up with LARDER_ECLOSED (leases may stay out for ever). */
 static int wait_quiet(struct comp *c, int64_t timeout_ms)
 {
     int64_t deadline = timeout_ms < 0 ? -1 : larder__now_ms() + timeout_ms;
@@ -560,6 +590,10 @@ static int wait_quiet(struct comp *c, int64_t timeout_ms)
     atomic_fetch_add(&c->cv_waiters, 1);
     while (larder__leases(c) > 0 || c->state == LARDER_STATE_LOADING ||
            c->state == LARDER_STATE_UNLOADING || c->growing || c->freeing) {
+        if (atomic_load(&c->m->closing)) {
+            r = LARDER_ECLOSED;
+            break;
+        }
         if (deadline < 0) {
             pthread_cond_wait(&c->cv, &c->mu);
             continue;
@@ -610,10 +644,8 @@ static struct comp *find_defined(struct larder *m, const char *name)
     return c && c->defined ? c : NULL;
 }
 
-int larder_set_ttl(larder *m, const char *name, int64_t ttl_ms)
+static int set_ttl(larder *m, const char *name, int64_t ttl_ms)
 {
-    if (!m || !name || (ttl_ms < -1 && ttl_ms != LARDER_TTL_DEFAULT))
-        return -EINVAL;
     pthread_mutex_lock(&m->mu);
     struct comp *c = find_defined(m, name);
     if (!c) {
@@ -629,6 +661,16 @@ int larder_set_ttl(larder *m, const char *name, int64_t ttl_ms)
     if (expiry)
         larder__reaper_kick(m, expiry);
     return 0;
+}
+
+int larder_set_ttl(larder *m, const char *name, int64_t ttl_ms)
+{
+    if (!m || !name || (ttl_ms < -1 && ttl_ms != LARDER_TTL_DEFAULT))
+        return -EINVAL;
+    larder__enter(m);
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED : set_ttl(m, name, ttl_ms);
+    larder__leave(m);
+    return r;
 }
 
 /* Drains `name` and unloads it. Returns with c->mu held and c still draining on
@@ -670,7 +712,7 @@ static int drain_unload(struct larder *m, const char *name, int64_t timeout_ms,
     return 0;
 }
 
-int larder_unload(larder *m, const char *name, int64_t timeout_ms)
+static int unload(larder *m, const char *name, int64_t timeout_ms)
 {
     struct comp *c = NULL;
     int r = drain_unload(m, name, timeout_ms, &c);
@@ -685,11 +727,9 @@ int larder_unload(larder *m, const char *name, int64_t timeout_ms)
     return 0;
 }
 
-int larder_fail(larder *m, const char *name, const void *model, int err, const char *msg,
+static int fail(larder *m, const char *name, const void *model, int err, const char *msg,
                 int64_t timeout_ms)
 {
-    if (!m || !name)
-        return -EINVAL;
     struct comp *c = larder__lookup(m, name);
     if (!c)
         return LARDER_ENOTFOUND;
@@ -715,7 +755,19 @@ int larder_fail(larder *m, const char *name, const void *model, int err, const c
     return 0;
 }
 
-int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
+int larder_fail(larder *m, const char *name, const void *model, int err, const char *msg,
+                int64_t timeout_ms)
+{
+    if (!m || !name)
+        return -EINVAL;
+    larder__enter(m); /* calls in progress: see calls.c */
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED
+                                     : fail(m, name, model, err, msg, timeout_ms);
+    larder__leave(m);
+    return r;
+}
+
+static int undefine(larder *m, const char *name, int64_t timeout_ms)
 {
     struct comp *c = NULL;
     int r = drain_unload(m, name, timeout_ms, &c);
@@ -736,14 +788,33 @@ int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
     return 0;
 }
 
-/* ---- preload -------------------------------------------------------------------- */
-
-int larder_preload(larder *m, const char *name)
+/* Calls in progress: see calls.c. */
+static int entered(larder *m, const char *name, int64_t timeout_ms,
+                   int (*fn)(larder *, const char *, int64_t))
 {
     if (!m || !name)
         return -EINVAL;
-    if (atomic_load(&m->closing))
-        return LARDER_ECLOSED;
+    larder__enter(m);
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED : fn(m, name, timeout_ms);
+    larder__leave(m);
+    return r;
+}
+
+int larder_unload(larder *m, const char *name, int64_t timeout_ms)
+{
+    return entered(m, name, timeout_ms, unload);
+}
+
+int larder_undefine(larder *m, const char *name, int64_t timeout_ms)
+{
+    return entered(m, name, timeout_ms, undefine);
+}
+
+/* ---- preload -------------------------------------------------------------------- */
+
+static int preload(larder *m, const char *name, int64_t unused)
+{
+    (void)unused;
     struct comp *c = find_defined(m, name);
     if (!c)
         return LARDER_ENOTFOUND;
@@ -774,8 +845,13 @@ static void preload_one(struct comp *c, void *arg)
     pthread_mutex_lock(&c->mu);
     bool want = c->defined && c->preload;
     pthread_mutex_unlock(&c->mu);
-    if (want && larder_preload(a->m, c->name) == 0)
+    if (want && !atomic_load(&a->m->closing) && preload(a->m, c->name, 0) == 0)
         a->started++;
+}
+
+int larder_preload(larder *m, const char *name)
+{
+    return entered(m, name, 0, preload);
 }
 
 int larder_preload_all(larder *m)
@@ -783,21 +859,28 @@ int larder_preload_all(larder *m)
     if (!m)
         return -EINVAL;
     struct preload_all_arg a = {.m = m};
-    larder__each_comp(m, preload_one, &a);
-    return a.started;
+    larder__enter(m);
+    if (!atomic_load(&m->closing))
+        larder__each_comp(m, preload_one, &a);
+    int r = atomic_load(&m->closing) && !a.started ? LARDER_ECLOSED : a.started;
+    larder__leave(m);
+    return r;
 }
 
 unsigned larder_preload_pending(larder *m)
 {
-    return m ? atomic_load(&m->preload_pending) : 0;
+    if (!m)
+        return 0;
+    larder__enter(m);
+    unsigned n = atomic_load(&m->preload_pending);
+    larder__leave(m);
+    return n;
 }
 
 /* ---- trim ----------------------------------------------------------------------- */
 
-int larder_trim(larder *m, struct larder_trim_result *ret)
+static int trim(larder *m, struct larder_trim_result *ret)
 {
-    if (!m || (ret && ret->struct_size < sizeof *ret))
-        return -EINVAL;
     uint64_t rss0 = larder__rss_bytes();
     pthread_mutex_lock(&m->mu);
     uint64_t reserved0 = m->reserved;
@@ -822,6 +905,16 @@ int larder_trim(larder *m, struct larder_trim_result *ret)
         ret->rss_freed = (int64_t)rss0 - (int64_t)larder__rss_bytes();
     }
     return (int)(comps + insts);
+}
+
+int larder_trim(larder *m, struct larder_trim_result *ret)
+{
+    if (!m || (ret && ret->struct_size < sizeof *ret))
+        return -EINVAL;
+    larder__enter(m);
+    int r = atomic_load(&m->closing) ? LARDER_ECLOSED : trim(m, ret);
+    larder__leave(m);
+    return r;
 }
 
 /* ---- snapshot ------------------------------------------------------------------- */
@@ -902,10 +995,8 @@ static int info_cmp(const void *a, const void *b)
     return strcmp(x->name ? x->name : "", y->name ? y->name : "");
 }
 
-int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
+static int snapshot(larder *m, struct larder_snapshot **ret_snapshot)
 {
-    if (!m || !ret_snapshot)
-        return -EINVAL;
     struct larder_snapshot *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -937,6 +1028,16 @@ int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
         fclose(f);
     *ret_snapshot = s;
     return 0;
+}
+
+int larder_snapshot(larder *m, struct larder_snapshot **ret_snapshot)
+{
+    if (!m || !ret_snapshot)
+        return -EINVAL;
+    larder__enter(m);
+    int r = snapshot(m, ret_snapshot);
+    larder__leave(m);
+    return r;
 }
 
 struct larder_snapshot *larder_snapshot_free(struct larder_snapshot *s)

@@ -347,10 +347,8 @@ static void fill_kernel(struct larder_memory *r, const struct usage *u)
     }
 }
 
-int larder_memory(larder *m, size_t history_max, struct larder_memory **ret_memory)
+static int memory(larder *m, size_t history_max, struct larder_memory **ret_memory)
 {
-    if (!m || !ret_memory)
-        return -EINVAL;
     struct larder_memory *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
@@ -376,6 +374,16 @@ int larder_memory(larder *m, size_t history_max, struct larder_memory **ret_memo
     fill_history(m, history_max, r);
     *ret_memory = r;
     return 0;
+}
+
+int larder_memory(larder *m, size_t history_max, struct larder_memory **ret_memory)
+{
+    if (!m || !ret_memory)
+        return -EINVAL;
+    larder__enter(m);
+    int r = memory(m, history_max, ret_memory);
+    larder__leave(m);
+    return r;
 }
 
 struct larder_memory *larder_memory_free(struct larder_memory *mem)
