@@ -207,7 +207,8 @@ LARDER_API int larder_open(const struct larder_opts *opts, larder **ret_manager)
  * waiting return LARDER_ECLOSED (an acquire waiting for a load, a set, an undefine or
  * unload waiting for leases); a release racing close is a plain release. Once close
  * has started: acquires (every variant) and the functions that start work (define,
- * undefine, unload, preload, preload_all, set_ttl, set_budget, set_gpu_budget, trim, fail, update_measured)
+ * undefine, unload, preload, preload_all, set_ttl, set_budget, set_gpu_budget, trim,
+ * fail, update_measured)
  * return LARDER_ECLOSED, and larder_acquire_async() calls back with it; release, the
  * lease accessors and the reads (snapshot, memory, get_budget, preload_pending) go on
  * working. After close has returned, `m` may be used only by a thread that holds one of
