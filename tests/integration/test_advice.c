@@ -12,19 +12,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "harness.h"
-#include "probe.h"
+#include "cgroup_util.h"
 
 /* The advice list, or NULL. */
 static json_t *advice(struct daemon *d)
@@ -231,53 +227,22 @@ static void test_pressure(void **state)
 
 static char cg_dir[PATH_MAX]; /* the cgroup made for the daemon; "" = none */
 
-static int cg_put(const char *dir, const char *name, const char *text)
-{
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int r = write(fd, text, strlen(text)) < 0 ? -errno : 0;
-    close(fd);
-    return r;
-}
-
 /* Removes the cgroup once its last process (the daemon, reaped by now) has left it. */
 static void cg_remove(void)
 {
+    int r = cg_dir[0] ? cgroup_util_remove(cg_dir) : 0;
+    if (r < 0)
+        fprintf(stderr, "could not remove the cgroup %s: %s\n", cg_dir, strerror(-r));
     harness_cgroup = NULL;
-    if (!cg_dir[0])
-        return;
-    WAIT_UNTIL(rmdir(cg_dir) == 0 || errno != EBUSY);
-    if (access(cg_dir, F_OK) == 0)
-        fprintf(stderr, "could not remove the cgroup %s: %s\n", cg_dir, strerror(errno));
     cg_dir[0] = 0;
 }
 
-/* Makes <this process's memory cgroup>/larder-advice-PID limited to `limit` bytes, for
- * the next daemon_start. Returns 0, or -1 with the reason in why. */
+/* Makes the cgroup, limited to `limit` bytes, for the next daemon_start. Returns 0, or -1
+ * with the reason in why. */
 static int cg_make(unsigned long long limit, char *why, size_t n)
 {
-    char own[PATH_MAX - 64], text[32];
-    int version = 0, r = larder__cgroup_find(NULL, own, sizeof own, &version);
-    if (r < 0) {
-        snprintf(why, n, "no memory cgroup here: %s", strerror(-r));
-        return -1;
-    }
-    snprintf(cg_dir, sizeof cg_dir, "%s/larder-advice-%d", own, (int)getpid());
-    if (mkdir(cg_dir, 0755) < 0) {
-        snprintf(why, n, "cannot create %s: %s", cg_dir, strerror(errno));
+    if (cgroup_util_make("larder-advice", limit, cg_dir, sizeof cg_dir, why, n) < 0) {
         cg_dir[0] = 0;
-        return -1;
-    }
-    if (version == 2) /* fails where it is on already, or where it may not be */
-        cg_put(own, "cgroup.subtree_control", "+memory");
-    snprintf(text, sizeof text, "%llu", limit);
-    r = cg_put(cg_dir, version == 2 ? "memory.max" : "memory.limit_in_bytes", text);
-    if (r < 0) {
-        snprintf(why, n, "cannot set a memory limit in %s: %s", cg_dir, strerror(-r));
-        cg_remove();
         return -1;
     }
     harness_cgroup = cg_dir;
