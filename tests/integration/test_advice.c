@@ -270,6 +270,8 @@ static json_t *cgroup_advice(struct daemon *d, unsigned long long limit)
     assert_int_equal(json_field(d, "/v1/memory", "cgroup.max_bytes"), (long long)limit);
     assert_int_equal(infer(d, "a"), 200);
     json_t *item = advice_item(d, "cgroup_limit", NULL);
+    printf("larderd in a %llu MiB cgroup: %lld KiB charged to it\n", limit / MiB,
+           json_field(d, "/v1/memory", "cgroup.current_bytes") / 1024);
     assert_int_equal(daemon_stop(d), 0);
     cg_remove();
     return item;
