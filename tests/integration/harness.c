@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <jansson.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #endif
 
 bool harness_use_cli;
+const char *harness_cgroup;
 
 /* Daemons started and not stopped yet, by value: a failed test leaves its frame. */
 #define MAX_LIVE 16
@@ -146,6 +148,20 @@ static int write_tokens(struct daemon *d)
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* Moves the calling process into cgroup directory dir ("0": the writer itself, in v1
+ * and v2 alike). Returns 0 or -errno. */
+static int join_cgroup(const char *dir)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = write(fd, "0", 1) == 1 ? 0 : -errno;
+    close(fd);
+    return r;
+}
+
 static pid_t spawn(struct daemon *d)
 {
     pid_t parent = getpid();
@@ -167,6 +183,11 @@ static pid_t spawn(struct daemon *d)
     if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
+    }
+    int r = harness_cgroup ? join_cgroup(harness_cgroup) : 0;
+    if (r < 0) {
+        fprintf(stderr, "cannot join the cgroup %s: %s\n", harness_cgroup, strerror(-r));
+        _exit(125);
     }
     if (harness_use_cli)
         execl(LARDER_CLI_PATH, "larder", "serve", "--config", d->config, (char *)NULL);

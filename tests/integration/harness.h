@@ -42,6 +42,12 @@ int daemon_start_at(struct daemon *d, const char *config, const char *netns, con
  * instead of larderd. */
 extern bool harness_use_cli;
 
+/* When set (before daemon_start), the daemon's process joins this cgroup directory
+ * (writes itself into its cgroup.procs) before exec, so that larderd runs, and reads its
+ * memory figures, in that cgroup from its first instruction. The start fails, with the
+ * reason in the daemon's log, when it cannot join. */
+extern const char *harness_cgroup;
+
 /* Runs a shell command line with LARDER_URL pointing at the daemon; its stdout goes to
  * out (len bytes, NUL-terminated). Returns its exit status. */
 int run_cli(struct daemon *d, const char *args, char *out, size_t len);

@@ -1,6 +1,11 @@
 /* GET /v1/advice on scripted workloads: each kind of advice provoked by a workload of
  * synthetic models made for it, and a workload that provokes none gives none. Every wait
- * polls for a condition (the events reach the advice recorder on the manager's threads). */
+ * polls for a condition (the events reach the advice recorder on the manager's threads).
+ *
+ * With the argument "cgroup" it runs the cgroup_limit tests instead: larderd in a memory
+ * cgroup the test creates, with a limit close to its budget and one far above it. They
+ * need a memory cgroup this process may create children in (cgroup v2 with the memory
+ * controller delegated, or v1); elsewhere the program exits 77 and says why. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,11 +13,14 @@
 #include <cmocka.h>
 
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
+#include "cgroup_util.h"
 
 /* The advice list, or NULL. */
 static json_t *advice(struct daemon *d)
@@ -210,8 +218,111 @@ static void test_pressure(void **state)
     daemon_stop(&d);
 }
 
-int main(void)
+/* ---- larderd in a memory cgroup ------------------------------------------------------ */
+
+#define MiB (1ull << 20)
+#define CG_BUDGET (480 * MiB)
+#define CG_NEAR (512 * MiB)          /* the budget is 94% of it */
+#define CG_FAR (16ull * 1024 * MiB)  /* the budget is 3% of it */
+
+static char cg_dir[PATH_MAX]; /* the cgroup made for the daemon; "" = none */
+
+/* Removes the cgroup once its last process (the daemon, reaped by now) has left it. */
+static void cg_remove(void)
 {
+    int r = cg_dir[0] ? cgroup_util_remove(cg_dir) : 0;
+    if (r < 0)
+        fprintf(stderr, "could not remove the cgroup %s: %s\n", cg_dir, strerror(-r));
+    harness_cgroup = NULL;
+    cg_dir[0] = 0;
+}
+
+/* Makes the cgroup, limited to `limit` bytes, for the next daemon_start. Returns 0, or -1
+ * with the reason in why. */
+static int cg_make(unsigned long long limit, char *why, size_t n)
+{
+    if (cgroup_util_make("larder-advice", limit, cg_dir, sizeof cg_dir, why, n) < 0) {
+        cg_dir[0] = 0;
+        return -1;
+    }
+    harness_cgroup = cg_dir;
+    return 0;
+}
+
+/* cmocka teardown: the daemon first, then its cgroup. */
+static int cg_teardown(void **state)
+{
+    daemon_teardown(state);
+    cg_remove();
+    return 0;
+}
+
+/* Starts larderd with a budget of CG_BUDGET in a cgroup limited to `limit`, and returns
+ * its cgroup_limit advice item (NULL: none). */
+static json_t *cgroup_advice(struct daemon *d, unsigned long long limit)
+{
+    char why[PATH_MAX + 128];
+    if (cg_make(limit, why, sizeof why) < 0)
+        fail_msg("%s", why);
+    assert_int_equal(daemon_start(d, "[memory]\nbudget = 480MiB\n"
+                                     "[model.a]\nbackend = synthetic\nsize = 8MiB\n"), 0);
+    /* the daemon reads the figures of the cgroup it runs in */
+    assert_int_equal(json_field(d, "/v1/memory", "cgroup.max_bytes"), (long long)limit);
+    assert_int_equal(infer(d, "a"), 200);
+    json_t *item = advice_item(d, "cgroup_limit", NULL);
+    printf("larderd in a %llu MiB cgroup: %lld KiB charged to it\n", limit / MiB,
+           json_field(d, "/v1/memory", "cgroup.current_bytes") / 1024);
+    assert_int_equal(daemon_stop(d), 0);
+    cg_remove();
+    return item;
+}
+
+static void test_cgroup_near_budget(void **state)
+{
+    struct daemon d;
+    json_t *item = cgroup_advice(&d, CG_NEAR);
+    assert_non_null(item);
+    assert_int_equal((long long)evidence(item, "budget_bytes"), (long long)CG_BUDGET);
+    assert_int_equal((long long)evidence(item, "cgroup_limit_bytes"), (long long)CG_NEAR);
+    assert_true(fabs(evidence(item, "ratio") - (double)CG_BUDGET / CG_NEAR) < 1e-9);
+    const char *text = json_string_value(json_object_get(item, "suggestion"));
+    assert_non_null(text);
+    assert_non_null(strstr(text, "budget = 384MiB")); /* three quarters of the limit */
+    json_decref(item);
+}
+
+static void test_cgroup_far_above_budget(void **state)
+{
+    struct daemon d;
+    json_t *item = cgroup_advice(&d, CG_FAR);
+    if (item)
+        fprintf(stderr, "unexpected advice: %s\n", json_dumps(item, 0));
+    assert_null(item);
+}
+
+/* Whether a memory cgroup can be made here (and removed again); why says why not. */
+static bool cgroup_possible(char *why, size_t n)
+{
+    if (cg_make(CG_FAR, why, n) < 0)
+        return false;
+    cg_remove();
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "cgroup") == 0) {
+        char why[PATH_MAX + 128];
+        if (!cgroup_possible(why, sizeof why)) {
+            printf("skipped: %s\n", why);
+            return 77;
+        }
+        const struct CMUnitTest cg_tests[] = {
+            cmocka_unit_test_teardown(test_cgroup_near_budget, cg_teardown),
+            cmocka_unit_test_teardown(test_cgroup_far_above_budget, cg_teardown),
+        };
+        return cmocka_run_group_tests(cg_tests, NULL, NULL);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_none, daemon_teardown),
         cmocka_unit_test_teardown(test_thrashing, daemon_teardown),

@@ -6,7 +6,7 @@
  * v1); elsewhere it skips and says why. */
 #include <larder/larder.h>
 
-#include "probe.h"
+#include "cgroup_util.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,50 +29,6 @@
 #define LIMIT (128u * MiB)
 #define HOG (24u * MiB)
 #define HOGS 8
-
-static int put(const char *dir, const char *name, const char *text)
-{
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int r = write(fd, text, strlen(text)) < 0 ? -errno : 0;
-    close(fd);
-    return r;
-}
-
-/* Creates <own cgroup>/larder-overfill-PID with a LIMIT memory limit. */
-static int make_cgroup(char *dir, size_t len, char *why, size_t whylen)
-{
-    char own[PATH_MAX - 64], limit[32];
-    int version = 0;
-    int r = larder__cgroup_find(NULL, own, sizeof own, &version);
-    if (r < 0) {
-        snprintf(why, whylen, "no memory cgroup here: %s", strerror(-r));
-        return -1;
-    }
-    snprintf(dir, len, "%s/larder-overfill-%d", own, (int)getpid());
-    if (mkdir(dir, 0755) < 0) {
-        snprintf(why, whylen, "cannot create %s: %s", dir, strerror(errno));
-        return -1;
-    }
-    snprintf(limit, sizeof limit, "%u", LIMIT);
-    if (version == 2) {
-        put(own, "cgroup.subtree_control", "+memory");
-        r = put(dir, "memory.max", limit);
-        put(dir, "memory.swap.max", "0");
-    } else {
-        r = put(dir, "memory.limit_in_bytes", limit);
-        put(dir, "memory.memsw.limit_in_bytes", limit);
-    }
-    if (r < 0) {
-        snprintf(why, whylen, "cannot set a memory limit in %s: %s", dir, strerror(-r));
-        rmdir(dir);
-        return -1;
-    }
-    return 0;
-}
 
 static int hog_load(void *ud, void **ret, char *err, size_t n)
 {
@@ -142,7 +98,7 @@ static void test_overfill_evicts_instead_of_oom(void **state)
     skip();
 #endif
     char dir[PATH_MAX], why[PATH_MAX + 128];
-    if (make_cgroup(dir, sizeof dir, why, sizeof why) < 0) {
+    if (cgroup_util_make("larder-overfill", LIMIT, dir, sizeof dir, why, sizeof why) < 0) {
         printf("skipped: %s\n", why);
         skip();
     }
@@ -157,14 +113,13 @@ static void test_overfill_evicts_instead_of_oom(void **state)
     close(go[0]);
     char spid[32];
     snprintf(spid, sizeof spid, "%d", (int)pid);
-    int moved = put(dir, "cgroup.procs", spid);
+    int moved = cgroup_util_put(dir, "cgroup.procs", spid);
     if (moved == 0)
         assert_int_equal(write(go[1], "g", 1), 1);
     close(go[1]);
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
-    for (int i = 0; i < 200 && rmdir(dir) < 0 && errno == EBUSY; i++)
-        usleep(10000);
+    cgroup_util_remove(dir);
     assert_int_equal(moved, 0);
     if (WIFSIGNALED(status))
         fail_msg("the child was killed by signal %d (OOM killer?)", WTERMSIG(status));
