@@ -2,17 +2,16 @@
 // external OpenAI-compatible server (examples/external/openai_server.py, started by
 // larderd on first use, proxied by name, stopped by its ttl), with a llama fallback.
 //   node api_external.mjs LARDERD MODELS_DIR NODE_MODULES EXAMPLES_DIR
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import { runWith, until } from './larderd.mjs';
 
 const [larderd, models, nodeModules, examples] = process.argv.slice(2);
 const require = createRequire(join(nodeModules, 'noop.js'));
-const WAIT_BOUND_MS = 60000;
 const PYTHON = '/usr/bin/python3';
 
 if (!existsSync(PYTHON)) {
@@ -22,7 +21,7 @@ if (!existsSync(PYTHON)) {
 
 const server = join(examples, 'external', 'openai_server.py');
 const dir = mkdtempSync(join(tmpdir(), 'larder-api-ext-'));
-writeFileSync(join(dir, 'larder.conf'), `[server]
+const config = `[server]
 listen = 127.0.0.1:0
 
 [model.ext-chat]
@@ -46,37 +45,10 @@ path = ${models}/tiny-generator-f32.gguf
 ctx = 512
 threads = 1
 max_tokens = 8
-`);
+`;
 
-const daemon = spawn(larderd, ['--config', join(dir, 'larder.conf')],
-                     { stdio: ['ignore', 'ignore', 'pipe'] });
-let log = '';
-daemon.stderr.on('data', (b) => { log += b; });
 let base = null;
-
-function listening() {
-    const m = /listening.*port=(\d+)/.exec(log);
-    if (m)
-        base = `http://127.0.0.1:${m[1]}`;
-    return base !== null;
-}
-
-async function until(what, cond) {
-    const end = Date.now() + WAIT_BOUND_MS;
-    for (;;) {
-        try {
-            if (await cond())
-                return;
-        } catch { /* not yet */ }
-        if (Date.now() > end)
-            throw new Error(`timed out waiting for ${what}`);
-        await new Promise((r) => setTimeout(r, 20));
-    }
-}
-
-async function model(name) {
-    return (await fetch(`${base}/v1/models/${name}`)).json();
-}
+let model = null;
 
 // The child itself, through larderd's proxy route (it starts the child when needed).
 async function child(path, method = 'GET') {
@@ -234,29 +206,11 @@ async function tests() {
     await until('the server process gone', async () => !alive(pid2));
 }
 
-let status = 0;
-try {
-    await until('larderd to listen', async () => listening());
-    await until('larderd', async () => (await fetch(`${base}/health`)).ok);
-    await tests();
-    for (const name of ['ext-chat', 'ext-broken', 'gen'])
-        await until(`${name} idle`, async () => (await model(name)).leases === 0);
-    console.log('external openai: ok');
-} catch (e) {
-    console.error(e);
-    console.error(log);
-    status = 1;
-} finally {
-    const exited = daemon.exitCode !== null || daemon.signalCode !== null
-        ? Promise.resolve({ code: daemon.exitCode, signal: daemon.signalCode })
-        : new Promise((r) => daemon.on('exit', (code, signal) => r({ code, signal })));
-    daemon.kill('SIGTERM');
-    const { code, signal } = await exited;
-    if (code !== 0) {
-        console.error(`larderd exited with ${code ?? signal} after SIGTERM`);
-        console.error(log);
-        status = 1;
-    }
-    rmSync(dir, { recursive: true, force: true });
-}
-process.exit(status);
+await runWith({
+    larderd, dir, config, label: 'external openai', idle: ['ext-chat', 'ext-broken', 'gen'],
+    tests: async (d) => {
+        base = d.base;
+        model = d.model;
+        await tests();
+    },
+});
