@@ -90,6 +90,11 @@ typedef struct larder_lease larder_lease;
  * instance_free: required when instance_new is set.
  * estimate:      optional. Bytes the model (plus one instance) will take, before load.
  * measure:       optional. Bytes the loaded model really takes, backend-reported.
+ * unload_report: optional (appended in 0.1). Replaces unload when set: unloads the same
+ *                way and tells what the unload gave back outside this process (a child
+ *                process the model ran in, measured before it exited), in bytes; the
+ *                unload's figure is that plus this process's own RSS delta. Returns 0
+ *                with *ret_bytes set, or negative when it could not measure.
  *
  * Class functions run on the manager's loader threads (load, instance_new, measure)
  * or on whichever thread evicts (unload, instance_free). Loads of different
@@ -104,6 +109,8 @@ struct larder_class {
     void (*instance_free)(void *ud, void *model, void *instance);
     int (*estimate)(void *ud, uint64_t *ret_bytes);
     int (*measure)(void *ud, void *model, uint64_t *ret_bytes);
+    /* appended in 0.1: */
+    int (*unload_report)(void *ud, void *model, int64_t *ret_bytes);
 };
 
 /* ---- manager ----------------------------------------------------------------------- */
@@ -111,7 +118,7 @@ struct larder_class {
 enum larder_event_type {
     LARDER_EVENT_LOAD_START = 1,
     LARDER_EVENT_LOAD_DONE,
-    LARDER_EVENT_LOAD_FAIL,
+    LARDER_EVENT_LOAD_FAIL, /* a load failed, or larder_fail() took a loaded one down */
     LARDER_EVENT_EVICT,   /* a whole component is being evicted; reason says why */
     LARDER_EVENT_UNLOAD,  /* a component finished unloading; bytes_returned measured */
     LARDER_EVENT_INSTANCE_NEW,
@@ -173,6 +180,11 @@ struct larder_opts {
     int64_t close_timeout_ms; /* how long larder_close waits for class calls in flight
                                  (loads, instance_new) to return; default 10000,
                                  LARDER_WAIT_FOREVER = as long as they take */
+    /* Appended in 0.1 (after close_timeout_ms): the memory of the processes components
+     * run in outside this one (worker processes), sampled into the history each second
+     * (children_bytes); NULL = none. Called on the manager's sampler thread. */
+    uint64_t (*children_bytes)(void *ud);
+    void *children_ud;
 };
 
 /* Fills opts with defaults and sets struct_size. */
@@ -337,6 +349,18 @@ LARDER_API int larder_update_measured(larder *m, const char *name, uint64_t byte
  * LARDER_ETIMEDOUT is returned. 0 when unloaded or not loaded. */
 LARDER_API int larder_unload(larder *m, const char *name, int64_t timeout_ms);
 
+/* Takes a loaded component that broke outside a load (the process it ran in died) out of
+ * service: new acquires fail (LARDER_EDRAINING) while the leases out come back (at most
+ * timeout_ms), then it is unloaded and enters FAILED with err and msg as its last error
+ * and the cooldown of a failed load; acquirers during the cooldown fail with
+ * LARDER_ECOOLDOWN or are served by the fallback, and the first after it loads anew.
+ * Only when the component's loaded model still is `model` (any model when NULL): a
+ * model that was already replaced is left alone (0). Returns 0, LARDER_ENOTFOUND,
+ * LARDER_EDRAINING (an unload is already running), LARDER_ETIMEDOUT (leases still out:
+ * it keeps its state). Appended in 0.1. */
+LARDER_API int larder_fail(larder *m, const char *name, const void *model, int err,
+                           const char *msg, int64_t timeout_ms);
+
 struct larder_trim_result {
     size_t struct_size;
     unsigned components;      /* whole components evicted */
@@ -453,6 +477,7 @@ struct larder_history_entry {
     uint64_t reserved_bytes;
     uint64_t cgroup_bytes;    /* 0 when unknown */
     double psi_some_avg10;
+    uint64_t children_bytes;  /* samples: opts.children_bytes's figure (0 when none) */
 };
 
 struct larder_gpu_info {

@@ -824,3 +824,18 @@ void larder__child_status_text(int status, char *buf, size_t len)
     else
         snprintf(buf, len, "ended with status %d", status);
 }
+
+uint64_t larder__children_memory(struct larder__children *s)
+{
+    uint64_t sum = 0;
+    if (!s)
+        return 0;
+    pthread_mutex_lock(&s->mu);
+    for (struct larder__child *c = s->list; c; c = c->next) {
+        struct larder__child_mem m;
+        if (!c->exited && larder__proc_tree_memory(c->pid, &m) == 0)
+            sum += m.pss ? m.pss : m.rss;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return sum;
+}

@@ -102,6 +102,10 @@ struct larder__child_mem {
 /* Fills m; -ESRCH once the child has exited. */
 int larder__child_memory(const struct larder__child *c, struct larder__child_mem *m);
 
+/* The memory of every child still running, each one's tree: PSS where readable, else
+ * RSS, summed (bytes). */
+uint64_t larder__children_memory(struct larder__children *s);
+
 /* Same, for any process id (its tree). */
 int larder__proc_tree_memory(pid_t pid, struct larder__child_mem *m);
 

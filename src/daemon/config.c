@@ -400,12 +400,12 @@ static const char *const server_keys[SK_N + 1] = {
 enum memory_key {
     MK_BUDGET, MK_POLICY, MK_TTL, MK_LOADER_THREADS, MK_ADMISSION_TIMEOUT,
     MK_HIGH_WATERMARK, MK_LOW_WATERMARK, MK_PSI_TRIGGER, MK_WATCH_PRESSURE, MK_HISTORY,
-    MK_GPU_BUDGET, MK_N
+    MK_GPU_BUDGET, MK_COOLDOWN, MK_N
 };
 static const char *const memory_keys[MK_N + 1] = {
     "budget", "policy", "ttl", "loader_threads", "admission_timeout",
     "high_watermark", "low_watermark", "psi_trigger", "watch_pressure", "history",
-    "gpu_budget",
+    "gpu_budget", "cooldown",
 };
 
 static int key_index(const char *const *keys, int n, const char *key)
@@ -610,6 +610,7 @@ static int memory_value(struct parser *p, int k, const char *v)
     }
     case MK_WATCH_PRESSURE: return larder__parse_bool(v, &c->watch_pressure);
     case MK_GPU_BUDGET: return parse_gpu_budgets(v, c->gpu_budget);
+    case MK_COOLDOWN: return positive_duration(v, &c->cooldown_ms);
     case MK_HISTORY: {
         int64_t ms;
         int r = larder__parse_duration(v, &ms);
@@ -627,15 +628,35 @@ static int memory_value(struct parser *p, int k, const char *v)
 enum model_key {
     MD_BACKEND, MD_PATH, MD_INSTANCES, MD_TTL, MD_PRELOAD, MD_PIN, MD_PRIORITY,
     MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT,
-    MD_ISOLATION, MD_COMMAND, MD_ENV, MD_WORKDIR, MD_HEALTH, MD_PROXY, MD_STOP_TIMEOUT,
-    MD_INFER_PATH, MD_API, MD_N
+    MD_ISOLATION, MD_WORKER_TIMEOUT, MD_COMMAND, MD_ENV, MD_WORKDIR, MD_HEALTH, MD_PROXY,
+    MD_STOP_TIMEOUT, MD_INFER_PATH, MD_API, MD_N
 };
 static const char *const model_keys[MD_N + 1] = {
     "backend", "path", "instances", "ttl", "preload", "pin", "priority",
     "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", "infer_timeout",
-    "isolation", "command", "env", "workdir", "health", "proxy", "stop_timeout",
-    "infer_path", "api",
+    "isolation", "worker_timeout", "command", "env", "workdir", "health", "proxy",
+    "stop_timeout", "infer_path", "api",
 };
+
+const char *larder__isolation_name(enum larder__isolation i)
+{
+    switch (i) {
+    case LARDER__ISOLATION_IN_PROCESS: return "in-process";
+    case LARDER__ISOLATION_WORKER: return "worker";
+    case LARDER__ISOLATION_EXTERNAL: return "external";
+    }
+    return "?";
+}
+
+static int parse_isolation(const char *v, enum larder__isolation *ret)
+{
+    for (int i = LARDER__ISOLATION_IN_PROCESS; i <= LARDER__ISOLATION_EXTERNAL; i++)
+        if (strcmp(v, larder__isolation_name((enum larder__isolation)i)) == 0) {
+            *ret = (enum larder__isolation)i;
+            return 0;
+        }
+    return -EINVAL;
+}
 _Static_assert(SK_N <= MAX_KEYS && MK_N <= MAX_KEYS && MD_N <= MAX_KEYS, "struct keyset");
 
 static int dup_str(char **slot, const char *v)
@@ -738,14 +759,6 @@ static int ext_api(struct parser *p, const char *v, enum larder__ext_api *slot)
 static int ext_value(struct parser *p, struct larder__model_conf *m, int k, const char *v)
 {
     switch (k) {
-    case MD_ISOLATION:
-        if (strcmp(v, "in-process") == 0)
-            m->isolation = LARDER__ISOLATION_IN_PROCESS;
-        else if (strcmp(v, "external") == 0)
-            m->isolation = LARDER__ISOLATION_EXTERNAL;
-        else
-            return ext_hint(p, "in-process or external"), -EINVAL;
-        return 0;
     case MD_COMMAND:
         m->ext.command_line = p->line;
         return ext_words(p, v, &m->ext.argv, &m->ext.argc);
@@ -790,6 +803,9 @@ static void close_external(struct parser *p, struct larder__model_conf *m,
     if (ks->line[MD_INSTANCES])
         fail_at(p, ks->line[MD_INSTANCES], p->section, "instances",
                 "an external model has no instances: its server takes concurrent requests");
+    if (ks->line[MD_WORKER_TIMEOUT])
+        fail_at(p, ks->line[MD_WORKER_TIMEOUT], p->section, "worker_timeout",
+                "only a worker model takes it (an external model has stop_timeout)");
     for (size_t i = 0; i < m->n_opts; i++)
         fail_at(p, m->opt_lines[i], p->section, m->opts[i].key,
                 "unknown key for an external model");
@@ -805,7 +821,7 @@ static void close_external(struct parser *p, struct larder__model_conf *m,
 
 static int model_value(struct parser *p, struct larder__model_conf *m, int k, const char *v)
 {
-    if (k >= MD_ISOLATION)
+    if (k >= MD_COMMAND)
         return ext_value(p, m, k, v);
     switch (k) {
     case MD_BACKEND:
@@ -837,6 +853,10 @@ static int model_value(struct parser *p, struct larder__model_conf *m, int k, co
     }
     case MD_GPU_MEMORY: return larder_parse_size(v, &m->gpu_bytes) < 0 ? -EINVAL : 0;
     case MD_INFER_TIMEOUT: return positive_duration(v, &m->infer_timeout_ms);
+    case MD_ISOLATION:
+        p->hint = "in-process, worker or external";
+        return parse_isolation(v, &m->isolation);
+    case MD_WORKER_TIMEOUT: return positive_duration(v, &m->worker_timeout_ms);
     }
     return -EINVAL;
 }

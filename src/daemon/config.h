@@ -30,7 +30,8 @@
 
 /* Where a model runs ([model.NAME] isolation; DESIGN.md section 5). */
 enum larder__isolation {
-    LARDER__ISOLATION_IN_PROCESS = 0, /* the backend plugin inside larderd */
+    LARDER__ISOLATION_IN_PROCESS = 0, /* the plugin inside larderd (the default) */
+    LARDER__ISOLATION_WORKER,         /* the plugin in a larder-worker child process */
     LARDER__ISOLATION_EXTERNAL,       /* a command serving HTTP, reverse-proxied */
 };
 
@@ -57,6 +58,9 @@ struct larder__external_conf {
     unsigned command_line;        /* line of the command key */
 };
 
+/* "in-process", "worker", "external". */
+const char *larder__isolation_name(enum larder__isolation i);
+
 struct larder__model_conf {
     char *name;
     char *backend;
@@ -82,6 +86,7 @@ struct larder__model_conf {
     int64_t infer_timeout_ms;     /* one inference's deadline; 0 = none */
     enum larder__isolation isolation;
     struct larder__external_conf ext; /* isolation = external only */
+    int64_t worker_timeout_ms;    /* worker: each call's deadline; 0 = the default (60 s) */
 };
 
 struct larder__config {
@@ -126,6 +131,7 @@ struct larder__config {
     char *psi_trigger;            /* "some 150000 1000000"; "" = none; NULL = default */
     int64_t history_s;            /* memory history kept, seconds; -1 = library default */
     uint64_t gpu_budget[LARDER_MAX_GPUS]; /* device-memory budgets; 0 = not enforced */
+    int64_t cooldown_ms;          /* the first cooldown after a failure; 0 = library default */
     /* [model.NAME], sorted by name */
     struct larder__model_conf *models;
     size_t n_models;              /* 0 is valid: the caller decides what an empty config means */

@@ -75,6 +75,55 @@ static bool regular_file(const char *path)
     return path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* ---- workers ------------------------------------------------------------------------------ */
+
+struct worker_fail {
+    struct larder__daemon *d;
+    char *name;
+    const void *model;
+    char *why;
+};
+
+static void worker_fail_job(void *arg)
+{
+    struct worker_fail *f = arg;
+    larder *mgr = larder__mgr_get(f->d);
+    if (mgr) {
+        pthread_rwlock_rdlock(&f->d->conf_lock);
+        int64_t timeout = f->d->conf->drain_timeout_ms;
+        pthread_rwlock_unlock(&f->d->conf_lock);
+        int r = larder_fail(mgr, f->name, f->model, LARDER_ELOAD, f->why, timeout);
+        if (r < 0)
+            larder__log(LARDER__LOG_WARN, "failed worker not taken down",
+                        json_pack("{s:s,s:s}", "model", f->name, "error", larder_strerror(r)));
+        larder__mgr_put(f->d);
+    }
+    free(f->name);
+    free(f->why);
+    free(f);
+}
+
+/* A worker died: its component goes FAILED, on the admin pool (it waits for the leases
+ * out, which fail fast now that their worker is gone). */
+static void on_worker_fail(void *ctx, const char *name, const void *model, const char *why)
+{
+    struct larder__daemon *d = ctx;
+    struct worker_fail *f = calloc(1, sizeof *f);
+    if (!f || !(f->name = strdup(name)) || !(f->why = strdup(why))) {
+        if (f)
+            free(f->name);
+        free(f);
+        return;
+    }
+    f->d = d;
+    f->model = model;
+    if (atomic_load(&d->stopping) || larder__pool_submit(d->admin_pool, worker_fail_job, f) < 0) {
+        free(f->name);
+        free(f->why);
+        free(f);
+    }
+}
+
 /* Defines m; probed is the backend's estimate the probe got (0: none). */
 static int define_model(struct larder__daemon *d, const struct larder__config *c,
                         const struct larder__model_conf *m, uint64_t probed, char *err,
@@ -107,10 +156,12 @@ static int define_model(struct larder__daemon *d, const struct larder__config *c
     o.gpu = m->gpu;
     o.gpu_bytes = m->gpu_bytes;
     o.queue_max = m->queue;
-    if (!o.ud)
+    if (!o.ud) {
         r = -ENOMEM;
-    else if (m->isolation != LARDER__ISOLATION_EXTERNAL)
+    } else if (m->isolation != LARDER__ISOLATION_EXTERNAL) {
         larder__model_ud_set_estimate(o.ud, probed);
+        larder__model_ud_set_worker(o.ud, d->children, on_worker_fail, d);
+    }
     larder *mgr = r == 0 ? larder__mgr_get(d) : NULL;
     if (r == 0)
         r = mgr ? larder_define(mgr, m->name, &o) : LARDER_ECLOSED;
@@ -348,6 +399,7 @@ static void diff_memory(const struct larder__config *o, const struct larder__con
     changed(ap, rs, "memory.psi_trigger", !str_same(o->psi_trigger, n->psi_trigger), false);
     changed(ap, rs, "memory.watch_pressure", o->watch_pressure != n->watch_pressure, false);
     changed(ap, rs, "memory.history", o->history_s != n->history_s, false);
+    changed(ap, rs, "memory.cooldown", o->cooldown_ms != n->cooldown_ms, false);
 }
 
 /* {"applied": [...], "restart_required": [...]}: the [server] and [memory] keys a reload
@@ -634,6 +686,13 @@ int larder__daemon_reload(struct larder__daemon *d, json_t **ret_summary, char *
 
 /* ---- start-up ---------------------------------------------------------------------------- */
 
+/* The worker processes' memory, for the manager's history samples. */
+static uint64_t children_bytes(void *ud)
+{
+    struct larder__daemon *d = ud;
+    return larder__children_memory(d->children);
+}
+
 static int open_manager(struct larder__daemon *d, const struct larder__config *c)
 {
     struct larder_opts o;
@@ -649,6 +708,11 @@ static int open_manager(struct larder__daemon *d, const struct larder__config *c
         o.default_ttl_ms = c->default_ttl_ms;
     if (c->admission_timeout_ms)
         o.admission_timeout_ms = c->admission_timeout_ms;
+    if (c->cooldown_ms) {
+        o.cooldown_min_ms = c->cooldown_ms;
+        if (o.cooldown_max_ms < o.cooldown_min_ms)
+            o.cooldown_max_ms = o.cooldown_min_ms;
+    }
     o.state_dir = c->state_dir;
     if (c->high_watermark > 0)
         o.high_watermark = c->high_watermark;
@@ -664,6 +728,8 @@ static int open_manager(struct larder__daemon *d, const struct larder__config *c
     o.close_timeout_ms = c->drain_timeout_ms < 10000 ? c->drain_timeout_ms : 10000;
     o.on_event = larder__events_on_event;
     o.event_ud = d->events;
+    o.children_bytes = children_bytes;
+    o.children_ud = d;
     int r = larder_open(&o, &d->mgr);
     if (r == 0)
         apply_gpu_budgets(d->mgr, NULL, c);
@@ -691,13 +757,16 @@ static int start_parts(struct larder__daemon *d, char *err, size_t errlen)
     /* Forked before any thread starts; it validates while the daemon sets up. */
     if (r < 0 || (r = larder__probe_start(d->prog, c, true, &p, err, errlen)) < 0)
         return r;
-    unsigned reaped = 0;
-    if ((r = larder__children_open(c->state_dir, &d->children, &reaped, err, errlen)) < 0)
+    unsigned ended = 0;
+    if ((r = larder__children_open(c->state_dir, &d->children, &ended, msg, sizeof msg)) < 0) {
+        snprintf(err, errlen, "%s", msg);
+        larder__probe_finish(p, c, &rep, msg, sizeof msg);
+        larder__report_free(rep);
         return r;
-    if (reaped)
+    }
+    if (ended)
         larder__log(LARDER__LOG_WARN, "ended the model processes of a larderd that died",
-                    json_pack("{s:i,s:s?}", "processes", (int)reaped, "state_dir",
-                              c->state_dir));
+                    json_pack("{s:i,s:s?}", "processes", (int)ended, "state_dir", c->state_dir));
     if ((r = larder__events_new(c->events_queue, &d->events)) < 0 ||
         (r = larder__pool_new("larder-infer", worker_threads(c), &d->infer_pool)) < 0 ||
         (r = larder__pool_new("larder-admin", 2, &d->admin_pool)) < 0)
@@ -795,6 +864,7 @@ static unsigned close_manager(struct larder__daemon *d)
 #define SETTLE_MS 1000
 #define WRITE_MS 5000
 #define JOIN_MS 2000
+#define WORKER_STOP_MS 5000
 
 /* Stops within drain_timeout plus the bounds above (and the manager's close_timeout):
  * requests still running then are answered 503 `shutting_down`, and threads still inside
@@ -824,6 +894,12 @@ static unsigned stop_all(struct larder__daemon *d)
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
     unsigned loads_left = close_manager(d);
     wait_jobs(d, streams ? WRITE_MS : SETTLE_MS, false);
+    if (!loads_left) {
+        /* every model is unloaded: what is left of a worker (one a load still starts is
+         * not) goes now */
+        larder__children_close(d->children, WORKER_STOP_MS);
+        d->children = NULL;
+    }
     unsigned answered = larder__http_answer_all(d->http);
     if (answered) {
         larder__log(LARDER__LOG_WARN, "stopping: requests still running were answered",

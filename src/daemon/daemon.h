@@ -12,6 +12,7 @@
 #include <stdbool.h>
 
 #include "auth.h"
+#include "children.h"
 #include "config.h"
 #include "events.h"
 #include "larder/larder.h"

@@ -1,4 +1,5 @@
 /* larderd HTTP server (see http.h). */
+#include "remote.h"
 #include "http.h"
 
 #include <arpa/inet.h>
@@ -737,6 +738,8 @@ static const struct error_map error_maps[] = {
     {LARDER_ECLOSED, 503, "shutting_down", "5"},
     {LARDER_ECANCELED, 503, "canceled", "1"},
     {LARDER_ECYCLE, 500, "fallback_cycle", NULL},
+    {LARDER__EWORKER_CRASHED, 502, "worker_crashed", NULL},
+    {LARDER__EWORKER_TIMEOUT, 504, "worker_timeout", NULL},
     {LARDER_BACKEND_EINPUT, 400, "bad_input", NULL},
     {LARDER_BACKEND_EMEDIA, 415, "unsupported_media_type", NULL},
     {LARDER_BACKEND_EOPTION, 500, "bad_option", NULL},

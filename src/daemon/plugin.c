@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "remote.h"
 #include "selfpath.h"
 
 
@@ -47,6 +48,11 @@ struct model_ud {
     struct larder_option *opts;
     unsigned *opt_lines;
     uint64_t probed;       /* the plugin's estimate as the probe computed it; 0 = none */
+    enum larder__isolation isolation;
+    int64_t worker_timeout_ms;
+    struct larder__children *children; /* for worker models */
+    larder__worker_fail_fn on_fail;
+    void *fail_ctx;
 };
 
 /* What the class's load returns as the component's model. */
@@ -54,7 +60,12 @@ struct loaded {
     const struct larder_backend_ops *ops;
     struct larder__backend *be;
     void *model;
+    struct model_ud *mu;
+    struct larder__remote *remote; /* a worker model's worker; NULL in-process */
 };
+
+#define WORKER_TIMEOUT_MS 60000
+#define WORKER_GRACE_MS 5000
 
 
 /* ---- host services -------------------------------------------------------------------- */
@@ -147,6 +158,13 @@ static int host_emit(void *host_ctx, const char *json, size_t len)
     if (r < 0 && ctl->why == LARDER__CANCEL_NONE)
         ctl->why = LARDER__CANCEL_GONE;
     return r < 0 ? -1 : 0;
+}
+
+static const struct larder_host host;
+
+const struct larder_host *larder__host(void)
+{
+    return &host;
 }
 
 static const struct larder_host host = {
@@ -407,9 +425,28 @@ static size_t first_option(const struct larder_backend_ops *ops,
     return n && strcmp(opts[0].key, "path") == 0 && !key_listed(ops->option_keys, "path");
 }
 
+/* The options a plugin gets: those of the config, "path" only when the plugin lists it
+ * (first_option), and "isolation" (the model's mode) appended when the plugin lists
+ * that key. The strings are borrowed; free the array. NULL on ENOMEM. */
+static struct larder_option *plugin_opts(const struct larder_backend_ops *ops,
+                                         const struct larder_option *opts, size_t n,
+                                         enum larder__isolation iso, size_t *ret_n)
+{
+    size_t skip = first_option(ops, opts, n), k = 0;
+    struct larder_option *o = calloc(n + 2, sizeof *o);
+    if (!o)
+        return NULL;
+    for (size_t i = skip; i < n; i++)
+        o[k++] = opts[i];
+    if (key_listed(ops->option_keys, "isolation"))
+        o[k++] = (struct larder_option){"isolation", larder__isolation_name(iso)};
+    *ret_n = k;
+    return o;
+}
+
 static int check_options(struct larder__backend *be, const char *file, const char *model,
                          const struct larder_option *opts, const unsigned *lines, size_t n,
-                         char *err, size_t errlen)
+                         enum larder__isolation iso, char *err, size_t errlen)
 {
     char msg[PLUGIN_ERRLEN] = "";
     int r = larder__backend_open(be, err, errlen);
@@ -423,8 +460,13 @@ static int check_options(struct larder__backend *be, const char *file, const cha
                  lines[i], model, opts[i].key, be->name);
         return LARDER_BACKEND_EOPTION;
     }
-    size_t skip = first_option(ops, opts, n);
-    if (ops->check && (r = ops->check(opts + skip, n - skip, msg, sizeof msg)) < 0) {
+    size_t k = 0;
+    struct larder_option *o = plugin_opts(ops, opts, n, iso, &k);
+    if (!o)
+        return -ENOMEM;
+    r = ops->check ? ops->check(o, k, msg, sizeof msg) : 0;
+    free(o);
+    if (r < 0) {
         snprintf(err, errlen, "%s: [model.%s]: %s", file, model,
                  *msg ? msg : "options refused by the backend");
         return r;
@@ -444,9 +486,13 @@ int larder__backend_check(struct larder__backend *be, const struct larder__model
     const struct larder_backend_ops *ops = atomic_load(&be->ops);
     if (!ops || !ops->check)
         return 0;
-    size_t skip = first_option(ops, m->opts, m->n_opts);
+    size_t k = 0;
+    struct larder_option *o = plugin_opts(ops, m->opts, m->n_opts, m->isolation, &k);
+    if (!o)
+        return -ENOMEM;
     *msg = 0;
-    int r = ops->check(m->opts + skip, m->n_opts - skip, msg, msglen);
+    int r = ops->check(o, k, msg, msglen);
+    free(o);
     if (r < 0 && !*msg)
         snprintf(msg, msglen, "options refused by the backend (%d)", r);
     return r < 0 ? r : 0;
@@ -458,33 +504,100 @@ int larder__backend_estimate(struct larder__backend *be, const struct larder__mo
     const struct larder_backend_ops *ops = atomic_load(&be->ops);
     if (!ops || !ops->estimate)
         return -ENOTSUP;
-    size_t skip = first_option(ops, m->opts, m->n_opts);
-    return ops->estimate(m->opts + skip, m->n_opts - skip, ret_bytes);
+    size_t k = 0;
+    struct larder_option *o = plugin_opts(ops, m->opts, m->n_opts, m->isolation, &k);
+    if (!o)
+        return -ENOMEM;
+    int r = ops->estimate(o, k, ret_bytes);
+    free(o);
+    return r;
 }
 
 /* ---- the class -------------------------------------------------------------------------- */
+
+/* The worker of a loaded model died: its component goes FAILED (the daemon's hook). */
+static void worker_dead(void *ctx, struct larder__remote *r, int code, const char *why)
+{
+    struct loaded *l = ctx;
+    (void)r;
+    larder__log(LARDER__LOG_ERROR, "worker failed",
+                json_pack("{s:s,s:s,s:s}", "model", l->mu->name, "cause",
+                          code == LARDER__EWORKER_TIMEOUT ? "timeout" : "crash", "detail", why));
+    if (l->mu->on_fail)
+        l->mu->on_fail(l->mu->fail_ctx, l->mu->name, l, why);
+}
+
+/* A worker model's load: a worker starts, checks and loads the model in its process. */
+static int load_worker(struct model_ud *mu, struct loaded *l, char *msg, size_t msglen)
+{
+    if (!mu->children) {
+        snprintf(msg, msglen, "model '%s': worker processes are not available here", mu->name);
+        return -ENOTSUP;
+    }
+    struct larder__remote_spec spec = {
+        .children = mu->children,
+        .worker = larder__worker_path(),
+        .plugin = mu->be->path,
+        .model = mu->name,
+        .backend = mu->be->name,
+        .host = &host,
+        .call_timeout_ms = mu->worker_timeout_ms > 0 ? mu->worker_timeout_ms : WORKER_TIMEOUT_MS,
+        .on_dead = worker_dead,
+        .on_dead_ctx = l,
+    };
+    int r = larder__remote_start(&spec, &l->remote, msg, msglen);
+    if (r < 0)
+        return r;
+    /* the worker drops "isolation" and "path" for a plugin that does not list them */
+    struct larder_option *o = calloc(mu->n_opts + 1, sizeof *o);
+    if (!o) {
+        larder__remote_stop(l->remote, 0, NULL);
+        return -ENOMEM;
+    }
+    memcpy(o, mu->opts, mu->n_opts * sizeof *o);
+    o[mu->n_opts] = (struct larder_option){"isolation", larder__isolation_name(mu->isolation)};
+    r = larder__remote_load(l->remote, o, mu->n_opts + 1, msg, msglen);
+    free(o);
+    if (r < 0) {
+        larder__remote_stop(l->remote, 0, NULL);
+        l->remote = NULL;
+        return r;
+    }
+    l->ops = larder__remote_ops(l->remote);
+    l->model = l->remote;
+    return 0;
+}
 
 static int cls_load(void *ud, void **ret_model, char *err, size_t errlen)
 {
     struct model_ud *mu = ud;
     char msg[PLUGIN_ERRLEN] = "";
-    int r = check_options(mu->be, mu->file, mu->name, mu->opts, mu->opt_lines, mu->n_opts,
-                          msg, sizeof msg);
-    const struct larder_backend_ops *ops = atomic_load(&mu->be->ops);
-    struct loaded *l = NULL;
-    if (r == 0 && !(l = calloc(1, sizeof *l)))
-        r = -ENOMEM;
-    size_t skip = r == 0 ? first_option(ops, mu->opts, mu->n_opts) : 0;
-    if (r == 0 && (r = ops->load(mu->opts + skip, mu->n_opts - skip, &l->model, msg,
-                                 sizeof msg)) < 0 && !*msg)
-        snprintf(msg, sizeof msg, "backend '%s' failed to load (%d)", mu->be->name, r);
+    struct loaded *l = calloc(1, sizeof *l);
+    int r = l ? 0 : -ENOMEM;
+    if (r == 0) {
+        l->be = mu->be;
+        l->mu = mu;
+    }
+    if (r == 0 && mu->isolation == LARDER__ISOLATION_WORKER) {
+        r = load_worker(mu, l, msg, sizeof msg);
+    } else if (r == 0 &&
+               (r = check_options(mu->be, mu->file, mu->name, mu->opts, mu->opt_lines,
+                                  mu->n_opts, mu->isolation, msg, sizeof msg)) == 0) {
+        const struct larder_backend_ops *ops = atomic_load(&mu->be->ops);
+        size_t k = 0;
+        struct larder_option *o = plugin_opts(ops, mu->opts, mu->n_opts, mu->isolation, &k);
+        if (!o)
+            r = -ENOMEM;
+        else if ((r = ops->load(o, k, &l->model, msg, sizeof msg)) < 0 && !*msg)
+            snprintf(msg, sizeof msg, "backend '%s' failed to load (%d)", mu->be->name, r);
+        free(o);
+        l->ops = ops;
+    }
     if (r < 0) {
         free(l);
-        snprintf(err, errlen, "%s", msg);
+        snprintf(err, errlen, "%s", *msg ? msg : strerror(-r));
         return r;
     }
-    l->ops = ops;
-    l->be = mu->be;
     *ret_model = l;
     return 0;
 }
@@ -494,8 +607,24 @@ static void cls_unload(void *ud, void *model)
     struct loaded *l = model;
     if (!l)
         return;
-    l->ops->unload(l->model);
+    if (l->remote)
+        larder__remote_stop(l->remote, WORKER_GRACE_MS, NULL);
+    else
+        l->ops->unload(l->model);
     free(l);
+}
+
+/* A worker's unload is the exit of its process: what it gave back is what it held. */
+static int cls_unload_report(void *ud, void *model, int64_t *ret_bytes)
+{
+    struct loaded *l = model;
+    if (!l || !l->remote) {
+        cls_unload(ud, model);
+        return -ENOTSUP;
+    }
+    larder__remote_stop(l->remote, WORKER_GRACE_MS, ret_bytes);
+    free(l);
+    return 0;
 }
 
 static int cls_instance_new(void *ud, void *model, void **ret_instance, char *err,
@@ -533,8 +662,13 @@ static int cls_estimate(void *ud, uint64_t *ret_bytes)
     }
     if (!ops || !ops->estimate)
         return -ENOTSUP;
-    size_t skip = first_option(ops, mu->opts, mu->n_opts);
-    return ops->estimate(mu->opts + skip, mu->n_opts - skip, ret_bytes);
+    size_t k = 0;
+    struct larder_option *o = plugin_opts(ops, mu->opts, mu->n_opts, mu->isolation, &k);
+    if (!o)
+        return -ENOMEM;
+    int r = ops->estimate(o, k, ret_bytes);
+    free(o);
+    return r;
 }
 
 static int cls_measure(void *ud, void *model, uint64_t *ret_bytes)
@@ -556,6 +690,7 @@ static void init_class(struct larder__backend *be)
         .instance_free = cls_instance_free,
         .estimate = cls_estimate,
         .measure = cls_measure,
+        .unload_report = cls_unload_report,
     };
 }
 
@@ -589,6 +724,8 @@ void *larder__model_ud_new(struct larder__backend *be, const struct larder__conf
     if (!mu)
         return NULL;
     mu->be = be;
+    mu->isolation = m->isolation;
+    mu->worker_timeout_ms = m->worker_timeout_ms;
     mu->name = strdup(m->name);
     mu->file = strdup(c->file);
     mu->opts = calloc(m->n_opts + 1, sizeof *mu->opts);
@@ -612,6 +749,21 @@ void *larder__model_ud_new(struct larder__backend *be, const struct larder__conf
 void larder__model_ud_set_estimate(void *ud, uint64_t bytes)
 {
     ((struct model_ud *)ud)->probed = bytes;
+}
+
+void larder__model_ud_set_worker(void *ud, struct larder__children *children,
+                                 larder__worker_fail_fn on_fail, void *ctx)
+{
+    struct model_ud *mu = ud;
+    mu->children = children;
+    mu->on_fail = on_fail;
+    mu->fail_ctx = ctx;
+}
+
+pid_t larder__lease_worker_pid(const larder_lease *lease)
+{
+    struct loaded *l = larder_lease_model(lease);
+    return l && l->remote ? larder__remote_pid(l->remote) : 0;
 }
 
 /* ---- inference ------------------------------------------------------------------------ */

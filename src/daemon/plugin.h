@@ -16,6 +16,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <sys/types.h>
+
+#include "children.h"
 #include "config.h"
 #include "larder/backend.h"
 #include "larder/larder.h"
@@ -85,6 +88,22 @@ void larder__model_ud_free(void *ud);
  * returns it while the plugin is not open in this process. 0 = none. Call before
  * larder_define. */
 void larder__model_ud_set_estimate(void *ud, uint64_t bytes);
+
+/* Called (on a thread of the worker's connection) when the worker of a loaded model
+ * died: `model` is the component's model, for larder_fail; why names the cause. */
+typedef void (*larder__worker_fail_fn)(void *ctx, const char *name, const void *model,
+                                       const char *why);
+
+/* For a model with isolation = worker: the supervisor its workers run under and the
+ * hook told of a worker's death. Call before larder_define. */
+void larder__model_ud_set_worker(void *ud, struct larder__children *children,
+                                 larder__worker_fail_fn on_fail, void *ctx);
+
+/* The host services larderd gives its backends (and forwards a worker's calls to). */
+const struct larder_host *larder__host(void);
+
+/* The pid of the worker that serves a lease, or 0 for an in-process model. */
+pid_t larder__lease_worker_pid(const larder_lease *lease);
 
 /* Why the host's cancel check told a backend to stop. */
 enum larder__cancel {

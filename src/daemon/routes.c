@@ -74,11 +74,13 @@ static void last_error_text(struct larder__text *t, const struct larder_componen
     LIT(t, "}");
 }
 
-void larder__component_text(struct larder__text *t, const struct larder_component_info *c)
+void larder__component_text(struct larder__text *t, const struct larder_component_info *c,
+                            const char *isolation)
 {
     LIT(t, "{\"name\":");
     larder__text_json_string(t, c->name);
     STR(t, "backend", c->class_name);
+    STR(t, "isolation", isolation);
     STR(t, "state", larder_state_name(c->state));
     BOOL(t, "draining", c->draining);
     BOOL(t, "pin", c->pin);
@@ -234,6 +236,14 @@ static void reply_listing(struct larder__request *r, struct larder_snapshot *s,
     larder__reply_text(r, 200, "application/json", t);
 }
 
+/* Where the model runs, from the config (conf_lock held); NULL for a model the config no
+ * longer has (one a reload is removing). */
+static const char *isolation_of(struct larder__daemon *d, const char *name)
+{
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    return m ? larder__isolation_name(m->isolation) : NULL;
+}
+
 static void route_models(struct larder__request *r, const char *name)
 {
     struct larder_snapshot *s = snapshot_or_reply(r);
@@ -245,11 +255,13 @@ static void route_models(struct larder__request *r, const char *name)
     LIT(&t, "{");
     larder__openai_models_text(&t, r->d, s, larder__wall_started(r->d));
     LIT(&t, "\"models\":[");
+    pthread_rwlock_rdlock(&r->d->conf_lock);
     for (size_t i = 0; i < s->n; i++) {
         if (i)
             LIT(&t, ",");
-        larder__component_text(&t, &s->components[i]);
+        larder__component_text(&t, &s->components[i], isolation_of(r->d, s->components[i].name));
     }
+    pthread_rwlock_unlock(&r->d->conf_lock);
     LIT(&t, "]}\n");
     reply_listing(r, s, &t);
 }
@@ -260,11 +272,13 @@ static void route_model(struct larder__request *r, const char *name)
     if (!s)
         return;
     struct larder__text t = {0};
+    pthread_rwlock_rdlock(&r->d->conf_lock);
     for (size_t i = 0; i < s->n && !t.len; i++)
         if (strcmp(s->components[i].name, name) == 0) {
-            larder__component_text(&t, &s->components[i]);
+            larder__component_text(&t, &s->components[i], isolation_of(r->d, name));
             LIT(&t, "\n");
         }
+    pthread_rwlock_unlock(&r->d->conf_lock);
     if (t.len || t.failed)
         reply_listing(r, s, &t);
     else {
@@ -312,6 +326,7 @@ static json_t *history_json(const struct larder_memory *mem)
             json_object_set_new(o, "reserved_bytes", json_integer((json_int_t)e->reserved_bytes));
             json_object_set_new(o, "cgroup_bytes", json_integer((json_int_t)e->cgroup_bytes));
             json_object_set_new(o, "psi_some_avg10", json_real(e->psi_some_avg10));
+            json_object_set_new(o, "children_bytes", json_integer((json_int_t)e->children_bytes));
         } else {
             if (e->name[0])
                 json_object_set_new(o, "name", json_string(e->name));

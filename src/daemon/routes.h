@@ -26,7 +26,9 @@ int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name);
 void larder__route_ui(struct larder__request *r, const char *name);
 
 /* One component of a snapshot as the JSON object of GET /v1/models, appended to t. */
-void larder__component_text(struct larder__text *t, const struct larder_component_info *c);
+/* One model's registry entry; isolation: its `isolation` from the config (NULL: null). */
+void larder__component_text(struct larder__text *t, const struct larder_component_info *c,
+                            const char *isolation);
 
 /* Appends the Prometheus text of GET /metrics to t (metrics.c). Errors: negative, as
  * larder_snapshot. */

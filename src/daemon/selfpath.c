@@ -73,3 +73,28 @@ const char *larder__default_backend_dir(void)
     pthread_once(&found_once, find_dir);
     return found;
 }
+
+static char worker[PATH_MAX];
+static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
+
+static void find_worker(void)
+{
+    const char *env = getenv("LARDER_WORKER");
+    char *exe = NULL, *slash;
+    if (env && *env)
+        snprintf(worker, sizeof worker, "%s", env);
+    else if (larder__self_under(LARDER_BUILD_ROOT))
+        snprintf(worker, sizeof worker, "%s", LARDER_BUILD_WORKER);
+    else if ((exe = self_exe()) && (slash = strrchr(exe, '/'))) {
+        *slash = 0;
+        snprintf(worker, sizeof worker, "%s/larder-worker", exe);
+    } else
+        snprintf(worker, sizeof worker, "%s", LARDER_INSTALL_WORKER);
+    free(exe);
+}
+
+const char *larder__worker_path(void)
+{
+    pthread_once(&worker_once, find_worker);
+    return worker;
+}

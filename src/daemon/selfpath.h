@@ -20,4 +20,10 @@ bool larder__self_under(const char *dir);
  * Computed once. */
 const char *larder__default_backend_dir(void);
 
+/* The larder-worker executable that goes with the running program, never NULL:
+ * $LARDER_WORKER when set; the build tree's for a program of the build tree; else the
+ * one beside the program (both are installed in bindir); else the configured prefix's.
+ * Computed once. */
+const char *larder__worker_path(void);
+
 #endif

@@ -28,6 +28,7 @@ struct larder__hist_sample {
     uint64_t reserved_bytes; /* sum of the reservations */
     uint64_t cgroup_bytes;   /* the cgroup's memory.current; 0 when unknown */
     double psi_some_avg10;   /* PSI "some" avg10, %; 0 when unknown */
+    uint64_t children_bytes; /* processes of components outside this one; 0 = none */
 };
 
 struct larder__hist_entry {

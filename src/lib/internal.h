@@ -322,6 +322,11 @@ int larder__evict_one(struct larder *m, struct comp *except, enum larder_evict_r
 int larder__evict_one_gpu(struct larder *m, struct comp *except, enum larder_evict_reason why,
                           int gpu);
 int larder__unload_comp(struct larder *m, struct comp *c, enum larder_evict_reason why);
+/* Unloads model through c's class: unload_report when the class has it (*ret_child gets
+ * its figure and true is returned), else unload (false). */
+bool larder__class_unload(struct comp *c, void *model, int64_t *ret_child);
+/* c->mu held: c failed; starts its cooldown (err, msg as the last error). */
+void larder__start_cooldown(struct comp *c, int err, const char *msg);
 void larder__enforce_budget(struct larder *m);
 uint64_t larder__estimate(struct comp *c, enum larder_estimate_source *ret_src);
 /* c->mu held: the size learned from trusted measurements (never below the first load's). */

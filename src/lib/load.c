@@ -556,12 +556,19 @@ static void evict_taken(struct larder *m, struct comp *c, enum larder_evict_reas
         c->cls->instance_free(c->ud, model, i->ptr);
         free(i);
     }
-    c->cls->unload(c->ud, model);
+    int64_t child = 0;
+    bool reported = larder__class_unload(c, model, &child);
     if (m->opts.trim_after_unload)
         malloc_trim(0);
     int64_t returned = (int64_t)rss0 - (int64_t)larder__rss_bytes();
     alone = atomic_fetch_sub(&m->unloads_running, 1) == 1 && alone &&
             atomic_load(&m->loads_running) == 0;
+    /* What a child process gave back is its own figure, true whatever else ran; this
+     * process's delta counts only when the unload ran alone. */
+    if (reported) {
+        returned = child + (alone ? returned : 0);
+        alone = true;
+    }
 
     pthread_mutex_lock(&m->mu);
     pthread_mutex_lock(&c->mu);
@@ -700,27 +707,52 @@ int larder_update_measured(larder *m, const char *name, uint64_t bytes)
 
 /* ---- loading -------------------------------------------------------------------------- */
 
+bool larder__class_unload(struct comp *c, void *model, int64_t *ret_child)
+{
+    const struct larder_class *k = c->cls;
+    if (k->struct_size >= offsetof(struct larder_class, unload_report) + sizeof(void *) &&
+        k->unload_report) {
+        int64_t b = 0;
+        bool ok = k->unload_report(c->ud, model, &b) == 0;
+        if (ret_child)
+            *ret_child = ok ? b : 0;
+        return ok;
+    }
+    k->unload(c->ud, model);
+    return false;
+}
+
+void larder__start_cooldown(struct comp *c, int err, const char *msg)
+{
+    struct larder *m = c->m;
+    c->last_err = err;
+    snprintf(c->last_msg, sizeof c->last_msg, "%s", msg && *msg ? msg : larder_strerror(err));
+    c->failures++;
+    c->fail_streak++;
+    int64_t cd = m->opts.cooldown_min_ms;
+    for (unsigned i = 1; i < c->fail_streak && cd < m->opts.cooldown_max_ms; i++)
+        cd *= 2;
+    if (cd > m->opts.cooldown_max_ms)
+        cd = m->opts.cooldown_max_ms;
+    c->cooldown_until_ms = larder__now_ms() + cd;
+    c->state = LARDER_STATE_FAILED;
+}
+
 static void load_failed(struct comp *c, int err, const char *msg, bool cooldown, double ms)
 {
     struct larder *m = c->m;
     struct waiter *done = NULL;
     loader_settle();
     pthread_mutex_lock(&c->mu);
-    c->last_err = err;
-    snprintf(c->last_msg, sizeof c->last_msg, "%s", msg && *msg ? msg : larder_strerror(err));
-    /* A refusal (too big, no room) is a failure too; only a closing manager is not. */
-    if (err != LARDER_ECLOSED)
-        c->failures++;
     if (cooldown) {
-        c->fail_streak++;
-        int64_t cd = m->opts.cooldown_min_ms;
-        for (unsigned i = 1; i < c->fail_streak && cd < m->opts.cooldown_max_ms; i++)
-            cd *= 2;
-        if (cd > m->opts.cooldown_max_ms)
-            cd = m->opts.cooldown_max_ms;
-        c->cooldown_until_ms = larder__now_ms() + cd;
-        c->state = LARDER_STATE_FAILED;
+        larder__start_cooldown(c, err, msg);
     } else {
+        c->last_err = err;
+        snprintf(c->last_msg, sizeof c->last_msg, "%s",
+                 msg && *msg ? msg : larder_strerror(err));
+        /* A refusal (too big, no room) is a failure too; only a closing manager is not. */
+        if (err != LARDER_ECLOSED)
+            c->failures++;
         c->state = LARDER_STATE_UNLOADED;
     }
     larder__gate(c);
@@ -830,7 +862,7 @@ static int call_load(struct comp *c, struct loaded *out)
         if (out->shared)
             out->inst = NULL;
         if (r < 0)
-            c->cls->unload(c->ud, out->model);
+            larder__class_unload(c, out->model, NULL);
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
     out->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
@@ -847,7 +879,7 @@ static void undo_load(struct comp *c, struct loaded *ld)
 {
     if (ld->has_inst)
         c->cls->instance_free(c->ud, ld->model, ld->inst);
-    c->cls->unload(c->ud, ld->model);
+    larder__class_unload(c, ld->model, NULL);
     if (c->m->opts.trim_after_unload)
         malloc_trim(0);
 }

@@ -307,7 +307,7 @@ static void comp_free(struct comp *c)
         i = n;
     }
     if (c->state == LARDER_STATE_READY && c->cls)
-        c->cls->unload(c->ud, c->model);
+        larder__class_unload(c, c->model, NULL);
     if (c->defined && c->ud_free)
         c->ud_free(c->ud);
     pthread_mutex_destroy(&c->mu);
@@ -682,6 +682,36 @@ int larder_unload(larder *m, const char *name, int64_t timeout_ms)
     larder__gate(c);
     larder__cv_broadcast(c);
     pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+int larder_fail(larder *m, const char *name, const void *model, int err, const char *msg,
+                int64_t timeout_ms)
+{
+    if (!m || !name)
+        return -EINVAL;
+    struct comp *c = larder__lookup(m, name);
+    if (!c)
+        return LARDER_ENOTFOUND;
+    pthread_mutex_lock(&c->mu);
+    bool same = c->state == LARDER_STATE_READY && (!model || c->model == model);
+    pthread_mutex_unlock(&c->mu);
+    if (!same)
+        return 0;
+    int r = drain_unload(m, name, timeout_ms, &c);
+    if (r < 0)
+        return r;
+    c->draining = false;
+    larder__start_cooldown(c, err, msg);
+    larder__gate(c);
+    larder__cv_broadcast(c);
+    struct larder_event ev = {.struct_size = sizeof ev, .type = LARDER_EVENT_LOAD_FAIL,
+                              .name = c->name, .error = err};
+    char msgcopy[LARDER__ERRLEN];
+    memcpy(msgcopy, c->last_msg, sizeof msgcopy);
+    ev.message = msgcopy;
+    pthread_mutex_unlock(&c->mu);
+    larder__emit(m, &ev);
     return 0;
 }
 

@@ -252,6 +252,8 @@ int64_t larder__memory_tick(struct larder *m, int64_t now_ms)
         struct larder__psi psi;
         if (larder__probe_psi(NULL, &psi) >= 0)
             s.psi_some_avg10 = psi.some.avg10;
+        if (m->opts.children_bytes)
+            s.children_bytes = m->opts.children_bytes(m->opts.children_ud);
         pthread_mutex_lock(&m->mu);
         s.reserved_bytes = m->reserved;
         pthread_mutex_unlock(&m->mu);
@@ -286,6 +288,7 @@ static void fill_history(struct larder *m, size_t max, struct larder_memory *r)
         h->reserved_bytes = e[i].sample.reserved_bytes;
         h->cgroup_bytes = e[i].sample.cgroup_bytes;
         h->psi_some_avg10 = e[i].sample.psi_some_avg10;
+        h->children_bytes = e[i].sample.children_bytes;
     }
     r->n_history = n;
     free(e);

@@ -96,7 +96,8 @@ AT(larder_class, instance_new, 32);
 AT(larder_class, instance_free, 40);
 AT(larder_class, estimate, 48);
 AT(larder_class, measure, 56);
-SIZE(larder_class, 64);
+AT(larder_class, unload_report, 64); /* 0.1 */
+SIZE(larder_class, 72);
 
 AT(larder_event, struct_size, 0);
 AT(larder_event, type, 8);
@@ -131,7 +132,9 @@ AT(larder_opts, watch_pressure, 136);
 AT(larder_opts, psi_trigger, 144);
 AT(larder_opts, history_seconds, 152);
 AT(larder_opts, close_timeout_ms, 160);
-SIZE(larder_opts, 168);
+AT(larder_opts, children_bytes, 168); /* 0.1 */
+AT(larder_opts, children_ud, 176);
+SIZE(larder_opts, 184);
 
 AT(larder_component_opts, struct_size, 0);
 AT(larder_component_opts, cls, 8);

@@ -422,7 +422,7 @@ static void test_bad_values(void **state)
     } cases[] = {
         {"command = server --port ${PORTT}\n", "unknown macro '${PORTT}'"},
         {"command = server 'unterminated\n", "unterminated single quote"},
-        {"isolation = sideways\ncommand = x\n", "in-process or external"},
+        {"isolation = sideways\ncommand = x\n", "in-process, worker or external"},
         {"command = /bin/true\nbackend = xgboost\n", "an external model has no backend"},
         {"command = /bin/true\nhealth = health\n", "a path starts with '/'"},
         {"command = /bin/true\nproxy = https://127.0.0.1:1\n", "use http://"},
