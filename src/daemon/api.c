@@ -258,11 +258,10 @@ static bool speaks_api(struct larder__daemon *d, const struct larder_component_i
         return true;
     if (strcmp(backend, "external") != 0)
         return false;
-    bool api = false;
     pthread_rwlock_rdlock(&d->conf_lock);
     const struct larder__model_conf *m = larder__config_model(d->conf, c->name);
-    for (size_t i = 0; m && i < m->n_opts && !api; i++)
-        api = strcmp(m->opts[i].key, "api") == 0 && *m->opts[i].value;
+    bool api = m && m->isolation == LARDER__ISOLATION_EXTERNAL &&
+               m->ext.api != LARDER__EXT_API_NONE;
     pthread_rwlock_unlock(&d->conf_lock);
     return api;
 }
@@ -495,12 +494,14 @@ static const struct larder__api oa_chat_api = {
     .name = "chat.completions", .prepare = oa_chat_prepare, .reply = oa_generation_reply,
     .stream_type = "text/event-stream", .piece = oa_piece, .end = oa_end, .fail = oa_fail,
     .ud_free = oa_free,
+    .proxy_path = "/v1/chat/completions",
 };
 
 static const struct larder__api oa_completion_api = {
     .name = "completions", .prepare = oa_completion_prepare, .reply = oa_generation_reply,
     .stream_type = "text/event-stream", .piece = oa_piece, .end = oa_end, .fail = oa_fail,
     .ud_free = oa_free,
+    .proxy_path = "/v1/completions",
 };
 
 /* "input": a string or a non-empty array of strings, into out["input"]. */
@@ -597,6 +598,7 @@ static void oa_embed_reply(struct larder__request *r, void *ud, json_t *result,
 static const struct larder__api oa_embed_api = {
     .name = "embeddings", .prepare = oa_embed_prepare, .reply = oa_embed_reply,
     .ud_free = oa_free,
+    .proxy_path = "/v1/embeddings",
 };
 
 static bool oa_rerank_prepare(struct larder__request *r, struct larder__call *call, void **ud)
@@ -676,6 +678,7 @@ static void oa_rerank_reply(struct larder__request *r, void *ud, json_t *result,
 static const struct larder__api oa_rerank_api = {
     .name = "rerank", .prepare = oa_rerank_prepare, .reply = oa_rerank_reply,
     .ud_free = oa_free,
+    .proxy_path = "/v1/rerank",
 };
 
 static void openai_route(struct larder__request *r, const struct larder__api *api)

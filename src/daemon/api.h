@@ -6,7 +6,9 @@
  * into the backend's request (the llama backend's JSON contract, docs/backends.md), and
  * writes the backend's result, or its streamed pieces, in the client's shape. infer.c runs
  * it exactly as /infer: the `model` field picks the component, which is loaded if it is
- * not (single flight, budget, eviction, fallback), on the inference pool.
+ * not (single flight, budget, eviction, fallback), on the inference pool. A model that is
+ * an external server speaking OpenAI's API is reached the same way on the OpenAI routes,
+ * its reply proxied as it comes (proxy.h).
  *
  * Threads: prepare, reply, piece, end, fail and before_release run on the inference pool.
  */
@@ -57,6 +59,11 @@ struct larder__api {
     /* Before the lease goes back, whatever the outcome (keep_alive). May be NULL. */
     void (*before_release)(struct larder__daemon *d, void *ud, const char *model);
     void (*ud_free)(void *ud);
+    /* The same call's path on an external server that declares `api = openai`: a request
+     * naming such a model goes there with the client's body unchanged (infer.c), and is
+     * translated by prepare only when an in-process fallback serves it. NULL: this route
+     * reaches no external server. */
+    const char *proxy_path;
 };
 
 /* larder's own stream of /v1/models/NAME/infer?stream=1: NDJSON (api.c). */

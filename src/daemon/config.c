@@ -629,13 +629,13 @@ enum model_key {
     MD_BACKEND, MD_PATH, MD_INSTANCES, MD_TTL, MD_PRELOAD, MD_PIN, MD_PRIORITY,
     MD_FALLBACK, MD_MEMORY, MD_QUEUE, MD_TIMEOUT, MD_GPU, MD_GPU_MEMORY, MD_INFER_TIMEOUT,
     MD_ISOLATION, MD_WORKER_TIMEOUT, MD_COMMAND, MD_ENV, MD_WORKDIR, MD_HEALTH, MD_PROXY,
-    MD_STOP_TIMEOUT, MD_INFER_PATH, MD_N
+    MD_STOP_TIMEOUT, MD_INFER_PATH, MD_API, MD_N
 };
 static const char *const model_keys[MD_N + 1] = {
     "backend", "path", "instances", "ttl", "preload", "pin", "priority",
     "fallback", "memory", "queue", "timeout", "gpu", "gpu_memory", "infer_timeout",
     "isolation", "worker_timeout", "command", "env", "workdir", "health", "proxy",
-    "stop_timeout", "infer_path",
+    "stop_timeout", "infer_path", "api",
 };
 
 const char *larder__isolation_name(enum larder__isolation i)
@@ -739,6 +739,23 @@ static int ext_proxy(struct parser *p, const char *v, char **slot)
     return dup_str(slot, v);
 }
 
+/* The dialect of an external model's server. */
+static int ext_api(struct parser *p, const char *v, enum larder__ext_api *slot)
+{
+    if (strcmp(v, "openai") == 0) {
+        *slot = LARDER__EXT_API_OPENAI;
+        return 0;
+    }
+    if (strcmp(v, "none") == 0) {
+        *slot = LARDER__EXT_API_NONE;
+        return 0;
+    }
+    if (strcmp(v, "ollama") == 0)
+        return ext_hint(p, "larderd proxies only OpenAI's API to a server: write api = openai "
+                           "(Ollama serves it too, under /v1)"), -EINVAL;
+    return ext_hint(p, "openai or none"), -EINVAL;
+}
+
 static int ext_value(struct parser *p, struct larder__model_conf *m, int k, const char *v)
 {
     switch (k) {
@@ -751,6 +768,7 @@ static int ext_value(struct parser *p, struct larder__model_conf *m, int k, cons
     case MD_INFER_PATH: return ext_url_path(p, v, &m->ext.infer_path);
     case MD_PROXY: return ext_proxy(p, v, &m->ext.proxy);
     case MD_STOP_TIMEOUT: return positive_duration(v, &m->ext.stop_timeout_ms);
+    case MD_API: return ext_api(p, v, &m->ext.api);
     }
     return -EINVAL;
 }
@@ -760,7 +778,7 @@ static void close_external(struct parser *p, struct larder__model_conf *m,
                            const struct keyset *ks)
 {
     static const int only_external[] = {MD_ENV, MD_WORKDIR, MD_HEALTH, MD_PROXY,
-                                        MD_STOP_TIMEOUT, MD_INFER_PATH};
+                                        MD_STOP_TIMEOUT, MD_INFER_PATH, MD_API};
     bool external = ks->line[MD_COMMAND] ||
                     ((ks->ok & (1ul << MD_ISOLATION)) &&
                      m->isolation == LARDER__ISOLATION_EXTERNAL);
@@ -1766,7 +1784,8 @@ static bool external_conf_equal(const struct larder__model_conf *a,
     return a->isolation == b->isolation && words_eq(x->argv, y->argv) &&
            words_eq(x->env, y->env) && str_eq(x->workdir, y->workdir) &&
            str_eq(x->health, y->health) && str_eq(x->proxy, y->proxy) &&
-           str_eq(x->infer_path, y->infer_path) && x->stop_timeout_ms == y->stop_timeout_ms;
+           str_eq(x->infer_path, y->infer_path) && x->stop_timeout_ms == y->stop_timeout_ms &&
+           x->api == y->api;
 }
 
 bool larder__model_conf_equal(const struct larder__model_conf *a,

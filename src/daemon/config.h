@@ -35,6 +35,13 @@ enum larder__isolation {
     LARDER__ISOLATION_EXTERNAL,       /* a command serving HTTP, reverse-proxied */
 };
 
+/* The API an external model's server speaks ([model.NAME] api), through which larderd's
+ * dialect routes reach it by its name. */
+enum larder__ext_api {
+    LARDER__EXT_API_NONE = 0,         /* only its own routes: /infer and /proxy */
+    LARDER__EXT_API_OPENAI,           /* /v1/chat/completions, /v1/completions, ... */
+};
+
 /* An external model: a command larderd starts on first use and proxies to. */
 struct larder__external_conf {
     char **argv;                  /* the command split into words, NULL-terminated; the
@@ -47,6 +54,7 @@ struct larder__external_conf {
     char *proxy;                  /* base URL, macros in it; default http://127.0.0.1:${PORT} */
     char *infer_path;             /* where POST .../infer goes; default /infer */
     int64_t stop_timeout_ms;      /* SIGTERM to SIGKILL; default 10 s */
+    enum larder__ext_api api;     /* the dialect its server speaks; default none */
     unsigned command_line;        /* line of the command key */
 };
 

@@ -477,20 +477,61 @@ static bool backend_can_take(struct infer_job *j)
     return false;
 }
 
+/* The external model a lease of j holds (j->proxy set) takes j's request: any external
+ * model for larder's own infer; for an API route, one that speaks OpenAI's API (a fallback
+ * may be a server that does not). */
+static bool proxy_reaches(struct infer_job *j)
+{
+    if (!j->api)
+        return true;
+    const char *served = larder_lease_served_by(j->lease);
+    struct larder__daemon *d = j->r->d;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = served ? larder__config_model(d->conf, served) : NULL;
+    bool ok = m && m->isolation == LARDER__ISOLATION_EXTERNAL &&
+              m->ext.api == LARDER__EXT_API_OPENAI;
+    pthread_rwlock_unlock(&d->conf_lock);
+    return ok;
+}
+
+static bool take_call(struct infer_job *j, struct larder__call *call);
+
+/* An API call meant for an external server that an in-process fallback serves: its body
+ * is translated for the backend now. False: r has the error reply. */
+static bool prepare_for_fallback(struct infer_job *j)
+{
+    struct larder__call call = {0};
+    bool ok = j->api->prepare(j->r, &call, &j->api_ud);
+    free(call.model); /* the asked model's name stays the job's */
+    call.model = NULL;
+    if (ok)
+        ok = take_call(j, &call);
+    free(call.body);
+    return ok;
+}
+
 static void run_infer(void *arg)
 {
     struct infer_job *j = arg;
     struct larder__daemon *d = j->r->d;
     if (j->err < 0) {
         larder__reply_acquire_error(j->r, j->name, j->err);
-    } else if (j->proxy && larder__ext_of_lease(j->lease)) {
+    } else if (j->proxy && larder__ext_of_lease(j->lease) && proxy_reaches(j)) {
         /* The proxy answers, resumes and releases. */
         larder__proxy_run(j->r, j->lease, j->proxy, j->proxy_timeout_ms);
         j->proxy = NULL;
         job_free(j);
         return;
+    } else if (larder__ext_of_lease(j->lease)) {
+        /* An external server behind a route that cannot reach it (a fallback, say). */
+        larder__reply_error(j->r, 502, "not_reachable",
+                            "model '%s' was served by '%s', an external server that this "
+                            "route cannot reach (it takes %s)", j->name,
+                            larder_lease_served_by(j->lease),
+                            j->api ? "api = openai servers only" : "external models only");
+        larder_release(j->lease);
     } else {
-        if (!j->proxy || backend_can_take(j)) {
+        if (!j->proxy || (j->api ? prepare_for_fallback(j) : backend_can_take(j))) {
             run_backend(j);
             if (j->api && j->api->before_release)
                 j->api->before_release(d, j->api_ud, j->name);
@@ -512,9 +553,11 @@ static void on_lease(void *ud, int err, larder_lease *lease)
     j->err = err;
     j->lease = lease;
     j->t_lease = larder__now();
-    if (err >= 0 && j->proxy && larder__ext_of_lease(lease)) {
+    if (err >= 0 && j->proxy && larder__ext_of_lease(lease) && proxy_reaches(j)) {
         /* An external model's request goes to the proxy's threads at once (it does not
          * block here): no stop on the inference pool on the way. */
+        double queue_ms = (j->t_lease - j->r->t_body) * 1000.0 - larder_lease_load_ms(lease);
+        larder__proxy_request_set_queue_ms(j->proxy, queue_ms);
         larder__proxy_run(j->r, lease, j->proxy, j->proxy_timeout_ms);
         j->proxy = NULL;
         job_free(j);
@@ -670,31 +713,106 @@ void larder__route_infer(struct larder__request *r, const char *name)
 
 /* ---- the APIs clients already speak (api.h) ------------------------------------------- */
 
-/* On the inference pool: the API reads the client's body, then the model is asked for. */
+/* The backend's request of call into j (call's body is taken; call->body NULL after).
+ * It is held for the call as the client's body is: both count against request_memory
+ * until the reply has gone out. False: r has a 503 reply. */
+static bool take_call(struct infer_job *j, struct larder__call *call)
+{
+    struct larder__request *r = j->r;
+    if (call->body_len && !larder__request_memory_take(r, call->body_len)) {
+        larder__reply_error(r, 503, "request_memory",
+                            "this request and the backend's copy of it (%zu bytes) do not fit "
+                            "the server's request memory now: try again shortly",
+                            call->body_len);
+        larder__reply_header(r, "Retry-After", "1");
+        return false;
+    }
+    free(j->body);
+    j->body = call->body;
+    j->body_len = call->body_len;
+    j->stream = call->stream;
+    j->no_infer = call->no_infer;
+    call->body = NULL;
+    return true;
+}
+
+/* The name in the "model" field of r's body when it is an external model that speaks
+ * OpenAI's API (malloc'd), else NULL: the API's prepare then reads the body as usual and
+ * reports what is wrong with it. */
+static char *proxied_model(struct larder__request *r)
+{
+    json_t *o = json_loadb(r->body ? r->body : "", r->body_len, 0, NULL);
+    const char *name = json_string_value(json_object_get(o, "model"));
+    char *found = NULL;
+    pthread_rwlock_rdlock(&r->d->conf_lock);
+    const struct larder__model_conf *m = name ? larder__config_model(r->d->conf, name) : NULL;
+    if (m && m->isolation == LARDER__ISOLATION_EXTERNAL && m->ext.api == LARDER__EXT_API_OPENAI)
+        found = strdup(name);
+    pthread_rwlock_unlock(&r->d->conf_lock);
+    json_decref(o);
+    return found;
+}
+
+/* A model that prepare accepted but the route cannot serve: an external server whose API
+ * is not the route's. False with a 400 reply. */
+static bool route_serves(struct infer_job *j, const char *name)
+{
+    struct larder__daemon *d = j->r->d;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    enum larder__ext_api api = m ? m->ext.api : LARDER__EXT_API_NONE;
+    bool external = m && m->isolation == LARDER__ISOLATION_EXTERNAL;
+    pthread_rwlock_unlock(&d->conf_lock);
+    if (!external)
+        return true;
+    if (api == LARDER__EXT_API_OPENAI)
+        larder__reply_error(j->r, 400, "model_not_supported",
+                            "model '%s' is an external server that speaks OpenAI's API: reach "
+                            "it through /v1/chat/completions, /v1/completions or "
+                            "/v1/embeddings", name);
+    else
+        larder__reply_error(j->r, 400, "model_not_supported",
+                            "model '%s' is an external server that declares no api: reach it "
+                            "through /v1/models/%s/infer, or declare api = openai", name, name);
+    return false;
+}
+
+/* On the inference pool: the API reads the client's body, then the model is asked for.
+ * A model that is an external server speaking OpenAI's API gets the client's body as it
+ * is, proxied (j->proxy, made on the HTTP thread); any other, the API's translation. */
 static void prepare_then_acquire(void *arg)
 {
     struct infer_job *j = arg;
     struct larder__request *r = j->r;
+    char *proxied = j->proxy ? proxied_model(r) : NULL;
+    if (proxied) {
+        free(r->model);
+        r->model = strdup(proxied);
+        free(j->name);
+        j->name = proxied;
+        j->timeout_ms = model_timeout(r, proxied);
+        if (j->timeout_ms < 0) { /* gone from the config meanwhile */
+            job_free(j);
+            larder__request_resume(r);
+            return;
+        }
+        int64_t head = infer_timeout(r->d, proxied);
+        j->proxy_timeout_ms = head ? head : j->timeout_ms;
+        acquire(j);
+        return;
+    }
+    larder__proxy_request_free(j->proxy);
+    j->proxy = NULL;
     struct larder__call call = {0};
     bool ok = j->api->prepare(r, &call, &j->api_ud);
     int64_t timeout = -1;
-    /* Here a model declared `backend = external` with `api = openai` would be proxied to
-     * its server, streaming as it comes, instead of asking a plugin: not built yet. */
     if (ok && call.model) {
         free(r->model);
         r->model = strdup(call.model);
         timeout = model_timeout(r, call.model);
     }
-    /* The backend's request is held for the call as the client's body is: both count
-     * against request_memory until the reply has gone out. */
-    if (timeout >= 0 && call.body_len && !larder__request_memory_take(r, call.body_len)) {
-        larder__reply_error(r, 503, "request_memory",
-                            "this request and the backend's copy of it (%zu bytes) do not fit "
-                            "the server's request memory now: try again shortly",
-                            call.body_len);
-        larder__reply_header(r, "Retry-After", "1");
+    if (timeout >= 0 && !(route_serves(j, call.model) && take_call(j, &call)))
         timeout = -1;
-    }
     if (!ok || timeout < 0) {
         free(call.model);
         free(call.body);
@@ -704,12 +822,22 @@ static void prepare_then_acquire(void *arg)
     }
     free(j->name);
     j->name = call.model;
-    j->body = call.body;
-    j->body_len = call.body_len;
-    j->stream = call.stream;
-    j->no_infer = call.no_infer;
     j->timeout_ms = timeout;
     acquire(j);
+}
+
+/* Whether d's config has an external model that speaks OpenAI's API; *ret_drop_auth:
+ * whether larderd consumes the client's Authorization itself (infer tokens). */
+static bool has_proxied_models(struct larder__daemon *d, bool *ret_drop_auth)
+{
+    bool any = false;
+    pthread_rwlock_rdlock(&d->conf_lock);
+    *ret_drop_auth = d->infer != NULL;
+    for (size_t i = 0; i < d->conf->n_models && !any; i++)
+        any = d->conf->models[i].isolation == LARDER__ISOLATION_EXTERNAL &&
+              d->conf->models[i].ext.api == LARDER__EXT_API_OPENAI;
+    pthread_rwlock_unlock(&d->conf_lock);
+    return any;
 }
 
 void larder__infer_api(struct larder__request *r, const struct larder__api *api)
@@ -728,6 +856,15 @@ void larder__infer_api(struct larder__request *r, const struct larder__api *api)
     free(j->content_type);
     j->content_type = strdup("application/json");
     j->api = api;
+    /* The client's headers for an external server, copied here (the HTTP thread) when the
+     * body may name one: which model it names is known only once the pool has read it. */
+    bool drop_auth = false;
+    if (api->proxy_path && has_proxied_models(r->d, &drop_auth) &&
+        !(j->proxy = larder__proxy_request_new(r, "POST", api->proxy_path, drop_auth))) {
+        job_free(j);
+        larder__reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
     larder__request_suspend(r);
     if (!j->content_type) {
         j->err = -ENOMEM;

@@ -315,6 +315,7 @@ struct larder__proxy_request {
     struct larder__text head;  /* the end-to-end header lines of the client */
     const char *body;
     size_t body_len;
+    double queue_ms;           /* < 0: not known */
 };
 
 void larder__proxy_request_free(struct larder__proxy_request *pr)
@@ -371,11 +372,17 @@ struct larder__proxy_request *larder__proxy_request_new(struct larder__request *
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, &c);
     pr->body = r->body;
     pr->body_len = r->body_len;
+    pr->queue_ms = -1;
     if (!pr->method || !pr->target || pr->head.failed) {
         larder__proxy_request_free(pr);
         return NULL;
     }
     return pr;
+}
+
+void larder__proxy_request_set_queue_ms(struct larder__proxy_request *pr, double queue_ms)
+{
+    pr->queue_ms = queue_ms > 0 ? queue_ms : 0;
 }
 
 /* ---- the stream ------------------------------------------------------------------------ */
@@ -741,7 +748,7 @@ static bool build_head(struct larder__text *t, const struct exchange *x, const c
     return !t->failed;
 }
 
-static void add_lease_headers(struct MHD_Response *resp, larder_lease *lease)
+static void add_lease_headers(struct MHD_Response *resp, larder_lease *lease, double queue_ms)
 {
     char buf[32];
     MHD_add_response_header(resp, "X-Larder-Served-By", larder_lease_served_by(lease));
@@ -749,6 +756,10 @@ static void add_lease_headers(struct MHD_Response *resp, larder_lease *lease)
                             larder_lease_cold_start(lease) ? "true" : "false");
     snprintf(buf, sizeof buf, "%.3f", larder_lease_load_ms(lease));
     MHD_add_response_header(resp, "X-Larder-Load-Ms", buf);
+    if (queue_ms >= 0) {
+        snprintf(buf, sizeof buf, "%.3f", queue_ms);
+        MHD_add_response_header(resp, "X-Larder-Queue-Ms", buf);
+    }
 }
 
 /* The child's end-to-end headers onto resp. */
@@ -876,7 +887,7 @@ static void exchange_run(struct exchange *x)
         goto fail;
     }
     copy_headers(resp, &h);
-    add_lease_headers(resp, x->lease);
+    add_lease_headers(resp, x->lease, x->pr->queue_ms);
     pthread_mutex_lock(&streams_lock);
     s->next = streams;
     if (streams)

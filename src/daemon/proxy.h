@@ -46,6 +46,10 @@ struct larder__proxy_request *larder__proxy_request_new(struct larder__request *
                                                         bool drop_auth);
 void larder__proxy_request_free(struct larder__proxy_request *pr);
 
+/* The time the request waited for its lease beyond the model's load, sent back to the
+ * client as X-Larder-Queue-Ms (not sent when never set). */
+void larder__proxy_request_set_queue_ms(struct larder__proxy_request *pr, double queue_ms);
+
 /* Proxies pr to the external model that lease holds: the entry point of every route that
  * forwards to an external model (its own infer and proxy routes; a dialect route may
  * forward a body of its own the same way). r is suspended and owned by the caller; this

@@ -2,20 +2,19 @@
 // serving the GGUF models the build writes (the llama backend).
 //   node api_clients.mjs openai|ollama LARDERD MODELS_DIR NODE_MODULES
 // Starts larderd on a free port with its own config, runs the client's calls, stops it.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import { runWith, until } from './larderd.mjs';
 
 const [which, larderd, models, nodeModules] = process.argv.slice(2);
 const require = createRequire(join(nodeModules, 'noop.js'));
-const WAIT_BOUND_MS = 60000;
 
 const dir = mkdtempSync(join(tmpdir(), 'larder-api-'));
 writeFileSync(join(dir, 'admin.tokens'), 'test-admin-token-0123456789\n', { mode: 0o600 });
-writeFileSync(join(dir, 'larder.conf'), `[server]
+const config = `[server]
 listen = 127.0.0.1:0
 admin_tokens = admin.tokens
 
@@ -35,38 +34,10 @@ threads = 1
 
 [model.plain]
 backend = synthetic
-`);
+`;
 
-const daemon = spawn(larderd, ['--config', join(dir, 'larder.conf')],
-                     { stdio: ['ignore', 'ignore', 'pipe'] });
-let log = '';
-daemon.stderr.on('data', (b) => { log += b; });
-let base = null; // once the listening line names the port
-
-function listening() {
-    const m = /listening.*port=(\d+)/.exec(log);
-    if (m)
-        base = `http://127.0.0.1:${m[1]}`;
-    return base !== null;
-}
-
-async function until(what, cond) {
-    const end = Date.now() + WAIT_BOUND_MS;
-    for (;;) {
-        try {
-            if (await cond())
-                return;
-        } catch { /* not up yet */ }
-        if (Date.now() > end)
-            throw new Error(`timed out waiting for ${what}`);
-        await new Promise((r) => setTimeout(r, 20));
-    }
-}
-
-async function model(name) {
-    const r = await fetch(`${base}/v1/models/${name}`);
-    return r.json();
-}
+let base = null;
+let model = null;
 
 async function openaiTests() {
     const { default: OpenAI } = require('openai');
@@ -184,30 +155,11 @@ async function ollamaTests() {
                          (e) => /nosuch/.test(e.message));
 }
 
-let status = 0;
-try {
-    await until('larderd to listen', async () => listening());
-    await until('larderd', async () => (await fetch(`${base}/health`)).ok);
-    await (which === 'openai' ? openaiTests() : ollamaTests());
-    // Nothing leaked: every lease came back.
-    for (const name of ['gen', 'emb'])
-        await until(`${name} idle`, async () => (await model(name)).leases === 0);
-    console.log(`${which}: ok`);
-} catch (e) {
-    console.error(e);
-    console.error(log);
-    status = 1;
-} finally {
-    const exited = daemon.exitCode !== null || daemon.signalCode !== null
-        ? Promise.resolve({ code: daemon.exitCode, signal: daemon.signalCode })
-        : new Promise((r) => daemon.on('exit', (code, signal) => r({ code, signal })));
-    daemon.kill('SIGTERM');
-    const { code, signal } = await exited;
-    if (code !== 0) {
-        console.error(`larderd exited with ${code ?? signal} after SIGTERM`);
-        console.error(log);
-        status = 1;
-    }
-    rmSync(dir, { recursive: true, force: true });
-}
-process.exit(status);
+await runWith({
+    larderd, dir, config, label: which, idle: ['gen', 'emb'],
+    tests: async (d) => {
+        base = d.base;
+        model = d.model;
+        await (which === 'openai' ? openaiTests() : ollamaTests());
+    },
+});

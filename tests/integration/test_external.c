@@ -431,6 +431,9 @@ static void test_bad_values(void **state)
         {"isolation = external\n", "required with isolation = external"},
         {"backend = xgboost\nhealth = /h\n", "only an external model takes it"},
         {"command = /nonexistent/server\n", "is not an executable file"},
+        {"backend = xgboost\napi = openai\n", "only an external model takes it"},
+        {"command = /bin/true\napi = ollama\n", "write api = openai"},
+        {"command = /bin/true\napi = grpc\n", "openai or none"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char file[] = "/tmp/larder-ext-check-XXXXXX";
