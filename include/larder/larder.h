@@ -538,6 +538,17 @@ LARDER_API int larder_memory(larder *m, size_t history_max, struct larder_memory
 LARDER_API struct larder_memory *larder_memory_free(struct larder_memory *mem);
 LARDER_API const char *larder_history_kind_name(enum larder_history_kind k);
 
+/* Device memory that a set of processes holds on each GPU, from NVML's per-process lists:
+ * for every GPU i below the returned count (at most max), ret_bytes[i] gets the bytes
+ * that the processes pids[0..n-1] hold there, summed (0 for a GPU they do not use);
+ * with n == 0 NVML is not asked, so that a caller can learn the count cheaply.
+ * Returns the number of GPUs filled: 0 when there is no NVML or no GPU. Errors: -EINVAL
+ * (NULL), -ENOTSUP (this NVML has no per-process figures), -ENODATA (the driver
+ * withholds them for one of these processes), -EIO (NVML failed), -ENOMEM; ret_bytes is
+ * then left as it was. Any thread. Appended in 0.1. */
+LARDER_API int larder_gpu_process_bytes(larder *m, const int *pids, size_t n,
+                                        uint64_t *ret_bytes, unsigned max);
+
 /* ---- misc -------------------------------------------------------------------------- */
 
 /* Static string for any error code (negative errno or LARDER_E*). Never NULL. */
