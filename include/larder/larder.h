@@ -208,10 +208,9 @@ LARDER_API int larder_open(const struct larder_opts *opts, larder **ret_manager)
  * unload waiting for leases); a release racing close is a plain release. Once close
  * has started: acquires (every variant) and the functions that start work (define,
  * undefine, unload, preload, preload_all, set_ttl, set_budget, set_gpu_budget, trim,
- * fail, update_measured)
- * return LARDER_ECLOSED, and larder_acquire_async() calls back with it; release, the
- * lease accessors and the reads (snapshot, memory, get_budget, preload_pending) go on
- * working. After close has returned, `m` may be used only by a thread that holds one of
+ * fail, update_measured) return LARDER_ECLOSED, and larder_acquire_async() calls back
+ * with it; release, the lease accessors and the reads (snapshot, memory,
+ * gpu_process_bytes, get_budget, preload_pending) go on working. After close has returned, `m` may be used only by a thread that holds one of
  * its leases: a lease keeps the manager's memory valid until it is released, so that
  * thread may still call anything (and gets the answers above). Without a lease, a thread
  * must not start a call that may still be starting as close returns (that would use freed
@@ -554,6 +553,17 @@ LARDER_API int larder_memory(larder *m, size_t history_max, struct larder_memory
 /* Accepts NULL. Returns NULL. */
 LARDER_API struct larder_memory *larder_memory_free(struct larder_memory *mem);
 LARDER_API const char *larder_history_kind_name(enum larder_history_kind k);
+
+/* Device memory that a set of processes holds on each GPU, from NVML's per-process lists:
+ * for every GPU i below the returned count (at most max), ret_bytes[i] gets the bytes
+ * that the processes pids[0..n-1] hold there, summed (0 for a GPU they do not use);
+ * with n == 0 NVML is not asked, so that a caller can learn the count cheaply.
+ * Returns the number of GPUs filled: 0 when there is no NVML or no GPU. Errors: -EINVAL
+ * (NULL), -ENOTSUP (this NVML has no per-process figures), -ENODATA (the driver
+ * withholds them for one of these processes), -EIO (NVML failed), -ENOMEM; ret_bytes is
+ * then left as it was. Any thread. Appended in 0.1. */
+LARDER_API int larder_gpu_process_bytes(larder *m, const int *pids, size_t n,
+                                        uint64_t *ret_bytes, unsigned max);
 
 /* ---- misc -------------------------------------------------------------------------- */
 

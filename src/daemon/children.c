@@ -155,9 +155,8 @@ static void proc_mem(pid_t pid, struct larder__child_mem *m)
     }
 }
 
-int larder__proc_tree_memory(pid_t root, struct larder__child_mem *m)
+int larder__proc_tree(pid_t root, pid_t **ret_pids, size_t *ret_n)
 {
-    memset(m, 0, sizeof *m);
     char st;
     if (proc_stat(root, &st, NULL, NULL, NULL) < 0 || st == 'Z')
         return -ESRCH;
@@ -168,8 +167,9 @@ int larder__proc_tree_memory(pid_t root, struct larder__child_mem *m)
         return -ENOMEM;
     DIR *d = opendir("/proc");
     if (!d) {
+        int e = -errno;
         free(pp);
-        return -errno;
+        return e;
     }
     struct dirent *e;
     while ((e = readdir(d))) {
@@ -201,12 +201,57 @@ int larder__proc_tree_memory(pid_t root, struct larder__child_mem *m)
         for (size_t j = 0; j < n; j++)
             if (pp[j][1] == tree[i] && pp[j][0] != root && nt <= n)
                 tree[nt++] = pp[j][0];
+    free(pp);
+    *ret_pids = tree;
+    *ret_n = nt;
+    return 0;
+}
+
+int larder__proc_tree_memory(pid_t root, struct larder__child_mem *m)
+{
+    memset(m, 0, sizeof *m);
+    pid_t *tree = NULL;
+    size_t nt = 0;
+    int rc = larder__proc_tree(root, &tree, &nt);
+    if (rc < 0)
+        return rc;
     for (size_t i = 0; i < nt; i++) {
         proc_mem(tree[i], m);
         m->procs++;
     }
     free(tree);
-    free(pp);
+    return 0;
+}
+
+int larder__proc_tree_gpu(larder *mgr, pid_t root, struct larder__tree_gpu *g)
+{
+    memset(g, 0, sizeof *g);
+    if (!mgr)
+        return -EINVAL;
+    if (larder_gpu_process_bytes(mgr, NULL, 0, g->bytes, LARDER_MAX_GPUS) <= 0)
+        return -ENOTSUP; /* no GPU: the process tree is not walked */
+    pid_t *tree = NULL;
+    size_t nt = 0;
+    int rc = larder__proc_tree(root, &tree, &nt);
+    if (rc < 0)
+        return rc;
+    int *pids = malloc(nt * sizeof *pids);
+    if (!pids) {
+        free(tree);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < nt; i++)
+        pids[i] = (int)tree[i];
+    free(tree);
+    rc = larder_gpu_process_bytes(mgr, pids, nt, g->bytes, LARDER_MAX_GPUS);
+    free(pids);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return -ENOTSUP; /* no GPU, no NVML: unknown, not zero */
+    g->n_gpus = (unsigned)rc;
+    for (unsigned i = 0; i < g->n_gpus; i++)
+        g->total += g->bytes[i];
     return 0;
 }
 

@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "larder/larder.h"
+
 struct larder__children;
 struct larder__child;
 
@@ -108,6 +110,22 @@ uint64_t larder__children_memory(struct larder__children *s);
 
 /* Same, for any process id (its tree). */
 int larder__proc_tree_memory(pid_t pid, struct larder__child_mem *m);
+
+/* The pids of a process's tree: root first, then its descendants, into *ret_pids
+ * (malloc'ed; free it), their number into *ret_n. -ESRCH when root is gone. */
+int larder__proc_tree(pid_t root, pid_t **ret_pids, size_t *ret_n);
+
+/* Device memory of a process tree on each GPU, through the manager's NVML
+ * (larder_gpu_process_bytes): bytes[i] for the first n_gpus GPUs, total their sum. */
+struct larder__tree_gpu {
+    unsigned n_gpus;
+    uint64_t total;
+    uint64_t bytes[LARDER_MAX_GPUS];
+};
+
+/* Fills g. Errors: -ESRCH (root gone), -ENOTSUP (no GPU, or NVML without per-process
+ * figures: the figure is unknown), and those of larder_gpu_process_bytes. */
+int larder__proc_tree_gpu(larder *mgr, pid_t root, struct larder__tree_gpu *g);
 
 /* A process's start time (clock ticks since boot, field 22 of /proc/PID/stat), or 0. */
 uint64_t larder__proc_start_time(pid_t pid);

@@ -980,17 +980,24 @@ static void sample_job(void *arg)
 {
     struct larder__daemon *d = arg;
     larder__ext_sample(d);
+    larder *m = larder__mgr_get(d);
+    if (m) {
+        larder__workers_sample_gpu(d->children, m);
+        larder__mgr_put(d);
+    }
     atomic_store(&d->sample_queued, false);
 }
 
-/* Once a second while external models run: their process trees' memory, measured. */
+/* Once a second while external models or workers run: their process trees' memory,
+ * measured (host memory of external models, device memory of both). */
 static void sample_external(struct larder__daemon *d, double *next)
 {
     double now = larder__now();
     if (now < *next)
         return;
     *next = now + 1.0;
-    if (larder__ext_running(d) && !atomic_exchange(&d->sample_queued, true) &&
+    if ((larder__ext_running(d) || larder__workers_running(d->children)) &&
+        !atomic_exchange(&d->sample_queued, true) &&
         larder__pool_submit(d->admin_pool, sample_job, d) < 0)
         atomic_store(&d->sample_queued, false);
 }
@@ -1000,11 +1007,11 @@ static void run_loop(struct larder__daemon *d, const sigset_t *set)
     double next_ping = larder__now() + 15, next_sample = 0;
     for (;;) {
         /* Every 15 s a ping to the event streams; every 250 ms a look at pending models;
-         * every second, while external models run, a sample of their memory. */
+         * every second, while external models or workers run, a sample of their memory. */
         struct timespec ts = {15, 0};
         if (atomic_load(&d->retry_armed))
             ts = (struct timespec){0, 250 * 1000 * 1000};
-        else if (larder__ext_running(d))
+        else if (larder__ext_running(d) || larder__workers_running(d->children))
             ts = (struct timespec){1, 0};
         int sig = sigtimedwait(set, NULL, &ts);
         if (sig == SIGHUP) {

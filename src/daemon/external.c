@@ -62,6 +62,8 @@ struct larder__ext_run {
     int keep[KEEP_MAX];        /* idle connections to the child, the newest last */
     unsigned n_keep;
     bool keep_closed;          /* stopping: connections given back are closed */
+    bool gpu_known;            /* gpu: the tree's device memory as last sampled */
+    struct larder__tree_gpu gpu;
     struct larder__ext_run *next;
 };
 
@@ -77,15 +79,51 @@ static void runs_add(struct larder__ext_run *x)
     pthread_mutex_unlock(&runs_lock);
 }
 
+/* Unlinks x; logs the device memory its tree held as last sampled, when known. */
 static void runs_remove(struct larder__ext_run *x)
 {
+    bool known = false;
     pthread_mutex_lock(&runs_lock);
     for (struct larder__ext_run **pp = &runs; *pp; pp = &(*pp)->next) {
         if (*pp == x) {
             *pp = x->next;
+            known = x->gpu_known;
             break;
         }
     }
+    pthread_mutex_unlock(&runs_lock);
+    if (known)
+        larder__log(LARDER__LOG_INFO, "model server unloading",
+                    json_pack("{s:s,s:i,s:I}", "model", x->ud->name, "pid", (int)x->pid,
+                              "gpu_process_bytes", (json_int_t)x->gpu.total));
+}
+
+bool larder__ext_gpu(const struct larder__daemon *d, const char *name,
+                     struct larder__tree_gpu *ret)
+{
+    bool known = false;
+    pthread_mutex_lock(&runs_lock);
+    for (struct larder__ext_run *x = runs; x; x = x->next)
+        if (x->ud->d == d && strcmp(x->ud->name, name) == 0) {
+            known = x->gpu_known;
+            *ret = x->gpu;
+            break;
+        }
+    pthread_mutex_unlock(&runs_lock);
+    return known;
+}
+
+/* Stores a sample into the run that still has that child. */
+static void store_gpu(const struct larder__daemon *d, pid_t pid, uint64_t start_ticks,
+                      bool known, const struct larder__tree_gpu *g)
+{
+    pthread_mutex_lock(&runs_lock);
+    for (struct larder__ext_run *x = runs; x; x = x->next)
+        if (x->ud->d == d && x->child && larder__child_pid(x->child) == pid &&
+            x->start_ticks == start_ticks) {
+            x->gpu_known = known;
+            x->gpu = *g;
+        }
     pthread_mutex_unlock(&runs_lock);
 }
 
@@ -711,6 +749,11 @@ void larder__ext_sample(struct larder__daemon *d)
                             json_pack("{s:s,s:i,s:I,s:s}", "model", v[i].name, "pid",
                                       (int)v[i].pid, "rss_bytes", (json_int_t)mem.rss,
                                       "action", "evicted once idle; no load until under"));
+        }
+        struct larder__tree_gpu g;
+        if (m) {
+            bool known = larder__proc_tree_gpu(m, v[i].pid, &g) == 0;
+            store_gpu(d, v[i].pid, v[i].start_ticks, known, &g);
         }
         free(v[i].name);
     }

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "children.h"
 #include "config.h"
 #include "larder/larder.h"
 
@@ -70,6 +71,11 @@ bool larder__ext_running(const struct larder__daemon *d);
  * a warning is logged and the manager sheds). Any thread but a child's own (it may
  * run an eviction's unload); larderd runs it on its admin pool once a second. */
 void larder__ext_sample(struct larder__daemon *d);
+
+/* The last sample of the device memory of model `name`'s process tree (taken by
+ * larder__ext_sample), into *ret: true when known. */
+bool larder__ext_gpu(const struct larder__daemon *d, const char *name,
+                     struct larder__tree_gpu *ret);
 
 /* Ends every running child (larderd's shutdown, after the manager has closed: a safety
  * net for children whose unload did not run). */

@@ -62,7 +62,45 @@ struct loaded {
     void *model;
     struct model_ud *mu;
     struct larder__remote *remote; /* a worker model's worker; NULL in-process */
+    /* a running worker's place in `workers`, and its device memory as last sampled */
+    pid_t pid;
+    bool gpu_known;
+    struct larder__tree_gpu gpu;
+    struct loaded *next;
 };
+
+/* The workers running now, in every daemon of the process (told apart by supervisor). */
+static pthread_mutex_t workers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct loaded *workers;
+
+static void workers_add(struct loaded *l)
+{
+    l->pid = larder__remote_pid(l->remote);
+    pthread_mutex_lock(&workers_lock);
+    l->next = workers;
+    workers = l;
+    pthread_mutex_unlock(&workers_lock);
+}
+
+/* Unlinks l; logs the device memory it held as last sampled, when known. */
+static void workers_remove(struct loaded *l)
+{
+    bool known = false;
+    uint64_t total = 0;
+    pthread_mutex_lock(&workers_lock);
+    for (struct loaded **pp = &workers; *pp; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            known = l->gpu_known;
+            total = l->gpu.total;
+            break;
+        }
+    pthread_mutex_unlock(&workers_lock);
+    if (known)
+        larder__log(LARDER__LOG_INFO, "worker unloading",
+                    json_pack("{s:s,s:i,s:I}", "model", l->mu->name, "pid", (int)l->pid,
+                              "gpu_process_bytes", (json_int_t)total));
+}
 
 #define WORKER_TIMEOUT_MS 60000
 #define WORKER_GRACE_MS 5000
@@ -565,6 +603,7 @@ static int load_worker(struct model_ud *mu, struct loaded *l, char *msg, size_t 
     }
     l->ops = larder__remote_ops(l->remote);
     l->model = l->remote;
+    workers_add(l);
     return 0;
 }
 
@@ -607,9 +646,10 @@ static void cls_unload(void *ud, void *model)
     struct loaded *l = model;
     if (!l)
         return;
-    if (l->remote)
+    if (l->remote) {
+        workers_remove(l);
         larder__remote_stop(l->remote, WORKER_GRACE_MS, NULL);
-    else
+    } else
         l->ops->unload(l->model);
     free(l);
 }
@@ -622,6 +662,7 @@ static int cls_unload_report(void *ud, void *model, int64_t *ret_bytes)
         cls_unload(ud, model);
         return -ENOTSUP;
     }
+    workers_remove(l);
     larder__remote_stop(l->remote, WORKER_GRACE_MS, ret_bytes);
     free(l);
     return 0;
@@ -758,6 +799,55 @@ void larder__model_ud_set_worker(void *ud, struct larder__children *children,
     mu->children = children;
     mu->on_fail = on_fail;
     mu->fail_ctx = ctx;
+}
+
+bool larder__workers_running(const struct larder__children *children)
+{
+    bool any = false;
+    pthread_mutex_lock(&workers_lock);
+    for (struct loaded *l = workers; l && !any; l = l->next)
+        any = l->mu->children == children;
+    pthread_mutex_unlock(&workers_lock);
+    return any;
+}
+
+void larder__workers_sample_gpu(const struct larder__children *children, larder *m)
+{
+    size_t n = 0;
+    pid_t pids[64];
+    pthread_mutex_lock(&workers_lock);
+    for (struct loaded *l = workers; l && n < 64; l = l->next)
+        if (l->mu->children == children)
+            pids[n++] = l->pid;
+    pthread_mutex_unlock(&workers_lock);
+    /* NVML and /proc are read with no lock held; the figure goes to the worker that still
+     * has that pid (an unloaded one is no longer listed) */
+    for (size_t i = 0; i < n; i++) {
+        struct larder__tree_gpu g;
+        bool known = larder__proc_tree_gpu(m, pids[i], &g) == 0;
+        pthread_mutex_lock(&workers_lock);
+        for (struct loaded *l = workers; l; l = l->next)
+            if (l->mu->children == children && l->pid == pids[i]) {
+                l->gpu_known = known;
+                l->gpu = g;
+            }
+        pthread_mutex_unlock(&workers_lock);
+    }
+}
+
+bool larder__worker_gpu(const struct larder__children *children, const char *name,
+                        struct larder__tree_gpu *ret)
+{
+    bool known = false;
+    pthread_mutex_lock(&workers_lock);
+    for (struct loaded *l = workers; l; l = l->next)
+        if (l->mu->children == children && strcmp(l->mu->name, name) == 0) {
+            known = l->gpu_known;
+            *ret = l->gpu;
+            break;
+        }
+    pthread_mutex_unlock(&workers_lock);
+    return known;
 }
 
 pid_t larder__lease_worker_pid(const larder_lease *lease)

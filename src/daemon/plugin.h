@@ -102,6 +102,18 @@ void larder__model_ud_set_worker(void *ud, struct larder__children *children,
 /* The host services larderd gives its backends (and forwards a worker's calls to). */
 const struct larder_host *larder__host(void);
 
+/* True while a worker model of supervisor `children` has its worker running. */
+bool larder__workers_running(const struct larder__children *children);
+
+/* Samples the device memory (NVML, through m) of every running worker of `children`:
+ * each worker's process tree, per GPU. Called once a second by the daemon. */
+void larder__workers_sample_gpu(const struct larder__children *children, larder *m);
+
+/* The last sample of model `name`'s worker into *ret: true when known (a worker runs, a
+ * GPU and NVML's per-process figures are there, and a sample was taken). */
+bool larder__worker_gpu(const struct larder__children *children, const char *name,
+                        struct larder__tree_gpu *ret);
+
 /* The pid of the worker that serves a lease, or 0 for an in-process model. */
 pid_t larder__lease_worker_pid(const larder_lease *lease);
 

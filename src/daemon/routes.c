@@ -11,7 +11,9 @@
 
 #include "advice.h"
 #include "api.h"
+#include "external.h"
 #include "log.h"
+#include "plugin.h"
 
 enum { GET = 1, POST = 2 };
 
@@ -74,8 +76,31 @@ static void last_error_text(struct larder__text *t, const struct larder_componen
     LIT(t, "}");
 }
 
+/* ,"gpu_process_bytes":N,"gpu_processes":[{"index":I,"bytes":N}...] (the GPUs it uses),
+ * or null for both when unknown */
+static void tree_gpu_text(struct larder__text *t, const struct larder__tree_gpu *g)
+{
+    if (!g->n_gpus) {
+        LIT(t, ",\"gpu_process_bytes\":null,\"gpu_processes\":null");
+        return;
+    }
+    UINT(t, "gpu_process_bytes", g->total);
+    LIT(t, ",\"gpu_processes\":[");
+    for (unsigned i = 0, k = 0; i < g->n_gpus; i++) {
+        if (!g->bytes[i])
+            continue;
+        if (k++)
+            LIT(t, ",");
+        LIT(t, "{\"index\":");
+        larder__text_json_uint(t, i);
+        UINT(t, "bytes", g->bytes[i]);
+        LIT(t, "}");
+    }
+    LIT(t, "]");
+}
+
 void larder__component_text(struct larder__text *t, const struct larder_component_info *c,
-                            const char *isolation)
+                            const char *isolation, const struct larder__tree_gpu *gpu)
 {
     LIT(t, "{\"name\":");
     larder__text_json_string(t, c->name);
@@ -105,6 +130,8 @@ void larder__component_text(struct larder__text *t, const struct larder_componen
     UINT(t, "reserved_bytes", c->reserved_bytes);
     INT(t, "last_returned_bytes", c->last_returned_bytes);
     BOOL(t, "leak_suspect", c->leak_suspect);
+    if (gpu)
+        tree_gpu_text(t, gpu);
     LIT(t, "}");
     UINT(t, "loads", c->loads);
     LIT(t, ",\"load_ms\":{\"last\":");
@@ -244,6 +271,24 @@ static const char *isolation_of(struct larder__daemon *d, const char *name)
     return m ? larder__isolation_name(m->isolation) : NULL;
 }
 
+/* The device memory of a worker or external model's processes (conf_lock held): into
+ * *buf, with n_gpus 0 when unknown; NULL for an in-process model. */
+static const struct larder__tree_gpu *gpu_of(struct larder__daemon *d, const char *name,
+                                             struct larder__tree_gpu *buf)
+{
+    const struct larder__model_conf *m = larder__config_model(d->conf, name);
+    bool known = false;
+    if (!m || m->isolation == LARDER__ISOLATION_IN_PROCESS)
+        return NULL;
+    if (m->isolation == LARDER__ISOLATION_EXTERNAL)
+        known = larder__ext_gpu(d, name, buf);
+    else
+        known = larder__worker_gpu(d->children, name, buf);
+    if (!known)
+        memset(buf, 0, sizeof *buf);
+    return buf;
+}
+
 static void route_models(struct larder__request *r, const char *name)
 {
     struct larder_snapshot *s = snapshot_or_reply(r);
@@ -259,7 +304,10 @@ static void route_models(struct larder__request *r, const char *name)
     for (size_t i = 0; i < s->n; i++) {
         if (i)
             LIT(&t, ",");
-        larder__component_text(&t, &s->components[i], isolation_of(r->d, s->components[i].name));
+        struct larder__tree_gpu g;
+        const char *n = s->components[i].name;
+        larder__component_text(&t, &s->components[i], isolation_of(r->d, n),
+                               gpu_of(r->d, n, &g));
     }
     pthread_rwlock_unlock(&r->d->conf_lock);
     LIT(&t, "]}\n");
@@ -275,7 +323,9 @@ static void route_model(struct larder__request *r, const char *name)
     pthread_rwlock_rdlock(&r->d->conf_lock);
     for (size_t i = 0; i < s->n && !t.len; i++)
         if (strcmp(s->components[i].name, name) == 0) {
-            larder__component_text(&t, &s->components[i], isolation_of(r->d, name));
+            struct larder__tree_gpu g;
+            larder__component_text(&t, &s->components[i], isolation_of(r->d, name),
+                                   gpu_of(r->d, name, &g));
             LIT(&t, "\n");
         }
     pthread_rwlock_unlock(&r->d->conf_lock);

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 
+#include "children.h"
 #include "http.h"
 
 /* POST /v1/models/{name}/infer (infer.c). */
@@ -26,9 +27,11 @@ int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name);
 void larder__route_ui(struct larder__request *r, const char *name);
 
 /* One component of a snapshot as the JSON object of GET /v1/models, appended to t. */
-/* One model's registry entry; isolation: its `isolation` from the config (NULL: null). */
+/* One model's registry entry; isolation: its `isolation` from the config (NULL: null);
+ * gpu: the device memory of its process tree (worker and external models; n_gpus == 0
+ * when unknown: null), NULL for a model in larderd's own process (no field). */
 void larder__component_text(struct larder__text *t, const struct larder_component_info *c,
-                            const char *isolation);
+                            const char *isolation, const struct larder__tree_gpu *gpu);
 
 /* Appends the Prometheus text of GET /metrics to t (metrics.c). Errors: negative, as
  * larder_snapshot. */

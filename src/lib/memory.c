@@ -347,6 +347,39 @@ static void fill_kernel(struct larder_memory *r, const struct usage *u)
     }
 }
 
+static int gpu_process_bytes(larder *m, const int *pids, size_t n, uint64_t *ret_bytes,
+                             unsigned max)
+{
+    unsigned count = larder__gpu_count(m->gpus);
+    if (count > max)
+        count = max;
+    if (count > LARDER_MAX_GPUS)
+        count = LARDER_MAX_GPUS;
+    if (n == 0) {
+        memset(ret_bytes, 0, count * sizeof *ret_bytes);
+        return (int)count;
+    }
+    uint64_t v[LARDER_MAX_GPUS];
+    for (unsigned i = 0; i < count; i++) {
+        int r = larder__gpu_process_bytes(m->gpus, i, pids, n, &v[i]);
+        if (r < 0)
+            return r;
+    }
+    memcpy(ret_bytes, v, count * sizeof *v);
+    return (int)count;
+}
+
+int larder_gpu_process_bytes(larder *m, const int *pids, size_t n, uint64_t *ret_bytes,
+                             unsigned max)
+{
+    if (!m || !ret_bytes || (n && !pids))
+        return -EINVAL;
+    larder__enter(m); /* a read: it goes on while close runs (calls.c) */
+    int r = gpu_process_bytes(m, pids, n, ret_bytes, max);
+    larder__leave(m);
+    return r;
+}
+
 static int memory(larder *m, size_t history_max, struct larder_memory **ret_memory)
 {
     struct larder_memory *r = calloc(1, sizeof *r);

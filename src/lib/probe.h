@@ -237,6 +237,14 @@ unsigned larder__gpu_count(const struct larder__gpus *g);
  * (NVML failed: the device fell off the bus, the driver went away). */
 int larder__gpu_read(struct larder__gpus *g, unsigned index, struct larder__gpu_info *ret_info);
 
+/* Device memory that the processes `pids` (n of them) hold on GPU `index`, summed, from
+ * NVML's per-process lists (compute and graphics; a process on both counted once). A
+ * listed pid that NVML does not list holds nothing there. Errors: -EINVAL (index out of
+ * range, NULL), -ENOTSUP (this NVML has no per-process lists), -ENODATA (the driver
+ * withholds a listed process's figure), -EIO (NVML failed), -ENOMEM. */
+int larder__gpu_process_bytes(struct larder__gpus *g, unsigned index, const int *pids, size_t n,
+                              uint64_t *ret_bytes);
+
 /* Shuts NVML down and dlclose()s it. Accepts NULL. Returns NULL. */
 struct larder__gpus *larder__gpu_close(struct larder__gpus *g);
 

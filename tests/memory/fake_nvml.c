@@ -2,7 +2,13 @@
  * tested on machines that have one. Environment knobs:
  *   FAKE_NVML_INIT_FAIL=1    nvmlInit_v2 fails as with no driver loaded
  *   FAKE_NVML_MEMORY_FAIL=1  nvmlDeviceGetMemoryInfo fails (a GPU fell off the bus)
+ *   FAKE_NVML_PROCS=PATH     the per-process lists, read at every call: one process a
+ *                            line, "PID GPU BYTES [compute|graphics|both]" (compute by
+ *                            default); BYTES "na" is NVML's "not available"
+ * Built with -DFAKE_NVML_NO_PROCS it has no per-process entry points at all, as an NVML
+ * older than they are.
  * Counts calls so the test can check that init and shutdown pair up. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,3 +97,62 @@ int nvmlDeviceGetName(struct nvml_device *device, char *name, unsigned int lengt
     memcpy(name, device->name, n + 1);
     return 0;
 }
+
+#ifndef FAKE_NVML_NO_PROCS
+struct nvml_process_v2 {
+    unsigned int pid;
+    unsigned long long used;
+    unsigned int gpu_instance;
+    unsigned int compute_instance;
+};
+
+EXPORT int nvmlDeviceGetComputeRunningProcesses_v2(struct nvml_device *device,
+                                                   unsigned int *count,
+                                                   struct nvml_process_v2 *infos);
+EXPORT int nvmlDeviceGetGraphicsRunningProcesses_v2(struct nvml_device *device,
+                                                    unsigned int *count,
+                                                    struct nvml_process_v2 *infos);
+
+/* The lines of FAKE_NVML_PROCS for this device and list, as NVML fills them: *count in,
+ * the room; out, how many there are (INSUFFICIENT_SIZE when they do not fit). */
+static int list(struct nvml_device *device, int graphics, unsigned int *count,
+                struct nvml_process_v2 *infos)
+{
+    const char *path = getenv("FAKE_NVML_PROCS");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    unsigned int n = 0, room = *count;
+    char line[256];
+
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned int pid, gpu;
+        char bytes[32], kind[16] = "compute";
+        if (sscanf(line, "%u %u %31s %15s", &pid, &gpu, bytes, kind) < 3 || gpu >= 2 ||
+            &devices[gpu] != device)
+            continue;
+        if (strcmp(kind, "both") != 0 && (strcmp(kind, "graphics") == 0) != graphics)
+            continue;
+        if (n < room && infos) {
+            infos[n].pid = pid;
+            infos[n].used = strcmp(bytes, "na") == 0 ? ~0ull : strtoull(bytes, NULL, 10);
+            infos[n].gpu_instance = infos[n].compute_instance = ~0u;
+        }
+        n++;
+    }
+    if (f)
+        fclose(f);
+    *count = n;
+    return n > room || (n && !infos) ? 7 /* NVML_ERROR_INSUFFICIENT_SIZE */ : 0;
+}
+
+int nvmlDeviceGetComputeRunningProcesses_v2(struct nvml_device *device, unsigned int *count,
+                                            struct nvml_process_v2 *infos)
+{
+    return list(device, 0, count, infos);
+}
+
+int nvmlDeviceGetGraphicsRunningProcesses_v2(struct nvml_device *device, unsigned int *count,
+                                             struct nvml_process_v2 *infos)
+{
+    return list(device, 1, count, infos);
+}
+#endif

@@ -6,8 +6,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -42,6 +44,13 @@ static void real_nvml(void **state)
         assert_true(info.total > 0);
         assert_true(info.used <= info.total && info.free <= info.total);
         assert_true(info.name[0] != '\0');
+        /* this process has no CUDA context: it holds nothing there, or NVML cannot say */
+        int self = (int)getpid();
+        uint64_t b = 0;
+        int r = larder__gpu_process_bytes(g, i, &self, 1, &b);
+        assert_true(r == 0 || r == -ENOTSUP || r == -ENODATA);
+        if (r == 0)
+            assert_int_equal(b, 0);
     }
     assert_null(larder__gpu_close(g));
 }
@@ -128,6 +137,88 @@ static void fake_driver_not_loaded(void **state)
     larder__gpu_close(g);
 }
 
+/* Writes the fake's per-process lists (FAKE_NVML_PROCS) */
+static void set_procs(const char *text)
+{
+    static char path[256];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/fake-nvml-procs-%d", LARDER_TEST_SCRATCH, (int)getpid());
+    f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    setenv("FAKE_NVML_PROCS", path, 1);
+}
+
+static void fake_processes(void **state)
+{
+    struct larder__gpus *g = NULL;
+    const int mine[] = {4242, 4343};
+    const int other[] = {99};
+    uint64_t b = 7;
+
+    if (!fake_lib())
+        skip();
+    assert_int_equal(larder__gpu_open(fake_lib(), &g), 0);
+    /* no processes at all */
+    set_procs("");
+    assert_int_equal(larder__gpu_process_bytes(g, 0, mine, 2, &b), 0);
+    assert_int_equal(b, 0);
+    /* two of ours on GPU 0 (one on both lists, counted once), one on GPU 1, a stranger */
+    set_procs("4242 0 1000000 both\n4343 0 2000 graphics\n4242 1 5000\n99 0 777\n");
+    assert_int_equal(larder__gpu_process_bytes(g, 0, mine, 2, &b), 0);
+    assert_int_equal(b, 1002000);
+    assert_int_equal(larder__gpu_process_bytes(g, 1, mine, 2, &b), 0);
+    assert_int_equal(b, 5000);
+    assert_int_equal(larder__gpu_process_bytes(g, 0, other, 1, &b), 0);
+    assert_int_equal(b, 777);
+    assert_int_equal(larder__gpu_process_bytes(g, 0, NULL, 0, &b), 0);
+    assert_int_equal(b, 0);
+    /* more processes than the first guess of room: the list is read again */
+    {
+        char text[4096] = "";
+        for (int i = 0; i < 40; i++)
+            snprintf(text + strlen(text), sizeof(text) - strlen(text), "%d 1 10\n", 5000 + i);
+        strcat(text, "4343 1 3\n");
+        set_procs(text);
+        assert_int_equal(larder__gpu_process_bytes(g, 1, mine, 2, &b), 0);
+        assert_int_equal(b, 3);
+    }
+    /* a figure the driver withholds, and bad arguments: errors, b untouched */
+    set_procs("4242 0 na\n");
+    b = 11;
+    assert_int_equal(larder__gpu_process_bytes(g, 0, mine, 2, &b), -ENODATA);
+    assert_int_equal(larder__gpu_process_bytes(g, 2, mine, 2, &b), -EINVAL);
+    assert_int_equal(larder__gpu_process_bytes(g, 0, NULL, 2, &b), -EINVAL);
+    assert_int_equal(larder__gpu_process_bytes(g, 0, mine, 2, NULL), -EINVAL);
+    assert_int_equal(larder__gpu_process_bytes(NULL, 0, mine, 2, &b), -EINVAL);
+    assert_int_equal(b, 11);
+    unsetenv("FAKE_NVML_PROCS");
+    larder__gpu_close(g);
+}
+
+/* An NVML without the per-process entry points: devices still read, figures unknown. */
+static void fake_without_processes(void **state)
+{
+    const char *lib = getenv("LARDER_TEST_FAKE_NVML_NOPROCS");
+    struct larder__gpus *g = NULL;
+    struct larder__gpu_info info;
+    const int mine[] = {4242};
+    uint64_t b = 7;
+
+    if (!lib || !*lib)
+        skip();
+    set_procs("4242 0 1000\n");
+    assert_int_equal(larder__gpu_open(lib, &g), 0);
+    assert_int_equal(larder__gpu_count(g), 2);
+    assert_int_equal(larder__gpu_read(g, 0, &info), 0);
+    assert_int_equal(larder__gpu_process_bytes(g, 0, mine, 1, &b), -ENOTSUP);
+    assert_int_equal(b, 7);
+    unsetenv("FAKE_NVML_PROCS");
+    larder__gpu_close(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -135,6 +226,8 @@ int main(void)
         cmocka_unit_test(absent_library),
         cmocka_unit_test(fake_devices),
         cmocka_unit_test(fake_driver_not_loaded),
+        cmocka_unit_test(fake_processes),
+        cmocka_unit_test(fake_without_processes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
