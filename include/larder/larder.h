@@ -210,9 +210,9 @@ LARDER_API int larder_open(const struct larder_opts *opts, larder **ret_manager)
  * undefine, unload, preload, preload_all, set_ttl, set_budget, set_gpu_budget, trim,
  * fail, update_measured) return LARDER_ECLOSED, and larder_acquire_async() calls back
  * with it; release, the lease accessors and the reads (snapshot, memory,
- * gpu_process_bytes, get_budget, preload_pending) go on working. After close has returned, `m` may be used only by a thread that holds one of
- * its leases: a lease keeps the manager's memory valid until it is released, so that
- * thread may still call anything (and gets the answers above). Without a lease, a thread
+ * gpu_process_bytes, get_budget, preload_pending) go on working. After close has
+ * returned, `m` may be used only by a thread that holds one of its leases: a lease keeps
+ * the manager's memory valid until it is released, so that thread may still call anything (and gets the answers above). Without a lease, a thread
  * must not start a call that may still be starting as close returns (that would use freed
  * memory): stop such threads first, or keep a lease while calling.
  *
