@@ -205,16 +205,17 @@ LARDER_API int larder_open(const struct larder_opts *opts, larder **ret_manager)
  * function here): it frees nothing they use, and returns only once every call that was
  * in progress when it started (or entered while it ran) has returned. Calls that were
  * waiting return LARDER_ECLOSED (an acquire waiting for a load, a set, an undefine or
- * unload waiting for leases); a release racing close is a plain release. Once close
- * has started: acquires (every variant) and the functions that start work (define,
+ * unload waiting for leases); a release racing close is a plain release. Once close has
+ * started: acquires (every variant) and the functions that start work (define,
  * undefine, unload, preload, preload_all, set_ttl, set_budget, set_gpu_budget, trim,
  * fail, update_measured) return LARDER_ECLOSED, and larder_acquire_async() calls back
  * with it; release, the lease accessors and the reads (snapshot, memory,
  * gpu_process_bytes, get_budget, preload_pending) go on working. After close has
- * returned, `m` may be used only by a thread that holds one of its leases: a lease keeps
- * the manager's memory valid until it is released, so that thread may still call anything (and gets the answers above). Without a lease, a thread
- * must not start a call that may still be starting as close returns (that would use freed
- * memory): stop such threads first, or keep a lease while calling.
+ * returned, `m` may be used only by a thread that holds one of its leases: a lease
+ * keeps the manager's memory valid until it is released, so that thread may still call
+ * anything (and gets the answers above). Without a lease, a thread must not start a
+ * call that may still be starting as close returns (that would use freed memory): stop
+ * such threads first, or keep a lease while calling.
  *
  * A class call that never returns (a load or instance_new still running when
  * close_timeout_ms runs out) does not hold close: its loader thread is left running,
