@@ -1094,20 +1094,6 @@ void larder__route_ollama_embeddings(struct larder__request *r, const char *name
     ollama_route(r, &ol_embeddings_api);
 }
 
-static struct larder_snapshot *snapshot(struct larder__request *r)
-{
-    struct larder_snapshot *s = NULL;
-    larder *m = larder__mgr_get(r->d);
-    int e = m ? larder_snapshot(m, &s) : LARDER_ECLOSED;
-    if (m)
-        larder__mgr_put(r->d);
-    if (e < 0) {
-        larder__reply_larder_error(r, e, "snapshot failed");
-        return NULL;
-    }
-    return s;
-}
-
 /* One model as Ollama lists it; loaded: with its expiry and device memory (/api/ps). */
 static json_t *ol_model(struct larder__request *r, const struct larder_component_info *c,
                         bool loaded)
@@ -1143,7 +1129,7 @@ static json_t *ol_model(struct larder__request *r, const struct larder_component
 static void ol_list(struct larder__request *r, bool loaded_only)
 {
     r->error_style = LARDER__ERRORS_OLLAMA;
-    struct larder_snapshot *s = snapshot(r);
+    struct larder_snapshot *s = larder__snapshot_or_reply(r);
     if (!s)
         return;
     json_t *list = json_array();
@@ -1189,7 +1175,7 @@ static const char *router_state(const struct larder_component_info *c)
 void larder__route_router_models(struct larder__request *r, const char *name)
 {
     r->error_style = LARDER__ERRORS_OPENAI;
-    struct larder_snapshot *s = snapshot(r);
+    struct larder_snapshot *s = larder__snapshot_or_reply(r);
     if (!s)
         return;
     json_t *list = json_array();

@@ -157,7 +157,7 @@ void larder__component_text(struct larder__text *t, const struct larder_componen
     LIT(t, "}}");
 }
 
-static struct larder_snapshot *snapshot_or_reply(struct larder__request *r)
+struct larder_snapshot *larder__snapshot_or_reply(struct larder__request *r)
 {
     struct larder_snapshot *s = NULL;
     larder *m = larder__mgr_get(r->d);
@@ -219,7 +219,7 @@ static void preload_list(struct larder__text *t, const struct larder_snapshot *s
 
 static void route_ready(struct larder__request *r, const char *name)
 {
-    struct larder_snapshot *s = snapshot_or_reply(r);
+    struct larder_snapshot *s = larder__snapshot_or_reply(r);
     if (!s)
         return;
     size_t counts[3] = {0};
@@ -291,7 +291,7 @@ static const struct larder__tree_gpu *gpu_of(struct larder__daemon *d, const cha
 
 static void route_models(struct larder__request *r, const char *name)
 {
-    struct larder_snapshot *s = snapshot_or_reply(r);
+    struct larder_snapshot *s = larder__snapshot_or_reply(r);
     if (!s)
         return;
     struct larder__text t = {0};
@@ -316,7 +316,7 @@ static void route_models(struct larder__request *r, const char *name)
 
 static void route_model(struct larder__request *r, const char *name)
 {
-    struct larder_snapshot *s = snapshot_or_reply(r);
+    struct larder_snapshot *s = larder__snapshot_or_reply(r);
     if (!s)
         return;
     struct larder__text t = {0};

@@ -27,6 +27,9 @@ int64_t larder__cooldown_left_ms(struct larder__daemon *d, const char *name);
 void larder__route_ui(struct larder__request *r, const char *name);
 
 /* One component of a snapshot as the JSON object of GET /v1/models, appended to t. */
+/* The registry now, or NULL after answering the request with the error. */
+struct larder_snapshot *larder__snapshot_or_reply(struct larder__request *r);
+
 /* One model's registry entry; isolation: its `isolation` from the config (NULL: null);
  * gpu: the device memory of its process tree (worker and external models; n_gpus == 0
  * when unknown: null), NULL for a model in larderd's own process (no field). */
