@@ -864,7 +864,7 @@ static unsigned close_manager(struct larder__daemon *d)
 #define SETTLE_MS 1000
 #define WRITE_MS 5000
 #define JOIN_MS 2000
-#define WORKER_STOP_MS 5000
+#define CHILD_STOP_MS 5000 /* SIGTERM to SIGKILL for children left at the end */
 
 /* Stops within drain_timeout plus the bounds above (and the manager's close_timeout):
  * requests still running then are answered 503 `shutting_down`, and threads still inside
@@ -894,12 +894,6 @@ static unsigned stop_all(struct larder__daemon *d)
     /* Fails acquirers still waiting (their requests then answer 503), unloads the rest. */
     unsigned loads_left = close_manager(d);
     wait_jobs(d, streams ? WRITE_MS : SETTLE_MS, false);
-    if (!loads_left) {
-        /* every model is unloaded: what is left of a worker (one a load still starts is
-         * not) goes now */
-        larder__children_close(d->children, WORKER_STOP_MS);
-        d->children = NULL;
-    }
     unsigned answered = larder__http_answer_all(d->http);
     if (answered) {
         larder__log(LARDER__LOG_WARN, "stopping: requests still running were answered",
@@ -917,7 +911,7 @@ static unsigned stop_all(struct larder__daemon *d)
     if (stuck || streams_left)
         larder__ext_stop_all();
     else
-        d->children = (larder__children_close(d->children, 2000), NULL);
+        d->children = (larder__children_close(d->children, CHILD_STOP_MS), NULL);
     if (stuck) {
         larder__log(LARDER__LOG_WARN, "stopping: threads still inside a backend call",
                     json_pack("{s:i,s:i,s:s}", "threads", (int)stuck, "loads",
