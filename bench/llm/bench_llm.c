@@ -6,7 +6,7 @@
  *   cold         unload, then one request for 1 token (load + instance + first token)
  *                against a plain load + context + first token
  *   warm TTFT    a 1-token request through larderd, and the first streamed piece through
- *                the plugin's host emit (this build's /infer route does not stream),
+ *                the plugin's host emit (the HTTP figure is a whole 1-token reply),
  *                against the plain time to the first token
  *   swap         two models under a budget that holds one, alternating requests (each
  *                evicts the other) against a plain unload + load + first token
@@ -467,7 +467,7 @@ int main(int argc, char **argv)
                "stream %.2f ms (first piece through the host's emit), plain %.2f ms\n",
                lf * 1e3, ef * 1e3, pf * 1e3);
         printf("ratio ttft_overhead_ms larderd-plain: %.2f   (target <= 1 ms; HTTP request, "
-               "not streamed: this build's /infer route does not stream)\n", (lf - pf) * 1e3);
+               "a whole 1-token reply, not a streamed first piece)\n", (lf - pf) * 1e3);
         printf("ratio ttft_overhead_ms emit-plain: %.2f   (target <= 1 ms; the plugin via "
                "a host emit, in process)\n", (ef - pf) * 1e3);
         printf("swap: larderd %.1f ms per request that evicts the other model and loads "
