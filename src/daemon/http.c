@@ -1704,7 +1704,11 @@ int larder__http_start(struct larder__daemon *d, const char *host, unsigned port
         larder__log(LARDER__LOG_WARN, "max_connections lowered to the open-file limit",
                     json_pack("{s:i,s:i}", "max_connections", (int)d->conf->max_connections,
                               "allowed", (int)lim.total));
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+    /* poll, not epoll: with a thread pool, MHD's quiesce (the start of every drain) and a
+     * worker thread that is awake at that moment both remove the listening socket from
+     * that worker's epoll set, and the loser aborts the process ("Failed to remove listen
+     * FD from epoll set"). Each thread polls only its own share of the connections. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     if (threads == 0)
