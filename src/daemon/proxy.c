@@ -26,6 +26,19 @@
 #define IN_BUF (16u << 10)        /* raw bytes read from the child at once */
 #define DEFAULT_TIMEOUT_MS 60000
 
+/* Waits on cv for at most 20 ms (mu held): the stop loops recheck their deadline. */
+static void wait_a_little(pthread_cond_t *cv, pthread_mutex_t *mu)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 20 * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 /* ---- the client ------------------------------------------------------------------------ */
 
 static int ms_left(double deadline)
@@ -693,14 +706,7 @@ unsigned larder__proxy_close_all(int64_t timeout_ms)
         pthread_mutex_unlock(&s->lock);
     }
     while (n_streams && larder__now() < until) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&streams_cond, &streams_lock, &ts);
+        wait_a_little(&streams_cond, &streams_lock);
     }
     unsigned left = n_streams;
     pthread_mutex_unlock(&streams_lock);
@@ -1005,14 +1011,7 @@ static void threads_stop(double until)
     threads_stopping = true;
     pthread_cond_broadcast(&threads_cond);
     while (n_threads && larder__now() < until) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&threads_gone, &threads_lock, &ts);
+        wait_a_little(&threads_gone, &threads_lock);
     }
     pthread_mutex_unlock(&threads_lock);
 }
